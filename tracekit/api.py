@@ -1,0 +1,73 @@
+"""The Python API: one object over one DuckDB file, results as Polars or Arrow."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from tracekit import store
+from tracekit.importer import ImportResult, import_paths
+
+
+class Database:
+    """A tracekit database. `tracekit.open(path)` makes one."""
+
+    def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        self.con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s)
+        self._views()
+
+    def _views(self) -> None:
+        try:
+            from tracekit.views import create_views
+        except ImportError:
+            return
+        create_views(self.con)
+
+    def import_paths(
+        self,
+        paths: Iterable[str | Path],
+        meta: dict[str, str] | None = None,
+        replace: bool = False,
+        rules_dirs: builtins.list[Path] | None = None,
+        nsys: str | None = None,
+        jobs: int = 1,
+        on_result=None,
+    ) -> builtins.list[ImportResult]:
+        results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
+                               nsys=nsys, jobs=jobs, on_result=on_result)
+        return results
+
+    def query(self, sql: str, params: builtins.list | None = None) -> pl.DataFrame:
+        return pl.from_arrow(self.arrow(sql, params))
+
+    def arrow(self, sql: str, params: builtins.list | None = None) -> pa.Table:
+        return self.con.sql(sql, params=params or None).to_arrow_table()
+
+    def runs(self) -> pl.DataFrame:
+        return self.query(
+            "SELECT r.run_id, r.source_name, r.format, r.gpu_name, r.n_kernels, r.kernel_time_ns, "
+            "r.stage_method, r.iterations, "
+            "(SELECT string_agg(m.key || '=' || m.value, ' ' ORDER BY m.key) FROM run_meta m "
+            " WHERE m.run_id = r.run_id) AS meta FROM runs r ORDER BY r.run_id"
+        )
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> Database:  # noqa: A001
+    """Open (creating if needed) a tracekit database."""
+    return Database(path, read_only=read_only, wait_s=wait_s)

@@ -1,0 +1,88 @@
+"""Links each kernel to the CUDA API call that launched it, and that call to the innermost CPU
+operator and range around it on the launching thread. Also nests ranges and ops.
+
+Runs on a reader's TraceData before it is stored, so the store receives complete rows and an
+import stays one INSERT per table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from tracekit.enrich.nesting import innermost, nest
+from tracekit.readers.common import TraceData
+
+
+def _np(t: pa.Table, col: str, dtype: str = "float64") -> np.ndarray:
+    # Nullable integer columns become float with NaN for null, which nest/innermost treat as -1.
+    return t.column(col).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _with_nesting(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    start = _np(t, "start_ns", "int64")
+    end = _np(t, "end_ns", "int64")
+    depth, parent = nest(_np(t, "pid"), _np(t, "tid"), start, end)
+    id_col = t.column(0).to_numpy(zero_copy_only=False)
+    parent_id = pa.array(np.where(parent >= 0, id_col[np.clip(parent, 0, None)], 0), pa.int64(),
+                         mask=parent < 0)
+    t = t.append_column("depth", pa.array(depth, pa.int32())).append_column("parent_id", parent_id)
+    return t, parent
+
+
+def _link_to_launch(rows: pa.Table, launches: pa.Table) -> pa.Array:
+    """launch_id for each row of kernels/memops, joined on correlation (and pid when both know it)."""
+    if rows.num_rows == 0 or launches.num_rows == 0:
+        return pa.nulls(rows.num_rows, pa.int64())
+    left = pl.from_arrow(rows.select(["correlation"] + (["pid"] if "pid" in rows.column_names else [])))
+    if "pid" not in left.columns:
+        left = left.with_columns(pl.lit(None, dtype=pl.Int64).alias("pid"))
+    left = left.with_row_index("_row")
+    right = pl.from_arrow(launches.select(["launch_id", "correlation", "pid"])).filter(
+        pl.col("correlation").is_not_null()
+    )
+    # Correlation ids are unique per process; most traces hold one process, so match on the id
+    # and use pid only to break ties between processes.
+    joined = left.join(right, on="correlation", how="left", suffix="_l").with_columns(
+        (pl.col("pid").is_null() | pl.col("pid_l").is_null() | (pl.col("pid") == pl.col("pid_l"))).alias("_ok")
+    )
+    best = (
+        joined.sort(["_row", "_ok"], descending=[False, True])
+        .group_by("_row", maintain_order=True)
+        .agg(pl.col("launch_id").filter(pl.col("_ok")).first())
+    )
+    return best.get_column("launch_id").to_arrow().cast(pa.int64())
+
+
+def link(data: TraceData) -> TraceData:
+    ranges, r_parent = _with_nesting(data.ranges)
+    ops, o_parent = _with_nesting(data.ops)
+    launch_id = _link_to_launch(data.kernels, data.launches)
+    kernels = data.kernels.append_column("launch_id", launch_id)
+    memops = data.memops.append_column("launch_id", _link_to_launch(data.memops, data.launches))
+
+    # Where each kernel was launched from: its launch's thread and start time.
+    la = data.launches
+    lid = launch_id.to_numpy(zero_copy_only=False).astype("float64")
+    has = ~np.isnan(lid)
+    idx = np.where(has, lid, 0).astype(np.int64)  # launch_id == row index (readers number rows 0..n-1)
+    if la.num_rows:
+        l_pid, l_tid, l_ts = _np(la, "pid")[idx], _np(la, "tid")[idx], _np(la, "start_ns", "int64")[idx]
+    else:
+        l_pid = l_tid = np.full(len(idx), np.nan)
+        l_ts = np.zeros(len(idx), dtype=np.int64)
+    l_pid = np.where(has, l_pid, np.nan)
+    op_row = innermost(l_pid, l_tid, l_ts, _np(ops, "pid"), _np(ops, "tid"), _np(ops, "start_ns", "int64"),
+                       _np(ops, "end_ns", "int64"), o_parent)
+    rg_row = innermost(l_pid, l_tid, l_ts, _np(ranges, "pid"), _np(ranges, "tid"),
+                       _np(ranges, "start_ns", "int64"), _np(ranges, "end_ns", "int64"), r_parent)
+    op_ids = ops.column("op_id").to_numpy(zero_copy_only=False)
+    rg_ids = ranges.column("range_id").to_numpy(zero_copy_only=False)
+    op_id = pa.array(np.where(op_row >= 0, op_ids[np.clip(op_row, 0, None)] if len(op_ids) else 0, 0),
+                     pa.int64(), mask=op_row < 0)
+    range_id = pa.array(np.where(rg_row >= 0, rg_ids[np.clip(rg_row, 0, None)] if len(rg_ids) else 0, 0),
+                        pa.int64(), mask=rg_row < 0)
+    kernels = kernels.append_column("op_id", op_id).append_column("range_id", range_id)
+    data.kernels, data.ranges, data.ops, data.memops = kernels, ranges, ops, memops
+    return data

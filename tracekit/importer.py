@@ -1,0 +1,182 @@
+"""Importing trace files: one atomic, idempotent transaction per file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from tracekit import __version__
+from tracekit.enrich.links import link
+from tracekit.errors import TraceError, TracekitError
+from tracekit.manifest import read_manifest
+from tracekit.readers import is_trace_name, read
+from tracekit.readers.common import TraceData
+from tracekit.store import delete_run, find_run, insert_run
+
+
+@dataclass
+class ImportResult:
+    path: str
+    status: str  # 'imported' | 'replaced' | 'skipped' | 'failed'
+    run_id: int | None = None
+    error: str | None = None
+    n_kernels: int = 0
+    seconds: float = 0.0
+
+
+def expand(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, plus every trace file under directories named (sorted, each once).
+
+    In a directory, an `X.nsys-rep` next to its own export `X.sqlite` is the same capture twice:
+    only the export is taken.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_trace_name(f))
+            names = {f.with_suffix("") for f in found if f.suffix == ".sqlite"}
+            found = [f for f in found if not (f.suffix == ".nsys-rep" and f.with_suffix("") in names)]
+        else:
+            found = [p]
+        for f in found:
+            key = f.resolve() if f.exists() else f
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise TraceError(path, f"cannot read ({exc.strerror or exc})") from None
+    return h.hexdigest()
+
+
+def _parse(path: Path, nsys: str | None) -> TraceData:
+    return link(read(path, nsys=nsys))
+
+
+def _parse_job(args: tuple[Path, str | None]) -> TraceData | TraceError:
+    # Runs in a worker process: errors travel back as values, not as pickled tracebacks.
+    try:
+        return _parse(*args)
+    except TraceError as exc:
+        return exc
+    except Exception as exc:  # a reader bug must still name the file
+        return TraceError(args[0], f"could not be read ({type(exc).__name__}: {exc})")
+
+
+def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules_dirs: list[Path]) -> None:
+    try:
+        from tracekit.enrich.stages import attribute_stages
+    except ImportError:  # TEMP while enrich modules are being written
+        attribute_stages = None
+    try:
+        from tracekit.enrich.classify import classify
+        from tracekit.enrich.rules import RuleSet
+    except ImportError:  # TEMP
+        classify = None
+    if attribute_stages is not None:
+        attribute_stages(con, run_id)
+    if classify is not None:
+        classify(con, [run_id], RuleSet.load(rules_dirs))
+
+
+def import_paths(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[str | Path],
+    *,
+    meta: dict[str, str] | None = None,
+    replace: bool = False,
+    rules_dirs: list[Path] | None = None,
+    nsys: str | None = None,
+    jobs: int = 1,
+    on_result: Callable[[ImportResult], None] | None = None,
+) -> list[ImportResult]:
+    """Import each trace in its own transaction; a failure leaves nothing of that file."""
+    files = expand(paths)
+    cli_meta = dict(meta or {})
+    results: list[ImportResult] = []
+    todo: list[tuple[Path, str]] = []
+    for f in files:
+        t0 = time.perf_counter()
+        try:
+            h = file_hash(f)
+        except TraceError as exc:
+            results.append(_report(on_result, ImportResult(str(f), "failed", error=str(exc))))
+            continue
+        existing = find_run(con, h)
+        if existing is not None and not replace:
+            results.append(_report(on_result, ImportResult(str(f), "skipped", run_id=existing,
+                                                          seconds=time.perf_counter() - t0)))
+            continue
+        todo.append((f, h))
+
+    parsed: Iterable[TraceData | TraceError]
+    if jobs > 1 and len(todo) > 1:
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo), os.cpu_count() or 1))
+        parsed = pool.map(_parse_job, [(f, nsys) for f, _ in todo])
+    else:
+        pool = None
+        parsed = (_parse_job((f, nsys)) for f, _ in todo)
+    try:
+        for (f, h), data in zip(todo, parsed, strict=False):
+            t0 = time.perf_counter()
+            if isinstance(data, TraceError):
+                results.append(_report(on_result, ImportResult(str(f), "failed", error=str(data))))
+                continue
+            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules_dirs or [], t0)))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return results
+
+
+def _report(cb: Callable[[ImportResult], None] | None, r: ImportResult) -> ImportResult:
+    if cb is not None:
+        cb(r)
+    return r
+
+
+def _store(
+    con: duckdb.DuckDBPyConnection, f: Path, h: str, data: TraceData, cli_meta: dict[str, str],
+    replace: bool, rules_dirs: list[Path], t0: float,
+) -> ImportResult:
+    try:
+        meta: dict[str, tuple[str, str]] = {k: (v, "trace") for k, v in data.found_meta.items()}
+        meta.update({k: (v, "manifest") for k, v in read_manifest(f).items()})
+        meta.update({k: (v, "cli") for k, v in cli_meta.items()})
+    except TraceError as exc:
+        return ImportResult(str(f), "failed", error=str(exc))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        old = find_run(con, h)
+        if old is not None:
+            delete_run(con, old)
+        run_id = insert_run(con, data, source_path=str(f), content_hash=h, importer_version=__version__,
+                            meta=meta)
+        _enrich(con, run_id, rules_dirs)
+        con.execute("COMMIT")
+    except BaseException as exc:
+        con.execute("ROLLBACK")
+        if isinstance(exc, TracekitError):
+            return ImportResult(str(f), "failed", error=str(exc) if isinstance(exc, TraceError)
+                                else f"{f}: {exc}")
+        if isinstance(exc, (duckdb.Error, ValueError)):
+            return ImportResult(str(f), "failed", error=f"{f}: could not be stored ({type(exc).__name__}: {exc})")
+        raise
+    return ImportResult(str(f), "replaced" if old is not None else "imported", run_id=run_id,
+                        n_kernels=data.kernels.num_rows, seconds=time.perf_counter() - t0)

@@ -1,0 +1,112 @@
+"""What every reader returns: the canonical tables of one trace, as Arrow, before a run_id exists."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+# Column order and types of each table as the store expects them (run_id is added on insert;
+# enrich columns such as kernels.category are filled later, so readers never produce them).
+KERNEL_SCHEMA = pa.schema([
+    ("kernel_id", pa.int64()), ("name", pa.string()), ("short_name", pa.string()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
+    ("device", pa.int32()), ("context", pa.int64()), ("stream", pa.int64()),
+    ("correlation", pa.int64()), ("pid", pa.int64()),
+    ("grid_x", pa.int32()), ("grid_y", pa.int32()), ("grid_z", pa.int32()),
+    ("block_x", pa.int32()), ("block_y", pa.int32()), ("block_z", pa.int32()),
+    ("registers", pa.int32()), ("shared_static", pa.int64()), ("shared_dynamic", pa.int64()),
+    ("graph_node_id", pa.int64()),
+])
+LAUNCH_SCHEMA = pa.schema([
+    ("launch_id", pa.int64()), ("name", pa.string()), ("kind", pa.string()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
+    ("pid", pa.int64()), ("tid", pa.int64()), ("correlation", pa.int64()),
+])
+RANGE_SCHEMA = pa.schema([
+    ("range_id", pa.int64()), ("name", pa.string()), ("kind", pa.string()), ("domain", pa.string()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
+    ("pid", pa.int64()), ("tid", pa.int64()),
+])
+OP_SCHEMA = pa.schema([
+    ("op_id", pa.int64()), ("name", pa.string()), ("source", pa.string()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
+    ("pid", pa.int64()), ("tid", pa.int64()), ("external_id", pa.int64()),
+    ("input_dims", pa.string()), ("input_types", pa.string()),
+])
+MEMOP_SCHEMA = pa.schema([
+    ("memop_id", pa.int64()), ("kind", pa.string()), ("name", pa.string()),
+    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
+    ("bytes", pa.int64()), ("device", pa.int32()), ("stream", pa.int64()),
+    ("correlation", pa.int64()), ("copy_kind", pa.string()),
+])
+
+SCHEMAS = {
+    "kernels": KERNEL_SCHEMA, "launches": LAUNCH_SCHEMA, "ranges": RANGE_SCHEMA,
+    "ops": OP_SCHEMA, "memops": MEMOP_SCHEMA,
+}
+
+
+def empty(table: str) -> pa.Table:
+    return SCHEMAS[table].empty_table()
+
+
+@dataclass
+class TraceData:
+    """One trace in canonical shape. Tables follow SCHEMAS; missing ones are empty."""
+
+    format: str
+    kernels: pa.Table
+    launches: pa.Table = field(default_factory=lambda: empty("launches"))
+    ranges: pa.Table = field(default_factory=lambda: empty("ranges"))
+    ops: pa.Table = field(default_factory=lambda: empty("ops"))
+    memops: pa.Table = field(default_factory=lambda: empty("memops"))
+    gpu_name: str | None = None
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    trace_meta: dict[str, object] = field(default_factory=dict)
+    # Metadata key=values found in the trace (e.g. Kineto add_metadata_json) for run_meta.
+    found_meta: dict[str, str] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> pa.Table:
+        return getattr(self, name)
+
+
+def to_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """Build a table from column lists, filling columns the reader does not know with nulls."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = []
+    for f in schema:
+        col = columns.get(f.name)
+        arrays.append(pa.nulls(n, f.type) if col is None else pa.array(col, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+_TEMPLATE_OR_ARGS = re.compile(r"[<(]")
+
+
+def short_name(demangled: str) -> str:
+    """The bare function name of a demangled C++ kernel name, as nsys's shortName gives it.
+
+    `void at::native::vectorized_gather_kernel<16, long>(char*, ...)` -> `vectorized_gather_kernel`.
+    Template arguments may themselves contain parentheses and `::`, so the name is cut at the
+    first `<` or `(` at nesting depth 0 before taking the last `::` component.
+    """
+    s = demangled.strip()
+    if s.startswith("void "):
+        s = s[5:]
+    depth = 0
+    cut = len(s)
+    for i, ch in enumerate(s):
+        if ch in "<(":
+            if depth == 0:
+                cut = i
+                break
+            depth += 1
+        elif ch in ">)":
+            depth -= 1
+    head = s[:cut].strip()
+    # Return types other than void ("int foo<...>") leave a space-separated prefix.
+    head = head.rsplit(" ", 1)[-1]
+    return head.rsplit("::", 1)[-1] or demangled

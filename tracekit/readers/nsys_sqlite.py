@@ -1,0 +1,306 @@
+"""Reader for `nsys export --type sqlite` files (Nsight Systems 2021 and later).
+
+Exports differ by version: string columns are inline text in old exports and `StringIds`
+references in new ones, NVTX text is `text` or `textId`, metadata lives in `EXPORT_META_DATA` or
+`META_DATA_EXPORT`, and whole tables are absent when nothing of their kind was traced. Each
+lookup here therefore asks the file what it has and records what it lacked in `absent`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+from tracekit.errors import TraceError
+from tracekit.readers.common import (
+    KERNEL_SCHEMA,
+    LAUNCH_SCHEMA,
+    MEMOP_SCHEMA,
+    OP_SCHEMA,
+    RANGE_SCHEMA,
+    TraceData,
+    short_name,
+    to_table,
+)
+
+KERNEL_TABLE = "CUPTI_ACTIVITY_KIND_KERNEL"
+
+# NVTX event types (ENUM_NSYS_EVENT_TYPE); stable since nsys 2020.
+_NVTX_PUSHPOP, _NVTX_STARTEND, _NVTX_DOMAIN_CREATE = 59, 60, 75
+
+# torch.autograd.profiler.emit_nvtx labels: "aten::mm, seq = 3, op_id = 5, sizes = [[..]], ..."
+_EMIT_NVTX = re.compile(r"^(?P<name>[^,]+), (?:seq = \d+, )?op_id = (?P<op_id>\d+)(?P<rest>.*)$", re.S)
+_SIZES = re.compile(r"sizes = (\[.*?\]\])(?:, input_op_ids|$)", re.S)
+
+
+def looks_like(path: Path, head: bytes) -> bool:
+    return head.startswith(b"SQLite format 3\x00")
+
+
+def _tables(con: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")]
+    return {n: {r[1] for r in con.execute(f'PRAGMA table_info("{n}")')} for n in names}
+
+
+def _gtid_pid(g: int | None) -> int | None:
+    # globalTid / globalPid pack (hardware id, pid, tid) as 0x00HH_PPPPPP_TTTTTT.
+    return None if g is None else (g >> 24) & 0xFFFFFF
+
+
+def _gtid_tid(g: int | None) -> int | None:
+    return None if g is None else g & 0xFFFFFF
+
+
+class _Strings:
+    """Resolves a column that is either inline text or a StringIds id."""
+
+    def __init__(self, con: sqlite3.Connection, has_table: bool) -> None:
+        self.map: dict[int, str] = dict(con.execute("SELECT id, value FROM StringIds")) if has_table else {}
+
+    def get(self, v: object) -> str | None:
+        if v is None or isinstance(v, str):
+            return v
+        return self.map.get(v)
+
+
+def read(path: Path) -> TraceData:
+    try:
+        # Read-only and immutable: the user's file is never touched, even its journal.
+        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        tables = _tables(con)
+    except sqlite3.DatabaseError as exc:
+        raise TraceError(path, f"not a readable SQLite file ({exc})") from None
+    try:
+        return _read(con, path, tables)
+    except sqlite3.DatabaseError as exc:
+        raise TraceError(path, f"SQLite error while reading ({exc})") from None
+    finally:
+        con.close()
+
+
+def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> TraceData:
+    if KERNEL_TABLE not in tables:
+        nsys_marks = {"StringIds", "TARGET_INFO_GPU", "META_DATA_EXPORT", "EXPORT_META_DATA", "NVTX_EVENTS"}
+        if not nsys_marks & tables.keys():
+            raise TraceError(path, "SQLite file is not an Nsight Systems export (no nsys tables)")
+        raise TraceError(path, f"no GPU kernels in this nsys export ({KERNEL_TABLE} absent: was CUDA traced?)")
+    absent: list[str] = []
+    strings = _Strings(con, "StringIds" in tables)
+    kcols = tables[KERNEL_TABLE]
+    required = {"start", "end", "correlationId"}
+    missing = required - kcols
+    if missing or not ({"demangledName", "shortName", "name"} & kcols):
+        raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
+
+    kernels = _kernels(con, kcols, strings, absent)
+    if not kernels.num_rows:
+        raise TraceError(path, "no GPU kernels in this nsys export (kernel table is empty)")
+    launches = _launches(con, tables, strings, absent)
+    ranges, ops = _nvtx(con, tables, strings, absent)
+    memops = _memops(con, tables, absent)
+    gpu_name, tool_versions, trace_meta = _meta(con, tables, absent)
+    return TraceData(
+        format="nsys-sqlite", kernels=kernels, launches=launches, ranges=ranges, ops=ops,
+        memops=memops, gpu_name=gpu_name, tool_versions=tool_versions, trace_meta=trace_meta,
+        absent=absent,
+    )
+
+
+def _col(cols: set[str], name: str, absent: list[str], table: str, default: str = "NULL") -> str:
+    if name in cols:
+        return f'"{name}"'
+    absent.append(f"{table}.{name}")
+    return default
+
+
+def _kernels(con: sqlite3.Connection, cols: set[str], strings: _Strings, absent: list[str]):
+    t = KERNEL_TABLE
+    demangled = "demangledName" if "demangledName" in cols else "name" if "name" in cols else "shortName"
+    short = "shortName" if "shortName" in cols else None
+    if short is None:
+        absent.append(f"{t}.shortName")
+    sel = ", ".join([
+        '"start"', '"end"', _col(cols, "deviceId", absent, t), _col(cols, "contextId", absent, t),
+        _col(cols, "streamId", absent, t), '"correlationId"', _col(cols, "globalPid", absent, t),
+        f'"{demangled}"', f'"{short}"' if short else "NULL",
+        *(_col(cols, c, absent, t) for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ")),
+        _col(cols, "registersPerThread", absent, t), _col(cols, "staticSharedMemory", absent, t),
+        _col(cols, "dynamicSharedMemory", absent, t),
+        "graphNodeId" if "graphNodeId" in cols else "NULL",
+    ])
+    rows = con.execute(f'SELECT {sel} FROM "{t}" ORDER BY "start", "end"').fetchall()
+    c = list(zip(*rows, strict=False)) if rows else [()] * 22
+    names = [strings.get(v) or "" for v in c[7]]
+    shorts = [strings.get(v) for v in c[8]]
+    shorts = [s if s else short_name(n) for s, n in zip(shorts, names, strict=False)]
+    start, end = c[0], c[1]
+    return to_table({
+        "kernel_id": list(range(len(rows))), "name": names, "short_name": shorts,
+        "start_ns": start, "end_ns": end, "dur_ns": [e - s for s, e in zip(start, end, strict=False)],
+        "device": c[2], "context": c[3], "stream": c[4], "correlation": c[5],
+        "pid": [_gtid_pid(g) for g in c[6]],
+        "grid_x": c[9], "grid_y": c[10], "grid_z": c[11],
+        "block_x": c[12], "block_y": c[13], "block_z": c[14],
+        "registers": c[15], "shared_static": c[16], "shared_dynamic": c[17], "graph_node_id": c[18],
+    }, KERNEL_SCHEMA)
+
+
+def _launches(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
+    cols: dict[str, list] = {k: [] for k in LAUNCH_SCHEMA.names}
+    for table, kind in (("CUPTI_ACTIVITY_KIND_RUNTIME", "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver")):
+        tc = tables.get(table)
+        if tc is None:
+            absent.append(table)
+            continue
+        name_col = "nameId" if "nameId" in tc else "name" if "name" in tc else None
+        if name_col is None or not {"start", "end", "globalTid", "correlationId"} <= tc:
+            absent.append(f"{table} (unexpected columns)")
+            continue
+        for start, end, gtid, corr, nm in con.execute(
+            f'SELECT "start", "end", globalTid, correlationId, "{name_col}" FROM "{table}"'
+        ):
+            cols["name"].append(strings.get(nm) or "")
+            cols["kind"].append(kind)
+            cols["start_ns"].append(start)
+            cols["end_ns"].append(end)
+            cols["dur_ns"].append(end - start)
+            cols["pid"].append(_gtid_pid(gtid))
+            cols["tid"].append(_gtid_tid(gtid))
+            cols["correlation"].append(corr)
+    cols["launch_id"] = list(range(len(cols["name"])))
+    return to_table(cols, LAUNCH_SCHEMA)
+
+
+def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
+    rcols: dict[str, list] = {k: [] for k in RANGE_SCHEMA.names}
+    ocols: dict[str, list] = {k: [] for k in OP_SCHEMA.names}
+    tc = tables.get("NVTX_EVENTS")
+    if tc is None:
+        absent.append("NVTX_EVENTS")
+        return to_table(rcols | {"range_id": []}, RANGE_SCHEMA), to_table(ocols | {"op_id": []}, OP_SCHEMA)
+    text = '"text"' if "text" in tc else "NULL"
+    text_id = '"textId"' if "textId" in tc else "NULL"
+    domain_col = '"domainId"' if "domainId" in tc else "NULL"
+    domains: dict[int, str] = {}
+    for dom, t, tid_ in con.execute(
+        f"SELECT {domain_col}, {text}, {text_id} FROM NVTX_EVENTS WHERE eventType = {_NVTX_DOMAIN_CREATE}"
+    ):
+        domains[dom] = t if t is not None else strings.get(tid_)
+    open_ranges = 0
+    for start, end, gtid, t, tid_, dom, _etype in con.execute(
+        f'SELECT "start", "end", globalTid, {text}, {text_id}, {domain_col}, eventType FROM NVTX_EVENTS '
+        f"WHERE eventType IN ({_NVTX_PUSHPOP}, {_NVTX_STARTEND}) ORDER BY \"start\""
+    ):
+        if end is None:
+            open_ranges += 1  # never closed before capture stopped: no extent to attribute
+            continue
+        label = t if t is not None else strings.get(tid_)
+        if label is None:
+            label = ""
+        pid, tid = _gtid_pid(gtid), _gtid_tid(gtid)
+        m = _EMIT_NVTX.match(label)
+        if m:
+            sizes = _SIZES.search(m.group("rest"))
+            ocols["name"].append(m.group("name"))
+            ocols["source"].append("nvtx")
+            ocols["start_ns"].append(start)
+            ocols["end_ns"].append(end)
+            ocols["dur_ns"].append(end - start)
+            ocols["pid"].append(pid)
+            ocols["tid"].append(tid)
+            ocols["external_id"].append(int(m.group("op_id")))
+            ocols["input_dims"].append(_json_dims(sizes.group(1)) if sizes else None)
+            ocols["input_types"].append(None)
+            # Under emit_nvtx, record_function labels (stage markers among them) arrive in the same
+            # format as operators; anything not namespaced like an operator is also kept as a range.
+            if "::" in m.group("name"):
+                continue
+            label = m.group("name")
+        rcols["name"].append(label)
+        rcols["kind"].append("nvtx")
+        rcols["domain"].append("emit_nvtx" if m else domains.get(dom) if dom else None)
+        rcols["start_ns"].append(start)
+        rcols["end_ns"].append(end)
+        rcols["dur_ns"].append(end - start)
+        rcols["pid"].append(pid)
+        rcols["tid"].append(tid)
+    if open_ranges:
+        absent.append(f"NVTX_EVENTS: {open_ranges} ranges never closed (skipped)")
+    rcols["range_id"] = list(range(len(rcols["name"])))
+    ocols["op_id"] = list(range(len(ocols["name"])))
+    return to_table(rcols, RANGE_SCHEMA), to_table(ocols, OP_SCHEMA)
+
+
+def _json_dims(text: str) -> str | None:
+    try:
+        return json.dumps(json.loads(text), separators=(",", ":"))
+    except ValueError:
+        return None
+
+
+def _memops(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[str]):
+    cols: dict[str, list] = {k: [] for k in MEMOP_SCHEMA.names}
+    kinds: dict[int, str] = {}
+    if "ENUM_CUDA_MEMCPY_OPER" in tables:
+        kinds = {i: label for i, label in con.execute("SELECT id, label FROM ENUM_CUDA_MEMCPY_OPER")}
+    for table, kind in (("CUPTI_ACTIVITY_KIND_MEMCPY", "memcpy"), ("CUPTI_ACTIVITY_KIND_MEMSET", "memset")):
+        tc = tables.get(table)
+        if tc is None:
+            absent.append(table)
+            continue
+        ck = '"copyKind"' if "copyKind" in tc else "NULL"
+        dev = '"deviceId"' if "deviceId" in tc else "NULL"
+        stream = '"streamId"' if "streamId" in tc else "NULL"
+        nbytes = '"bytes"' if "bytes" in tc else "NULL"
+        for start, end, d, s, corr, b, k in con.execute(
+            f'SELECT "start", "end", {dev}, {stream}, correlationId, {nbytes}, {ck} FROM "{table}"'
+        ):
+            label = kinds.get(k, str(k)) if k is not None else None
+            cols["kind"].append(kind)
+            cols["name"].append(f"Memcpy {label}" if kind == "memcpy" else "Memset")
+            cols["start_ns"].append(start)
+            cols["end_ns"].append(end)
+            cols["dur_ns"].append(end - start)
+            cols["bytes"].append(b)
+            cols["device"].append(d)
+            cols["stream"].append(s)
+            cols["correlation"].append(corr)
+            cols["copy_kind"].append(label)
+    order = sorted(range(len(cols["kind"])), key=lambda i: cols["start_ns"][i])
+    cols = {k: [v[i] for i in order] for k, v in cols.items() if v or k != "memop_id"}
+    cols["memop_id"] = list(range(len(order)))
+    return to_table(cols, MEMOP_SCHEMA)
+
+
+def _meta(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[str]):
+    gpu_name = None
+    if "TARGET_INFO_GPU" in tables and "name" in tables["TARGET_INFO_GPU"]:
+        names = sorted({r[0] for r in con.execute("SELECT name FROM TARGET_INFO_GPU") if r[0]})
+        gpu_name = ", ".join(names) or None
+    else:
+        absent.append("TARGET_INFO_GPU")
+    trace_meta: dict[str, object] = {}
+    tool_versions: dict[str, str] = {}
+    meta_table = next((t for t in ("META_DATA_EXPORT", "EXPORT_META_DATA") if t in tables), None)
+    if meta_table:
+        export = dict(con.execute(f'SELECT name, value FROM "{meta_table}"'))
+        trace_meta["export"] = export
+        if "EXPORT_PRODUCT_VERSION" in export:
+            tool_versions["nsys"] = str(export["EXPORT_PRODUCT_VERSION"])
+        if "EXPORT_SCHEMA_VERSION" in export:
+            tool_versions["nsys_schema"] = str(export["EXPORT_SCHEMA_VERSION"])
+    else:
+        absent.append("META_DATA_EXPORT")
+    if "META_DATA_CAPTURE" in tables:
+        capture = dict(con.execute("SELECT name, value FROM META_DATA_CAPTURE"))
+        keep = {k: v for k, v in capture.items() if "VERSION" in k.upper() or "COMMAND" in k.upper()}
+        trace_meta["capture"] = keep
+        for k, v in keep.items():
+            if k.upper() in ("CUDA_DRIVER_VERSION", "CUDA_VERSION", "NSYS_VERSION"):
+                tool_versions[k.lower()] = str(v)
+    if "TARGET_INFO_CUDA_GPU" in tables and gpu_name is None:
+        row = con.execute("SELECT name FROM TARGET_INFO_CUDA_GPU LIMIT 1").fetchone()
+        gpu_name = row[0] if row else None
+    return gpu_name, tool_versions, trace_meta

@@ -1,0 +1,123 @@
+-- tracekit canonical schema: one shape for every source format.
+-- All times are integer nanoseconds on the trace's own clock; durations are end - start.
+-- Every table carries run_id; ids (kernel_id, launch_id, ...) are unique within a run.
+
+CREATE SEQUENCE IF NOT EXISTS run_id_seq START 1;
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id           INTEGER PRIMARY KEY,
+    source_path      VARCHAR NOT NULL,   -- as given on the command line (not resolved: no machine paths leak)
+    source_name      VARCHAR NOT NULL,   -- file name only
+    format           VARCHAR NOT NULL,   -- 'nsys-sqlite' | 'nsys-rep' | 'kineto'
+    content_hash     VARCHAR NOT NULL UNIQUE,  -- sha256 of the file bytes: the same content is one run
+    importer_version VARCHAR NOT NULL,
+    imported_at      TIMESTAMP NOT NULL,
+    gpu_name         VARCHAR,
+    tool_versions    JSON,               -- {"nsys": "...", "cuda_runtime": "...", "pytorch": "..."}
+    trace_meta       JSON,               -- metadata found in the trace itself
+    absent           VARCHAR[],          -- tables/fields the source lacked (normal across versions)
+    stage_method     VARCHAR,            -- how stages were decided: 'markers' | 'inferred:<how>' | 'none'
+    iterations       INTEGER,            -- complete summarization+generation sequences found
+    n_kernels        BIGINT,
+    kernel_time_ns   BIGINT
+);
+
+-- Every key=value known about a run: --meta > capture manifest > found in the trace.
+CREATE TABLE IF NOT EXISTS run_meta (
+    run_id  INTEGER NOT NULL,
+    key     VARCHAR NOT NULL,
+    value   VARCHAR,
+    source  VARCHAR NOT NULL,            -- 'cli' | 'manifest' | 'trace'
+    PRIMARY KEY (run_id, key)
+);
+
+CREATE TABLE IF NOT EXISTS kernels (
+    run_id        INTEGER NOT NULL,
+    kernel_id     BIGINT NOT NULL,       -- 0.. in start order
+    name          VARCHAR NOT NULL,      -- demangled name
+    short_name    VARCHAR NOT NULL,      -- nsys shortName, or derived from the demangled name
+    start_ns      BIGINT NOT NULL,
+    end_ns        BIGINT NOT NULL,
+    dur_ns        BIGINT NOT NULL,
+    device        INTEGER,
+    context       BIGINT,
+    stream        BIGINT,
+    correlation   BIGINT,
+    pid           BIGINT,
+    grid_x INTEGER, grid_y INTEGER, grid_z INTEGER,
+    block_x INTEGER, block_y INTEGER, block_z INTEGER,
+    registers     INTEGER,               -- per thread
+    shared_static BIGINT,                -- bytes; Kineto reports one total, stored here
+    shared_dynamic BIGINT,
+    graph_node_id BIGINT,                -- CUDA graph node, when launched from a graph
+    launch_id     BIGINT,                -- -> launches.launch_id (CUDA API call, via correlation)
+    op_id         BIGINT,                -- -> ops.op_id (innermost CPU operator around the launch)
+    range_id      BIGINT,                -- -> ranges.range_id (innermost NVTX range / annotation around the launch)
+    category      VARCHAR,               -- filled by classification
+    rule_id       VARCHAR,
+    evidence      VARCHAR,               -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'unclassified'
+    stage         VARCHAR,               -- 'summarization' | 'generation' | 'warmup' | 'other'
+    step          INTEGER,               -- 0 = summarization, k = k-th generation pass; NULL outside passes
+    iteration     INTEGER                -- which summarization+generation sequence (0-based); NULL outside
+);
+
+CREATE TABLE IF NOT EXISTS launches (
+    run_id      INTEGER NOT NULL,
+    launch_id   BIGINT NOT NULL,
+    name        VARCHAR NOT NULL,        -- cudaLaunchKernel, cuLaunchKernelEx, ...
+    kind        VARCHAR NOT NULL,        -- 'runtime' | 'driver'
+    start_ns    BIGINT NOT NULL,
+    end_ns      BIGINT NOT NULL,
+    dur_ns      BIGINT NOT NULL,
+    pid         BIGINT,
+    tid         BIGINT,
+    correlation BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS ranges (
+    run_id     INTEGER NOT NULL,
+    range_id   BIGINT NOT NULL,
+    name       VARCHAR NOT NULL,
+    kind       VARCHAR NOT NULL,         -- 'nvtx' | 'user_annotation' | 'gpu_user_annotation'
+    domain     VARCHAR,
+    start_ns   BIGINT NOT NULL,
+    end_ns     BIGINT NOT NULL,
+    dur_ns     BIGINT NOT NULL,
+    pid        BIGINT,
+    tid        BIGINT,
+    depth      INTEGER,                  -- 0 = outermost on its thread
+    parent_id  BIGINT                    -- enclosing range on the same thread
+);
+
+CREATE TABLE IF NOT EXISTS ops (
+    run_id      INTEGER NOT NULL,
+    op_id       BIGINT NOT NULL,
+    name        VARCHAR NOT NULL,        -- aten::mm, ...
+    source      VARCHAR NOT NULL,        -- 'kineto' | 'nvtx' (emit_nvtx(record_shapes=True) ranges)
+    start_ns    BIGINT NOT NULL,
+    end_ns      BIGINT NOT NULL,
+    dur_ns      BIGINT NOT NULL,
+    pid         BIGINT,
+    tid         BIGINT,
+    external_id BIGINT,
+    input_dims  VARCHAR,                 -- JSON list of shapes, e.g. [[1,64],[4096,4096]]
+    input_types VARCHAR,                 -- JSON list
+    depth       INTEGER,
+    parent_id   BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS memops (
+    run_id      INTEGER NOT NULL,
+    memop_id    BIGINT NOT NULL,
+    kind        VARCHAR NOT NULL,        -- 'memcpy' | 'memset'
+    name        VARCHAR,
+    start_ns    BIGINT NOT NULL,
+    end_ns      BIGINT NOT NULL,
+    dur_ns      BIGINT NOT NULL,
+    bytes       BIGINT,
+    device      INTEGER,
+    stream      BIGINT,
+    correlation BIGINT,
+    copy_kind   VARCHAR,                 -- HtoD, DtoH, DtoD, ...
+    launch_id   BIGINT
+);
