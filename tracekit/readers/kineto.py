@@ -3,13 +3,15 @@
 Decoding goes through a typed msgspec schema straight into small structs, so only the fields
 tracekit keeps are ever materialised: a 250 MB trace never becomes a list of Python dicts.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
-nanoseconds by rounding, which is exact for the 3-decimal values Kineto writes.
+nanoseconds by splitting off the
+fraction first, which is exact for the 3-decimal values Kineto writes (see _ns).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import zlib
 from pathlib import Path
 
@@ -106,7 +108,12 @@ def _load_bytes(path: Path) -> bytes:
 
 
 def _ns(us: float | None) -> int | None:
-    return None if us is None else round(us * 1000)
+    # us * 1000 would round twice at ~4.5e15 and be off by a nanosecond; the fraction alone
+    # scales exactly. Exact while the double still resolves 0.5 ns (timestamps < ~8.8e12 µs).
+    if us is None:
+        return None
+    whole = math.floor(us)
+    return int(whole) * 1000 + round((us - whole) * 1000)
 
 
 def _int_or_none(v: object) -> int | None:
@@ -256,9 +263,6 @@ def _sorted_with_ids(cols: dict[str, list], schema, id_col: str):
 
 def _envelope(raw: bytes) -> dict:
     """Top-level keys other than traceEvents: device properties, versions, user metadata."""
-
-    class Envelope(msgspec.Struct):
-        traceEvents: msgspec.Raw | None = None
 
     # Decode everything except the events: msgspec.Raw skips their parsing.
     top = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])

@@ -1,0 +1,193 @@
+"""Import of the real shared traces, checked against independent readings of the files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_TRACES
+
+import tracekit
+
+
+def _ns(v) -> int:
+    # Decimal arithmetic: an independent, exact conversion of the µs values in the JSON text.
+    return int((Decimal(str(v)) * 1000).to_integral_value())
+
+
+def kineto_events(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return json.load(f, parse_float=Decimal)["traceEvents"]
+
+
+def run_of(db, path: Path) -> int:
+    return db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [path.name]).fetchone()[0]
+
+
+@pytest.mark.parametrize("path", [NSYS_L2, NSYS_L3_SHAPES], ids=lambda p: p.name)
+def test_nsys_kernel_count_and_time_exact(shared_db_path, path):
+    con = sqlite3.connect(path)
+    n, total = con.execute('SELECT count(*), sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()
+    by_name = dict(con.execute(
+        'SELECT s.value, sum(k."end" - k."start") FROM CUPTI_ACTIVITY_KIND_KERNEL k '
+        "JOIN StringIds s ON s.id = k.demangledName GROUP BY 1"
+    ).fetchall())
+    db = tracekit.open(shared_db_path, read_only=True)
+    rid = run_of(db, path)
+    got_n, got_total = db.con.execute(
+        "SELECT count(*), sum(dur_ns) FROM kernels WHERE run_id = ?", [rid]).fetchone()
+    assert (got_n, got_total) == (n, total)
+    got_by_name = dict(db.con.execute(
+        "SELECT name, sum(dur_ns)::BIGINT FROM kernels WHERE run_id = ? GROUP BY 1", [rid]).fetchall())
+    assert got_by_name == by_name
+    assert db.con.execute("SELECT n_kernels, kernel_time_ns FROM runs WHERE run_id = ?", [rid]).fetchone() == (n, total)
+
+
+@pytest.mark.parametrize("path", [KINETO_L2, KINETO_L3], ids=lambda p: p.name)
+def test_kineto_kernel_count_and_time_exact(shared_db_path, path):
+    kernels = [e for e in kineto_events(path) if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    db = tracekit.open(shared_db_path, read_only=True)
+    rid = run_of(db, path)
+    got = db.con.execute("SELECT count(*), sum(dur_ns), min(start_ns) FROM kernels WHERE run_id = ?",
+                         [rid]).fetchone()
+    assert got == (len(kernels), sum(_ns(e["dur"]) for e in kernels), min(_ns(e["ts"]) for e in kernels))
+
+
+@pytest.mark.parametrize("path", [NSYS_L2, NSYS_L3_SHAPES], ids=lambda p: p.name)
+def test_nsys_kernels_link_to_launch_and_innermost_nvtx_range(shared_db_path, path):
+    con = sqlite3.connect(path)
+    # Independent reading: launch by correlationId, then a brute-force search of NVTX push/pop
+    # ranges on the launching thread for the shortest one that covers the launch.
+    launches = {c: (s, g) for s, g, c in con.execute(
+        "SELECT start, globalTid, correlationId FROM CUPTI_ACTIVITY_KIND_RUNTIME")}
+    ranges = con.execute(
+        "SELECT start, end, globalTid, text FROM NVTX_EVENTS WHERE eventType = 59 AND end IS NOT NULL "
+        "AND text NOT LIKE '%::%op_id =%'").fetchall()
+    expected = []
+    for (corr, kstart) in con.execute("SELECT correlationId, start FROM CUPTI_ACTIVITY_KIND_KERNEL ORDER BY start, end"):
+        ls, g = launches[corr]
+        around = [r for r in ranges if r[2] == g and r[0] <= ls <= r[1]]
+        inner = min(around, key=lambda r: (r[1] - r[0])) if around else None
+        expected.append((kstart, ls, inner[3].split(",")[0] if inner else None))
+    db = tracekit.open(shared_db_path, read_only=True)
+    got = db.con.execute(
+        "SELECT k.start_ns, l.start_ns, r.name FROM kernels k JOIN launches l USING (run_id, launch_id) "
+        "LEFT JOIN ranges r ON r.run_id = k.run_id AND r.range_id = k.range_id "
+        "WHERE k.run_id = ? ORDER BY k.kernel_id", [run_of(db, path)]).fetchall()
+    assert len(got) == len(expected)  # every kernel has its launch
+    assert got == expected
+    assert any(name is not None for _, _, name in got)
+
+
+def test_nsys_emit_nvtx_ops_carry_shapes(shared_db_path):
+    db = tracekit.open(shared_db_path, read_only=True)
+    rid = run_of(db, NSYS_L3_SHAPES)
+    rows = db.con.execute(
+        "SELECT o.name, o.input_dims FROM kernels k JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
+        "WHERE k.run_id = ? AND k.short_name LIKE 'nvjet%'", [rid]).fetchall()
+    assert rows, "GEMM kernels of the emit_nvtx trace must link to their aten op"
+    assert {name for name, _ in rows} <= {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"}
+    # batch 4 x 64 prompt tokens in prefill, 4 x 1 in decode: the activation rows are one of those.
+    rows_m = {json.loads(d)[0][0] for _, d in rows}
+    assert rows_m <= {256, 4}, rows_m
+    assert rows_m == {256, 4}
+
+
+@pytest.mark.parametrize("path", [KINETO_L2, KINETO_L3], ids=lambda p: p.name)
+def test_kineto_kernels_link_to_launch_and_op_with_shapes(shared_db_path, path):
+    events = kineto_events(path)
+    # In Kineto, the kernel, its launch and the innermost cpu_op share one "External id".
+    ext_of_kernel = [
+        (_ns(e["ts"]), e["args"]["External id"], e["args"]["correlation"])
+        for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"
+    ]
+    ext_of_kernel.sort()
+    db = tracekit.open(shared_db_path, read_only=True)
+    got = db.con.execute(
+        "SELECT k.start_ns, o.external_id, l.correlation, o.input_dims, r.name FROM kernels k "
+        "JOIN launches l USING (run_id, launch_id) JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
+        "LEFT JOIN ranges r ON r.run_id = k.run_id AND r.range_id = k.range_id "
+        "WHERE k.run_id = ? ORDER BY k.start_ns, k.kernel_id", [run_of(db, path)]).fetchall()
+    assert len(got) == len(ext_of_kernel)
+    assert [(s, x, c) for s, x, c, _, _ in got] == ext_of_kernel
+    assert all(r[4] in ("stage:summarization", "stage:generation") for r in got)
+    assert sum(r[3] is not None for r in got) == len(got)
+
+
+def test_runs_metadata_and_versions(shared_db_path):
+    db = tracekit.open(shared_db_path, read_only=True)
+    rows = db.con.execute("SELECT format, gpu_name, tool_versions, content_hash FROM runs ORDER BY run_id").fetchall()
+    assert [r[0] for r in rows] == ["kineto", "kineto", "nsys-sqlite", "nsys-sqlite"]
+    assert all(r[1] == "NVIDIA H100 80GB HBM3" for r in rows)
+    assert json.loads(rows[2][2])["nsys"].startswith("2024.2")
+    assert json.loads(rows[0][2])["cuda_runtime_version"] == "13000"
+    assert len({r[3] for r in rows}) == 4
+    meta = dict(db.con.execute(
+        "SELECT key, value FROM run_meta m JOIN runs USING (run_id) WHERE source_name = ?", [KINETO_L3.name]
+    ).fetchall())
+    assert meta["batch"] == "8" and meta["model"] == "llama3-8b"
+
+
+def test_reimport_is_idempotent_and_replace_replaces(shared_db_copy):
+    db = tracekit.open(shared_db_copy)
+    before = db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels").fetchone()
+    res = db.import_paths(SHARED_TRACES)
+    assert [r.status for r in res] == ["skipped"] * 4
+    assert db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels").fetchone() == before
+    res = db.import_paths([KINETO_L2], replace=True, meta={"model": "renamed"})
+    assert res[0].status == "replaced"
+    assert db.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 4
+    assert db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels").fetchone() == before
+    assert db.con.execute(
+        "SELECT value FROM run_meta WHERE run_id = ? AND key = 'model'", [res[0].run_id]).fetchone()[0] == "renamed"
+
+
+def test_manifest_sidecar_is_attached_and_cli_meta_wins(tmp_path):
+    trace = tmp_path / "llama2-7b_b1_i64_o8.pt.trace.json.gz"
+    trace.write_bytes(KINETO_L2.read_bytes())
+    (tmp_path / "llama2-7b_b1_i64_o8.manifest.json").write_text(json.dumps(
+        {"model": "llama2-7b", "batch": 1, "input_len": 64, "output_len": 8, "gpu": "H100", "profiler": "torch"}))
+    db = tracekit.open(tmp_path / "m.duckdb")
+    [r] = db.import_paths([tmp_path], meta={"batch": "2"})
+    assert r.status == "imported"
+    meta = {k: (v, s) for k, v, s in db.con.execute("SELECT key, value, source FROM run_meta").fetchall()}
+    assert meta["model"] == ("llama2-7b", "manifest")
+    assert meta["input_len"] == ("64", "manifest")
+    assert meta["batch"] == ("2", "cli")
+
+
+def test_directory_import_prefers_export_over_report(tmp_path):
+    from tracekit.importer import expand
+
+    for p in (NSYS_L2, NSYS_L2.with_suffix(".nsys-rep"), KINETO_L2):
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "notes.txt").write_text("not a trace")
+    names = [p.name for p in expand([tmp_path])]
+    assert names == [KINETO_L2.name, NSYS_L2.name]
+
+
+def _find_nsys() -> str | None:
+    import os
+    import shutil
+
+    for cand in (os.environ.get("TRACEKIT_NSYS"), shutil.which("nsys"), "/opt/nsys2024/target-linux-x64/nsys"):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+@pytest.mark.skipif(_find_nsys() is None, reason="no nsys: install with ../shared/tools/nsys-toolchain.sh")
+def test_nsys_rep_is_exported_and_matches_its_sqlite(tmp_path):
+    from conftest import NSYS_REP
+
+    db = tracekit.open(tmp_path / "rep.duckdb")
+    [r] = db.import_paths([NSYS_REP], nsys=_find_nsys())
+    assert r.status == "imported", r.error
+    assert db.con.execute("SELECT format FROM runs").fetchone()[0] == "nsys-rep"
+    con = sqlite3.connect(NSYS_L2)
+    expected = con.execute('SELECT count(*), sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()
+    assert db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels").fetchone() == expected
