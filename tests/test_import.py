@@ -191,3 +191,17 @@ def test_nsys_rep_is_exported_and_matches_its_sqlite(tmp_path):
     con = sqlite3.connect(NSYS_L2)
     expected = con.execute('SELECT count(*), sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()
     assert db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels").fetchone() == expected
+
+
+def test_derived_short_names_match_nsys_short_names():
+    """Kineto has only demangled names; the derived short name must be what nsys itself reports."""
+    from tracekit.readers.common import short_name
+
+    pairs = set()
+    for path in (NSYS_L2, NSYS_L3_SHAPES):
+        con = sqlite3.connect(path)
+        pairs |= set(con.execute(
+            "SELECT d.value, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN StringIds d ON d.id = k.demangledName "
+            "JOIN StringIds s ON s.id = k.shortName").fetchall())
+    assert len(pairs) > 20
+    assert {(d, short_name(d)) for d, _ in pairs} == pairs

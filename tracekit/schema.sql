@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS runs (
     tool_versions    JSON,               -- {"nsys": "...", "cuda_runtime": "...", "pytorch": "..."}
     trace_meta       JSON,               -- metadata found in the trace itself
     absent           VARCHAR[],          -- tables/fields the source lacked (normal across versions)
-    stage_method     VARCHAR,            -- how stages were decided: 'markers' | 'inferred:<how>' | 'none'
+    stage_method     VARCHAR,            -- how stages were decided: 'markers:nvtx' | 'markers:annotation' | 'inferred:<how>' | 'none'
     iterations       INTEGER,            -- complete summarization+generation sequences found
     n_kernels        BIGINT,
     kernel_time_ns   BIGINT
@@ -120,4 +120,19 @@ CREATE TABLE IF NOT EXISTS memops (
     correlation BIGINT,
     copy_kind   VARCHAR,                 -- HtoD, DtoH, DtoD, ...
     launch_id   BIGINT
+);
+
+-- One row per forward pass found by stage attribution (enrich/stages.py).
+CREATE TABLE IF NOT EXISTS passes (
+    run_id     INTEGER NOT NULL,
+    pass_id    INTEGER NOT NULL,     -- 0.. in start order
+    iteration  INTEGER,              -- NULL before the first summarization pass
+    step       INTEGER,              -- 0 = summarization, k = k-th generation pass of its iteration
+    stage      VARCHAR NOT NULL,     -- what its kernels got: summarization | generation | warmup | other
+    source     VARCHAR NOT NULL,     -- 'nvtx' | 'user_annotation' | 'inferred'
+    name       VARCHAR,              -- marker label (NULL when inferred)
+    range_id   BIGINT,               -- -> ranges.range_id of the marker
+    start_ns   BIGINT NOT NULL,      -- marker extent (CPU clock), or GPU span of its kernels when inferred
+    end_ns     BIGINT NOT NULL,
+    n_kernels  BIGINT NOT NULL
 );

@@ -16,6 +16,8 @@ from tracekit.readers.common import TraceData
 
 SCHEMA_VERSION = 1
 TABLES = ("kernels", "launches", "ranges", "ops", "memops")
+# Tables filled after insert (enrichment); deleted with the run like the others.
+DERIVED_TABLES = ("passes",)
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -63,7 +65,7 @@ def find_run(con: duckdb.DuckDBPyConnection, content_hash: str) -> int | None:
 
 
 def delete_run(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
-    for t in (*TABLES, "run_meta", "runs"):
+    for t in (*TABLES, *DERIVED_TABLES, "run_meta", "runs"):
         con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -83,29 +82,17 @@ def to_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-_TEMPLATE_OR_ARGS = re.compile(r"[<(]")
-
-
 def short_name(demangled: str) -> str:
     """The bare function name of a demangled C++ kernel name, as nsys's shortName gives it.
 
     `void at::native::vectorized_gather_kernel<16, long>(char*, ...)` -> `vectorized_gather_kernel`.
-    Template arguments may themselves contain parentheses and `::`, so the name is cut at the
-    first `<` or `(` at nesting depth 0 before taking the last `::` component.
+    Template and call arguments may themselves contain `::`, so the name is cut at the first `<`
+    or `(` (after dropping anonymous namespaces) before taking the last `::` component.
     """
-    s = demangled.strip()
+    s = demangled.strip().replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     if s.startswith("void "):
         s = s[5:]
-    depth = 0
-    cut = len(s)
-    for i, ch in enumerate(s):
-        if ch in "<(":
-            if depth == 0:
-                cut = i
-                break
-            depth += 1
-        elif ch in ">)":
-            depth -= 1
+    cut = min((i for i in (s.find("<"), s.find("(")) if i >= 0), default=len(s))
     head = s[:cut].strip()
     # Return types other than void ("int foo<...>") leave a space-separated prefix.
     head = head.rsplit(" ", 1)[-1]

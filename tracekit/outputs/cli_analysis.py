@@ -1,0 +1,131 @@
+"""Analysis commands: stage split, kernel composition, per-pass times, top kernels.
+
+Each command prints one of the views in tracekit/views; times are shown in milliseconds
+(`*_ms`), the views themselves keep integer nanoseconds for SQL users.
+"""
+
+from __future__ import annotations
+
+import click
+import duckdb
+import polars as pl
+
+from tracekit.outputs.cli_core import db_option, fail, open_db
+from tracekit.outputs.format import print_frame
+
+FORMATS = ("table", "csv", "json", "markdown")
+
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output format.",
+)
+
+
+def _ms(col: str) -> str:
+    """`x.foo_ns` -> `round(x.foo_ns / 1e6, 3) AS foo_ms`."""
+    name = col.rsplit(".", 1)[-1].removesuffix("_ns")
+    return f"round({col} / 1e6, 3) AS {name}_ms"
+
+
+def _frame(db_path: str, sql: str, params: list, run_id: int | None) -> pl.DataFrame:
+    db = open_db(db_path, read_only=True)
+    try:
+        # fetchall, not fetchone: a half-read result blocks the connection's next query.
+        if run_id is not None and not db.con.execute(
+            "SELECT run_id FROM runs WHERE run_id = ?", [run_id]
+        ).fetchall():
+            fail(f"{db_path}: no run {run_id} (see `tracekit runs`)")
+        return db.query(sql, params)
+    except duckdb.Error as exc:
+        fail(f"{db_path}: {str(exc).splitlines()[0]}")
+    finally:
+        db.close()
+
+
+def _run_filter(run_id: int | None, alias: str = "") -> tuple[str, list]:
+    if run_id is None:
+        return "true", []
+    return f"{alias}run_id = ?", [run_id]
+
+
+@click.command("stages")
+@db_option
+@click.option("--run", "run_id", type=int, default=None, help="Only this run.")
+@format_option
+def stages_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
+    """Summarization vs generation time per run: the study's generation-stage share.
+
+    gen_ratio is on GPU kernel time of the measured iteration; wall_gen_ratio on the stage
+    marker ranges (empty when stages were inferred). See `tracekit.enrich.stages` for how
+    stages are decided (stage_method).
+    """
+    where, params = _run_filter(run_id, "i.")
+    sql = f"""
+        SELECT i.run_id, i.source_name, i.model, i.batch, i.input_len, i.output_len,
+               i.stage_method, i.iterations,
+               {_ms('s.summarization_ns')}, {_ms('s.generation_ns')}, {_ms('s.other_ns')},
+               {_ms('s.warmup_ns')}, round(s.gen_ratio, 4) AS gen_ratio,
+               {_ms('s.wall_summarization_ns')}, {_ms('s.wall_generation_ns')},
+               round(s.wall_gen_ratio, 4) AS wall_gen_ratio
+        FROM run_info i JOIN stage_ratio s USING (run_id)
+        WHERE {where} ORDER BY i.run_id"""
+    print_frame(_frame(db_path, sql, params, run_id), fmt)
+
+
+@click.command("composition")
+@db_option
+@click.option("--run", "run_id", type=int, default=None, help="Only this run.")
+@format_option
+def composition_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
+    """Kernel time by the study's buckets (Sum/Gen GEMM, Sum/Gen GEMV, ATTN) and other categories.
+
+    Over the measured summarization + generation kernels; shares sum to 1 per run.
+    """
+    where, params = _run_filter(run_id, "c.")
+    sql = f"""
+        SELECT c.run_id, i.source_name, c.bucket, {_ms('c.time_ns')}, round(c.share, 4) AS share
+        FROM composition c JOIN run_info i USING (run_id)
+        WHERE {where}"""
+    print_frame(_frame(db_path, sql, params, run_id), fmt)
+
+
+@click.command("steps")
+@db_option
+@click.option("--run", "run_id", type=int, required=True, help="The run.")
+@click.option("--by-category", is_flag=True, help="One row per pass and kernel category.")
+@format_option
+def steps_cmd(db_path: str, run_id: int, by_category: bool, fmt: str) -> None:
+    """Time of every forward pass (step 0 = summarization, k = k-th generation pass).
+
+    Warm-up iterations are listed too, with stage 'warmup'. wall_ms is the pass's marker range.
+    """
+    if by_category:
+        sql = f"""
+            SELECT iteration, step, stage, category, {_ms('time_ns')}, n_kernels
+            FROM steps WHERE run_id = ? ORDER BY iteration, step, time_ns DESC, category"""
+    else:
+        sql = f"""
+            SELECT iteration, step, stage, {_ms('time_ns')}, {_ms('wall_ns')}, n_kernels
+            FROM step_totals WHERE run_id = ? ORDER BY iteration, step"""
+    df = _frame(db_path, sql, [run_id], run_id)
+    if df.is_empty():
+        # Not an error: the trace simply had neither stage markers nor recognisable passes.
+        click.echo(f"tracekit: run {run_id}: no forward passes found (see stage_method in `tracekit runs`)",
+                   err=True)
+    print_frame(df, fmt)
+
+
+@click.command("top")
+@db_option
+@click.option("--run", "run_id", type=int, default=None, help="Only this run.")
+@click.option("-n", "n", type=click.IntRange(1), default=20, show_default=True, help="Kernels per run.")
+@format_option
+def top_cmd(db_path: str, run_id: int | None, n: int, fmt: str) -> None:
+    """The kernels that take the most time, per run (measured summarization + generation kernels)."""
+    where, params = _run_filter(run_id)
+    sql = f"""
+        SELECT run_id, short_name, category, n, {_ms('time_ns')}, round(share, 4) AS share
+        FROM top_kernels WHERE {where}
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY time_ns DESC, short_name) <= ?
+        ORDER BY run_id, time_ns DESC, short_name"""
+    print_frame(_frame(db_path, sql, [*params, n], run_id), fmt)
