@@ -146,6 +146,9 @@ def import_paths(
 
 
 def _report(cb: Callable[[ImportResult], None] | None, r: ImportResult) -> ImportResult:
+    if r.error and "\n" in r.error:
+        # DuckDB and some parsers explain over several lines; the user gets one line per file.
+        r.error = r.error.splitlines()[0] + " …"
     if cb is not None:
         cb(r)
     return r
@@ -171,12 +174,16 @@ def _store(
         _enrich(con, run_id, rules_dirs)
         con.execute("COMMIT")
     except BaseException as exc:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # the transaction is already gone with a failed connection; nothing was committed
         if isinstance(exc, TracekitError):
             return ImportResult(str(f), "failed", error=str(exc) if isinstance(exc, TraceError)
                                 else f"{f}: {exc}")
-        if isinstance(exc, (duckdb.Error, ValueError)):
+        if isinstance(exc, Exception):
+            # Enrichment of an odd but readable trace must fail that file in one line, not the run.
             return ImportResult(str(f), "failed", error=f"{f}: could not be stored ({type(exc).__name__}: {exc})")
-        raise
+        raise  # KeyboardInterrupt / SystemExit: rolled back above, then stop
     return ImportResult(str(f), "replaced" if old is not None else "imported", run_id=run_id,
                         n_kernels=data.kernels.num_rows, seconds=time.perf_counter() - t0)

@@ -1,21 +1,31 @@
 """Reader for PyTorch profiler / Kineto Chrome traces (`.json`, `.json.gz`, `.pt.trace.json`).
 
-Decoding goes through a typed msgspec schema straight into small structs, so only the fields
-tracekit keeps are ever materialised: a 250 MB trace never becomes a list of Python dicts.
+Speed and memory on traces of hundreds of MB come from three choices:
+- The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
+  small typed msgspec structs that are turned into Arrow columns and dropped before the next
+  slice: memory holds the decompressed text plus one slice of structs plus the kept columns.
+- The structs opt out of the garbage collector and collection is paused while they are built;
+  otherwise every few hundred allocations CPython walks all live objects (5x the decode time).
+- Per-event work is done per column: timestamps are converted with numpy, repeated strings
+  (kernel short names, input shapes) are computed once each.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
-nanoseconds by splitting off the
-fraction first, which is exact for the 3-decimal values Kineto writes (see _ns).
+nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
+writes (see _ns and _ns_array).
 """
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import math
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import numpy as np
+import pyarrow as pa
 
 from tracekit.errors import TraceError
 from tracekit.readers.common import (
@@ -26,15 +36,23 @@ from tracekit.readers.common import (
     RANGE_SCHEMA,
     TraceData,
     short_name,
-    to_table,
 )
 
 # Decompressed size limit: a gzip bomb must fail cleanly, not exhaust memory.
 MAX_DECOMPRESSED = 8 * 1024**3
+# Largest |ts| or dur (µs) whose nanosecond value still fits a signed 64-bit column.
+_MAX_US = 9.2e15
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Bytes of event text decoded at once: big enough that per-slice overhead vanishes, small
+# enough that one slice of structs stays a few tens of MB.
+_CHUNK = 8 << 20
+_WS = b" \t\r\n"
 
 
-class Args(msgspec.Struct, omit_defaults=True):
+class Args(msgspec.Struct, omit_defaults=True, gc=False):
     external_id: int | str | None = msgspec.field(default=None, name="External id")
+    # PyTorch 1.8-1.9 wrote the key in lower case on GPU events.
+    external_id_old: int | str | None = msgspec.field(default=None, name="external id")
     correlation: int | None = None
     device: int | None = None
     context: int | None = None
@@ -43,14 +61,16 @@ class Args(msgspec.Struct, omit_defaults=True):
     shared: int | None = msgspec.field(default=None, name="shared memory")
     grid: list[int] | None = None
     block: list[int] | None = None
-    input_dims: list | None = msgspec.field(default=None, name="Input Dims")
-    input_dims_old: list | None = msgspec.field(default=None, name="Input dims")
-    input_type: list | None = msgspec.field(default=None, name="Input type")
+    # Shapes and types are kept as JSON text: left raw, each distinct value is converted once.
+    input_dims: msgspec.Raw = msgspec.field(default=None, name="Input Dims")
+    input_dims_old: msgspec.Raw = msgspec.field(default=None, name="Input dims")
+    input_type: msgspec.Raw = msgspec.field(default=None, name="Input type")
     nbytes: int | None = msgspec.field(default=None, name="bytes")
 
 
-class Event(msgspec.Struct):
+class Event(msgspec.Struct, gc=False):
     ph: str | None = None
+    id: int | str | None = None  # flow events (ph s/f) carry the correlation id here
     cat: str | None = None
     name: str | None = None
     pid: int | str | None = None
@@ -61,11 +81,14 @@ class Event(msgspec.Struct):
 
 
 class Trace(msgspec.Struct):
+    """The whole-document shape; used only to word the error for a trace that does not fit it."""
+
     traceEvents: list[Event] | None = None
     deviceProperties: list[dict] | None = None
 
 
-_ENVELOPE_SKIP = {"traceEvents"}
+_NO_ARGS = Args()
+_EVENTS = msgspec.json.Decoder(list[Event])
 _KERNEL_CATS = {"kernel", "Kernel"}
 _RUNTIME_CATS = {"cuda_runtime": "runtime", "Runtime": "runtime", "cuda_driver": "driver"}
 _MEM_CATS = {"gpu_memcpy": "memcpy", "Memcpy": "memcpy", "gpu_memset": "memset", "Memset": "memset"}
@@ -73,24 +96,38 @@ _OP_CATS = {"cpu_op", "Operator", "operator"}
 _RANGE_CATS = {"user_annotation", "gpu_user_annotation"}
 
 
+class _Retry(Exception):
+    """Invalid UTF-8 met mid-way: start again on the repaired text."""
+
+
+class _BadCut(Exception):
+    """A slice did not decode: decode the events array whole instead."""
+
+
+class _SplitWrong(Exception):
+    """The quick guess of where the events array lies was wrong: find it by a full parse."""
+
+
 def looks_like(path: Path, head: bytes) -> bool:
     if head[:2] == b"\x1f\x8b":
         return True
-    return head.lstrip()[:1] in (b"{", b"[")
+    return head.removeprefix(_UTF8_BOM).lstrip()[:1] in (b"{", b"[")
 
 
-def _load_bytes(path: Path) -> bytes:
+def _load_bytes(path: Path) -> bytes | bytearray:
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
-        return raw
-    # Stream the inflate with an output cap instead of gzip.decompress, which has none.
+        # Editors on Windows prepend a BOM; JSON parsers reject it, the content is fine.
+        return raw.removeprefix(_UTF8_BOM)
+    # Stream the inflate with an output cap instead of gzip.decompress, which has none. The
+    # bytearray is returned as is: a bytes() copy would double the peak memory.
     out = bytearray()
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     data = raw
+    del raw
     try:
         while data:
-            chunk = d.decompress(data, 64 * 1024 * 1024)
-            out += chunk
+            out += d.decompress(data, _CHUNK)
             if len(out) > MAX_DECOMPRESSED:
                 raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED >> 30} GiB; refusing (zip bomb?)")
             data = d.unconsumed_tail
@@ -104,7 +141,9 @@ def _load_bytes(path: Path) -> bytes:
         raise TraceError(path, f"corrupt gzip ({exc})") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(path, f"corrupt gzip ({exc})") from None
-    return bytes(out)
+    if out.startswith(_UTF8_BOM):
+        del out[:3]
+    return out
 
 
 def _ns(us: float | None) -> int | None:
@@ -114,6 +153,12 @@ def _ns(us: float | None) -> int | None:
         return None
     whole = math.floor(us)
     return int(whole) * 1000 + round((us - whole) * 1000)
+
+
+def _ns_array(us: np.ndarray) -> np.ndarray:
+    # _ns, vectorised: the same float operations, and np.rint rounds half to even like round().
+    whole = np.floor(us)
+    return whole.astype(np.int64) * 1000 + np.rint((us - whole) * 1000).astype(np.int64)
 
 
 def _int_or_none(v: object) -> int | None:
@@ -126,119 +171,505 @@ def _int_or_none(v: object) -> int | None:
 
 def read(path: Path) -> TraceData:
     raw = _load_bytes(path)
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        trace = msgspec.json.decode(raw, type=Trace)
+        try:
+            return _read(path, raw, replaced=False)
+        except _Retry:
+            # Invalid UTF-8 (kernel or annotation names copied raw from C++ strings) is replaced
+            # with U+FFFD rather than rejecting the whole trace.
+            raw = bytes(raw).decode("utf-8", "replace").encode()
+            try:
+                return _read(path, raw, replaced=True)
+            except _Retry:
+                raise TraceError(path, "invalid UTF-8 that cannot be repaired") from None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(path: Path, raw: bytes | bytearray, replaced: bool) -> TraceData:
+    try:
+        built = None
+        quick = _split_quick(raw)
+        if quick is not None:
+            try:
+                built = _build(path, raw, *quick, exact=False)
+            except _SplitWrong:
+                built = None
+        if built is None:
+            built = _build(path, raw, *_split_envelope(path, raw), exact=True)
+        tables, envelope = built
+        data = tables.finish(envelope)
+    except UnicodeDecodeError:
+        raise _Retry() from None
+    except (OverflowError, pa.ArrowInvalid) as exc:
+        # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
+        raise TraceError(path, f"value out of range in trace ({exc})") from None
+    if data is None:
+        bad_ts = tables.bad_ts
+        why = f" ({bad_ts} events skipped for missing, NaN, negative or out-of-range times)" if bad_ts else ""
+        raise TraceError(path, f"trace has no GPU kernels{why} (was the profiler run with CUDA activities?)")
+    if replaced:
+        data.absent.append("invalid UTF-8 in names (replaced with U+FFFD)")
+    return data
+
+
+def _build(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw], span: tuple[int, int],
+           exact: bool) -> tuple[_Tables, dict]:
+    envelope = _envelope(path, raw, top)
+    try:
+        tables = _Tables()
+        for chunk in _chunks(raw, span):
+            tables.add(chunk, path, raw)
+    except _BadCut:
+        tables = _Tables()
+        tables.add(_decode_whole(path, raw, span, exact), path, raw)
+    if tables.need_flow:
+        # Rare (correlation args missing): a second pass reads the ac2g flows.
+        try:
+            for chunk in _chunks(raw, span):
+                tables.add_flows(chunk)
+        except _BadCut:
+            tables.add_flows(_decode_whole(path, raw, span, exact))
+    return tables, envelope
+
+
+def _canonical_error(path: Path, raw: bytes | bytearray) -> TraceError:
+    """The error a whole-document decode gives: names the failing event by its index."""
+    try:
+        if _first_byte(raw, 0) == ord("["):
+            msgspec.json.decode(raw, type=list[Event])
+        else:
+            msgspec.json.decode(raw, type=Trace)
+            msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+    except UnicodeDecodeError:
+        raise _Retry() from None
     except msgspec.ValidationError as exc:
-        raise TraceError(path, f"not a Chrome/Kineto trace ({exc})") from None
+        return TraceError(path, f"not a Chrome/Kineto trace ({exc})")
     except msgspec.DecodeError as exc:
-        raise TraceError(path, f"invalid JSON ({exc})") from None
-    if trace.traceEvents is None:
+        return TraceError(path, f"invalid JSON ({exc})")
+    return TraceError(path, "not a Chrome/Kineto trace (unexpected event fields)")
+
+
+def _skip_ws(buf: bytes | bytearray, pos: int) -> int:
+    n = len(buf)
+    while pos < n and buf[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _first_byte(buf: bytes | bytearray, pos: int) -> int:
+    pos = _skip_ws(buf, pos)
+    return buf[pos] if pos < len(buf) else -1
+
+
+def _offset(view: memoryview, buf: bytes | bytearray) -> int:
+    # Where a msgspec.Raw slice starts inside the text it was decoded from.
+    return np.frombuffer(view, np.uint8).ctypes.data - np.frombuffer(buf, np.uint8).ctypes.data
+
+
+def _split_quick(raw: bytes | bytearray) -> tuple[dict[str, msgspec.Raw], tuple[int, int]] | None:
+    """Where the events array lies, found without parsing the whole text (a full parse costs as
+    much as a third of decoding): the `"traceEvents": [` key and a closing `]` after an event,
+    confirmed by the envelope around them decoding with traceEvents as that empty slot. The
+    events themselves are validated as they are decoded; if they do not decode, _SplitWrong."""
+    if _first_byte(raw, 0) != ord("{"):
+        return None
+    key = raw.find(b'"traceEvents"')
+    if key < 0:
+        return None
+    colon = _skip_ws(raw, key + len(b'"traceEvents"'))
+    if colon >= len(raw) or raw[colon] != ord(":"):
+        return None
+    start = _skip_ws(raw, colon + 1)
+    if start >= len(raw) or raw[start] != ord("["):
+        return None
+    pos = len(raw)
+    for _ in range(8):
+        close = raw.rfind(b"]", start, pos)
+        if close < 0:
+            return None
+        pos = close
+        before = close - 1
+        while before > start and raw[before] in _WS:
+            before -= 1
+        if raw[before] not in b"}[":
+            continue
+        head = bytes(raw[:start]) + b"[]" + bytes(raw[close + 1:])
+        try:
+            top = msgspec.json.decode(head, type=dict[str, msgspec.Raw])
+        except msgspec.DecodeError:
+            continue
+        ev = top.pop("traceEvents", None)
+        if ev is None or bytes(ev) != b"[]":
+            return None
+        return top, (start, close + 1)
+    return None
+
+
+def _split_envelope(path: Path, raw: bytes | bytearray) -> tuple[dict[str, msgspec.Raw], tuple[int, int]]:
+    """Top-level keys (events left raw) and the byte span of the events array in raw."""
+    if _first_byte(raw, 0) == ord("["):
+        # The Chrome "JSON Array Format": bare events, no envelope.
+        try:
+            msgspec.json.decode(raw, type=msgspec.Raw)
+        except msgspec.DecodeError:
+            raise _canonical_error(path, raw) from None
+        start = _skip_ws(raw, 0)
+        end = len(raw)
+        while end > start and raw[end - 1] in _WS:
+            end -= 1
+        return {}, (start, end)
+    try:
+        top = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+    except msgspec.DecodeError:
+        raise _canonical_error(path, raw) from None
+    ev = top.pop("traceEvents", None)
+    if ev is None or (len(memoryview(ev)) == 4 and bytes(ev) == b"null"):
         raise TraceError(path, "JSON has no traceEvents: not a Chrome/Kineto trace")
-    envelope = _envelope(raw)
-    del raw
-    k: dict[str, list] = {n: [] for n in KERNEL_SCHEMA.names}
-    la: dict[str, list] = {n: [] for n in LAUNCH_SCHEMA.names}
-    r: dict[str, list] = {n: [] for n in RANGE_SCHEMA.names}
-    o: dict[str, list] = {n: [] for n in OP_SCHEMA.names}
-    m: dict[str, list] = {n: [] for n in MEMOP_SCHEMA.names}
-    bad_ts = 0
-    for e in trace.traceEvents:
-        if e.ph != "X":
-            continue
-        cat = e.cat
-        if e.ts is None or e.dur is None or e.ts != e.ts or e.dur != e.dur or e.dur < 0:
-            bad_ts += 1  # NaN or negative extents have no place on a timeline
-            continue
-        start = _ns(e.ts)
-        dur = _ns(e.dur)
-        a = e.args or Args()
-        if cat in _KERNEL_CATS:
-            name = e.name or ""
-            grid = a.grid or [None, None, None]
-            block = a.block or [None, None, None]
-            k["name"].append(name)
-            k["short_name"].append(short_name(name))
-            k["start_ns"].append(start)
-            k["end_ns"].append(start + dur)
-            k["dur_ns"].append(dur)
-            k["device"].append(a.device if a.device is not None else _int_or_none(e.pid))
-            k["context"].append(a.context)
-            k["stream"].append(a.stream if a.stream is not None else _int_or_none(e.tid))
-            k["correlation"].append(a.correlation)
-            k["pid"].append(None)
-            for i, axis in enumerate("xyz"):
-                k[f"grid_{axis}"].append(grid[i] if i < len(grid) else None)
-                k[f"block_{axis}"].append(block[i] if i < len(block) else None)
-            k["registers"].append(a.registers)
-            k["shared_static"].append(a.shared)
-            k["shared_dynamic"].append(None)
-            k["graph_node_id"].append(None)
-        elif cat in _RUNTIME_CATS:
-            la["name"].append(e.name or "")
-            la["kind"].append(_RUNTIME_CATS[cat])
-            la["start_ns"].append(start)
-            la["end_ns"].append(start + dur)
-            la["dur_ns"].append(dur)
-            la["pid"].append(_int_or_none(e.pid))
-            la["tid"].append(_int_or_none(e.tid))
-            la["correlation"].append(a.correlation)
-        elif cat in _OP_CATS:
-            dims = a.input_dims if a.input_dims is not None else a.input_dims_old
-            o["name"].append(e.name or "")
-            o["source"].append("kineto")
-            o["start_ns"].append(start)
-            o["end_ns"].append(start + dur)
-            o["dur_ns"].append(dur)
-            o["pid"].append(_int_or_none(e.pid))
-            o["tid"].append(_int_or_none(e.tid))
-            o["external_id"].append(_int_or_none(a.external_id))
-            o["input_dims"].append(json.dumps(dims, separators=(",", ":")) if dims is not None else None)
-            o["input_types"].append(json.dumps(a.input_type) if a.input_type is not None else None)
-        elif cat in _RANGE_CATS:
-            r["name"].append(e.name or "")
-            r["kind"].append(cat)
-            r["domain"].append(None)
-            r["start_ns"].append(start)
-            r["end_ns"].append(start + dur)
-            r["dur_ns"].append(dur)
-            r["pid"].append(_int_or_none(e.pid))
-            r["tid"].append(_int_or_none(e.tid))
-        elif cat in _MEM_CATS:
-            m["kind"].append(_MEM_CATS[cat])
-            m["name"].append(e.name)
-            m["start_ns"].append(start)
-            m["end_ns"].append(start + dur)
-            m["dur_ns"].append(dur)
-            m["bytes"].append(a.nbytes)
-            m["device"].append(a.device)
-            m["stream"].append(a.stream)
-            m["correlation"].append(a.correlation)
-            m["copy_kind"].append(_copy_kind(e.name) if _MEM_CATS[cat] == "memcpy" else None)
-    del trace
-    if not k["name"]:
-        raise TraceError(path, "trace has no GPU kernels (was the profiler run with CUDA activities?)")
-    absent = []
-    if bad_ts:
-        absent.append(f"{bad_ts} events with missing, NaN or negative timestamps (skipped)")
-    if not o["name"]:
-        absent.append("cpu_op events")
-    elif all(d is None for d in o["input_dims"]):
-        absent.append("Input Dims (record_shapes was off)")
-    if not la["name"]:
-        absent.append("cuda_runtime events")
-    return TraceData(
-        format="kineto",
-        kernels=_sorted_with_ids(k, KERNEL_SCHEMA, "kernel_id"),
-        launches=_sorted_with_ids(la, LAUNCH_SCHEMA, "launch_id"),
-        ranges=_sorted_with_ids(r, RANGE_SCHEMA, "range_id"),
-        ops=_sorted_with_ids(o, OP_SCHEMA, "op_id"),
-        memops=_sorted_with_ids(m, MEMOP_SCHEMA, "memop_id"),
-        gpu_name=envelope["gpu_name"],
-        tool_versions=envelope["tool_versions"],
-        trace_meta=envelope["trace_meta"],
-        found_meta=envelope["found_meta"],
-        absent=absent,
-    )
+    view = memoryview(ev)
+    if not len(view) or view[0] != ord("["):
+        raise _canonical_error(path, raw)
+    start = _offset(view, raw)
+    return top, (start, start + len(view))
+
+
+def _chunks(raw: bytes | bytearray, span: tuple[int, int]) -> Iterator[list[Event]]:
+    """Decode the events array [start, end) in slices cut between two events.
+
+    A cut is made only where a newline separates `,` from `{`: a newline cannot occur inside a
+    JSON string, and a cut that lands inside an event (nested objects) leaves a bracket unclosed,
+    which the decoder rejects (_BadCut: the caller then decodes the array whole).
+    """
+    start, end = span
+    inner, stop = start + 1, end - 1  # between the brackets
+    cuts = []
+    pos = inner + _CHUNK
+    while pos < stop:
+        nl = raw.find(b"\n", pos, stop)
+        if nl < 0:
+            break
+        before = nl - 1
+        while before > inner and raw[before] in _WS:
+            before -= 1
+        after = nl + 1
+        while after < stop and raw[after] in _WS:
+            after += 1
+        if raw[before] == ord(",") and after < stop and raw[after] == ord("{"):
+            cuts.append((before, after))
+            pos = after + _CHUNK
+        else:
+            pos = nl + 1
+    if not cuts:
+        raise _BadCut()
+    lo = inner
+    pieces = []
+    for comma, nxt in cuts:
+        pieces.append((lo, comma))
+        lo = nxt
+    pieces.append((lo, stop))
+    for a, b in pieces:
+        buf = bytearray(b"[")
+        buf += memoryview(raw)[a:b]
+        buf += b"]"
+        try:
+            events = _EVENTS.decode(buf)
+        except msgspec.DecodeError:
+            raise _BadCut() from None  # a cut inside an event, or a bad event
+        del buf
+        yield events
+
+
+def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exact: bool) -> list[Event]:
+    try:
+        return _EVENTS.decode(memoryview(raw)[span[0]:span[1]])
+    except msgspec.DecodeError:
+        if not exact:
+            raise _SplitWrong() from None
+        raise _canonical_error(path, raw) from None
+
+
+class _Tables:
+    """Accumulates each kept table as Arrow record batches, one per slice of events."""
+
+    def __init__(self) -> None:
+        self.k: list[pa.RecordBatch] = []
+        self.la: list[pa.RecordBatch] = []
+        self.r: list[pa.RecordBatch] = []
+        self.o: list[pa.RecordBatch] = []
+        self.m: list[pa.RecordBatch] = []
+        self.bad_ts = 0
+        self.shorts: dict[str, str] = {}
+        self.json_text: dict[tuple[int, bytes], str | None] = {}
+        # Rows that lacked `correlation`: (table, row number, (pid, tid, ts)) for the ac2g fallback.
+        self.need_flow: list[tuple[str, int, tuple]] = []
+        self.flow_s: dict[tuple, int] = {}
+        self.flow_f: dict[tuple, int] = {}
+        self.rows = {"k": 0, "la": 0}
+
+    def add(self, events: list[Event], path: Path, raw: bytes | bytearray) -> None:
+        kern: list[Event] = []
+        launch: list[Event] = []
+        ops: list[Event] = []
+        rngs: list[Event] = []
+        mem: list[Event] = []
+        # Each category's list, so the loop below does one dict lookup per event, in file order.
+        route = dict.fromkeys(_KERNEL_CATS, kern) | dict.fromkeys(_RUNTIME_CATS, launch)
+        route |= dict.fromkeys(_OP_CATS, ops) | dict.fromkeys(_RANGE_CATS, rngs) | dict.fromkeys(_MEM_CATS, mem)
+        get = route.get
+        for e in events:
+            if e.ph == "X":
+                target = get(e.cat)
+                if target is not None:
+                    target.append(e)
+        if kern:
+            self._kernels(kern)
+        if launch:
+            self._launches(launch)
+        if ops:
+            self._ops(ops, path, raw)
+        if rngs:
+            self._ranges(rngs)
+        if mem:
+            self._memops(mem)
+
+    def add_flows(self, events: list[Event]) -> None:
+        for e in events:
+            ph = e.ph
+            if e.cat == "ac2g" and (ph == "s" or ph == "f"):
+                fid = _int_or_none(e.id)
+                if fid is not None and e.ts is not None:
+                    # First binding wins: a duplicated or cyclic flow id cannot rebind an event.
+                    (self.flow_s if ph == "s" else self.flow_f).setdefault((e.pid, e.tid, e.ts), fid)
+
+    def _times(self, evs: list[Event]) -> tuple[list[Event], np.ndarray, np.ndarray]:
+        ts = pa.array([e.ts for e in evs], pa.float64()).to_numpy(zero_copy_only=False)
+        dur = pa.array([e.dur for e in evs], pa.float64()).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            # NaN (also from a missing value) fails every comparison, so it lands in bad.
+            good = (np.abs(ts) <= _MAX_US) & (dur >= 0) & (dur <= _MAX_US)
+        if not good.all():
+            self.bad_ts += int((~good).sum())  # unplaceable extents have no place on a timeline
+            evs = [e for e, g in zip(evs, good.tolist(), strict=True) if g]
+            ts, dur = ts[good], dur[good]
+        start, d = _ns_array(ts), _ns_array(dur)
+        end = start + d
+        if (end < start).any():
+            raise OverflowError("start + dur beyond 64 bits")
+        return evs, start, np.stack([end, d])
+
+    def _kernels(self, evs: list[Event]) -> None:
+        evs, start, ed = self._times(evs)
+        if not evs:
+            return
+        args = [e.args or _NO_ARGS for e in evs]
+        idx, uniq = _codes([e.name or "" for e in evs])
+        shorts = self.shorts
+        for n in uniq:
+            if n not in shorts:
+                shorts[n] = short_name(n)
+        names = _decoded(idx, uniq)
+        short = _decoded(idx, [shorts[n] for n in uniq])
+        device = [a.device if a.device is not None else _int_or_none(e.pid) for a, e in zip(args, evs, strict=True)]
+        stream = [a.stream if a.stream is not None else _stream_of(e.tid) for a, e in zip(args, evs, strict=True)]
+        corr = [a.correlation for a in args]
+        base = self.rows["k"]
+        for i, c in enumerate(corr):
+            if c is None:
+                e = evs[i]
+                self.need_flow.append(("k", base + i, (e.pid, e.tid, e.ts)))
+        self.rows["k"] += len(evs)
+        grids = [a.grid or () for a in args]
+        blocks = [a.block or () for a in args]
+        cols = {
+            "kernel_id": pa.nulls(len(evs), pa.int64()), "name": names, "short_name": short,
+            "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1], "device": device,
+            "context": [a.context for a in args], "stream": stream, "correlation": corr,
+            "pid": pa.nulls(len(evs), pa.int64()),
+            "registers": [a.registers for a in args], "shared_static": [a.shared for a in args],
+            "shared_dynamic": pa.nulls(len(evs), pa.int64()), "graph_node_id": pa.nulls(len(evs), pa.int64()),
+        }
+        for i, axis in enumerate("xyz"):
+            cols[f"grid_{axis}"] = [g[i] if i < len(g) else None for g in grids]
+            cols[f"block_{axis}"] = [b[i] if i < len(b) else None for b in blocks]
+        self.k.append(_batch(cols, KERNEL_SCHEMA))
+
+    def _launches(self, evs: list[Event]) -> None:
+        evs, start, ed = self._times(evs)
+        if not evs:
+            return
+        args = [e.args or _NO_ARGS for e in evs]
+        corr = [a.correlation for a in args]
+        base = self.rows["la"]
+        for i, c in enumerate(corr):
+            if c is None:
+                e = evs[i]
+                self.need_flow.append(("la", base + i, (e.pid, e.tid, e.ts)))
+        self.rows["la"] += len(evs)
+        self.la.append(_batch({
+            "launch_id": pa.nulls(len(evs), pa.int64()), "name": _strings([e.name or "" for e in evs]),
+            "kind": _strings([_RUNTIME_CATS[e.cat] for e in evs]), "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
+            "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]), "correlation": corr,
+        }, LAUNCH_SCHEMA))
+
+    def _ops(self, evs: list[Event], path: Path, raw: bytes | bytearray) -> None:
+        evs, start, ed = self._times(evs)
+        if not evs:
+            return
+        args = [e.args or _NO_ARGS for e in evs]
+        dims = [a.input_dims if a.input_dims is not None else a.input_dims_old for a in args]
+        self.o.append(_batch({
+            "op_id": pa.nulls(len(evs), pa.int64()), "name": _strings([e.name or "" for e in evs]),
+            "source": pa.array(["kineto"], pa.string()).take(np.zeros(len(evs), np.int64)),
+            "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
+            "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]),
+            "external_id": _ints([a.external_id if a.external_id is not None else a.external_id_old
+                                  for a in args]),
+            "input_dims": self._json_col(dims, 0, path, raw),
+            "input_types": self._json_col([a.input_type for a in args], 1, path, raw),
+        }, OP_SCHEMA))
+
+    def _json_col(self, vals: list, style: int, path: Path, raw: bytes | bytearray) -> pa.Array:
+        """Shapes (style 0, compact) and types (style 1, json.dumps default) as JSON text.
+
+        A few hundred distinct values repeat over hundreds of thousands of ops: each distinct
+        text is converted once and the column is rebuilt from its dictionary codes."""
+        enc = pa.array([None if v is None else bytes(v) for v in vals], pa.binary()).dictionary_encode()
+        cache = self.json_text
+        texts = []
+        for b in enc.dictionary.to_pylist():
+            key = (style, b)
+            if key not in cache:
+                cache[key] = _json_text(b, style, path, raw)
+            texts.append(cache[key])
+        return pa.DictionaryArray.from_arrays(enc.indices, pa.array(texts, pa.string())).cast(pa.string())
+
+    def _ranges(self, evs: list[Event]) -> None:
+        evs, start, ed = self._times(evs)
+        if not evs:
+            return
+        self.r.append(_batch({
+            "range_id": pa.nulls(len(evs), pa.int64()), "name": [e.name or "" for e in evs],
+            "kind": [e.cat for e in evs], "domain": pa.nulls(len(evs), pa.string()),
+            "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
+            "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]),
+        }, RANGE_SCHEMA))
+
+    def _memops(self, evs: list[Event]) -> None:
+        evs, start, ed = self._times(evs)
+        if not evs:
+            return
+        args = [e.args or _NO_ARGS for e in evs]
+        kinds = [_MEM_CATS[e.cat] for e in evs]
+        self.m.append(_batch({
+            "memop_id": pa.nulls(len(evs), pa.int64()), "kind": kinds, "name": [e.name for e in evs],
+            "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1], "bytes": [a.nbytes for a in args],
+            "device": [a.device for a in args], "stream": [a.stream for a in args],
+            "correlation": [a.correlation for a in args],
+            "copy_kind": [_copy_kind(e.name) if k == "memcpy" else None for e, k in zip(evs, kinds, strict=True)],
+        }, MEMOP_SCHEMA))
+
+    def finish(self, envelope: dict) -> TraceData | None:
+        if not self.k:
+            return None
+        kernels = pa.Table.from_batches(self.k, KERNEL_SCHEMA)
+        launches = pa.Table.from_batches(self.la, LAUNCH_SCHEMA)
+        flow_used = 0
+        if self.need_flow:
+            kernels, launches, flow_used = self._apply_flows(kernels, launches)
+        ops = pa.Table.from_batches(self.o, OP_SCHEMA)
+        absent = []
+        if flow_used:
+            absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
+        if self.bad_ts:
+            absent.append(f"{self.bad_ts} events with missing, NaN or negative timestamps (skipped)")
+        if not ops.num_rows:
+            absent.append("cpu_op events")
+        elif ops.column("input_dims").null_count == ops.num_rows:
+            absent.append("Input Dims (record_shapes was off)")
+        if not launches.num_rows:
+            absent.append("cuda_runtime events")
+        return TraceData(
+            format="kineto",
+            kernels=_sorted_with_ids(kernels, "kernel_id"),
+            launches=_sorted_with_ids(launches, "launch_id"),
+            ranges=_sorted_with_ids(pa.Table.from_batches(self.r, RANGE_SCHEMA), "range_id"),
+            ops=_sorted_with_ids(ops, "op_id"),
+            memops=_sorted_with_ids(pa.Table.from_batches(self.m, MEMOP_SCHEMA), "memop_id"),
+            gpu_name=envelope["gpu_name"],
+            tool_versions=envelope["tool_versions"],
+            trace_meta=envelope["trace_meta"],
+            found_meta=envelope["found_meta"],
+            absent=absent,
+        )
+
+    def _apply_flows(self, kernels: pa.Table, launches: pa.Table) -> tuple[pa.Table, pa.Table, int]:
+        """Kineto draws a flow from each launch to its kernel; a trace whose events lost their
+        `correlation` args (older exporters, trimming tools) still links through these."""
+        fix: dict[str, dict[int, int]] = {"k": {}, "la": {}}
+        for table, row, key in self.need_flow:
+            fid = (self.flow_f if table == "k" else self.flow_s).get(key)
+            if fid is not None:
+                fix[table][row] = fid
+
+        def patched(t: pa.Table, rows: dict[int, int]) -> pa.Table:
+            if not rows:
+                return t
+            corr = t.column("correlation").to_pylist()
+            for i, v in rows.items():
+                corr[i] = v
+            return t.set_column(t.schema.get_field_index("correlation"), "correlation", pa.array(corr, pa.int64()))
+
+        return patched(kernels, fix["k"]), patched(launches, fix["la"]), len(fix["k"])
+
+
+def _json_text(text: bytes, style: int, path: Path, raw: bytes | bytearray) -> str | None:
+    try:
+        val = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        raise _canonical_error(path, raw) from None
+    if val is None:
+        return None
+    if not isinstance(val, list):
+        raise _canonical_error(path, raw)
+    return json.dumps(val, separators=(",", ":")) if style == 0 else json.dumps(val)
+
+
+def _codes(vals: list[str]) -> tuple[list[int], list[str]]:
+    codes: dict[str, int] = {}
+    idx = [codes.setdefault(v, len(codes)) for v in vals]
+    return idx, list(codes)
+
+
+def _decoded(idx: list[int], uniq: list[str]) -> pa.Array:
+    # Building from codes copies each distinct string once instead of once per row.
+    return pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
+
+
+def _strings(vals: list[str]) -> pa.Array:
+    return _decoded(*_codes(vals))
+
+
+def _ints(vals: list) -> list[int | None]:
+    # pid/tid are ints in Kineto 2.x, numeric strings in some 1.x rows, labels ("Spans") elsewhere.
+    return [v if type(v) is int else _int_or_none(v) for v in vals]
+
+
+def _batch(cols: dict[str, object], schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f in schema:
+        v = cols[f.name]
+        arrays.append(v if isinstance(v, pa.Array) else pa.array(v, type=f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _stream_of(tid: int | str | None) -> int | None:
+    # PyTorch 1.x names GPU rows "stream 7"; 2.x uses the bare number.
+    if isinstance(tid, str) and tid.startswith("stream "):
+        return _int_or_none(tid[7:].strip())
+    return _int_or_none(tid)
 
 
 def _copy_kind(name: str | None) -> str | None:
@@ -249,24 +680,20 @@ def _copy_kind(name: str | None) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-def _sorted_with_ids(cols: dict[str, list], schema, id_col: str):
-    import pyarrow.compute as pc
-
-    cols[id_col] = [0] * len(cols["start_ns"])
-    t = to_table(cols, schema)
+def _sorted_with_ids(t: pa.Table, id_col: str) -> pa.Table:
+    t = t.combine_chunks()  # take() on one chunk per column is several times faster
     if t.num_rows:
-        t = t.take(pc.sort_indices(t, sort_keys=[("start_ns", "ascending"), ("end_ns", "descending")]))
-    import pyarrow as pa
+        start = t.column("start_ns").to_numpy()
+        end = t.column("end_ns").to_numpy()
+        # Stable (lexsort is): events with the same extent keep their order in the file.
+        order = np.lexsort((-end, start))
+        if (order[1:] < order[:-1]).any():
+            t = t.take(pa.array(order))
+    return t.set_column(t.schema.get_field_index(id_col), id_col, pa.array(np.arange(t.num_rows), pa.int64()))
 
-    return t.set_column(t.schema.get_field_index(id_col), id_col, pa.array(range(t.num_rows), pa.int64()))
 
-
-def _envelope(raw: bytes) -> dict:
+def _envelope(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw]) -> dict:
     """Top-level keys other than traceEvents: device properties, versions, user metadata."""
-
-    # Decode everything except the events: msgspec.Raw skips their parsing.
-    top = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
-    top.pop("traceEvents", None)
     meta: dict[str, object] = {}
     for key, val in top.items():
         try:
@@ -274,6 +701,8 @@ def _envelope(raw: bytes) -> dict:
         except msgspec.DecodeError:
             continue
     devices = meta.pop("deviceProperties", None) or []
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise _canonical_error(path, raw)
     gpu_names = sorted({d.get("name") for d in devices if isinstance(d, dict) and d.get("name")})
     tool_versions = {}
     for key in ("cuda_runtime_version", "cuda_driver_version", "cupti_version", "schemaVersion"):
@@ -283,7 +712,10 @@ def _envelope(raw: bytes) -> dict:
     # Capture scripts store their run description with prof.add_metadata_json(key, json).
     for key, val in list(meta.items()):
         if key in ("tracekit_run", "tracekit") and isinstance(val, (str, dict)):
-            obj = json.loads(val) if isinstance(val, str) else val
+            try:
+                obj = json.loads(val) if isinstance(val, str) else val
+            except ValueError:
+                continue  # a malformed description is the user's metadata, not a reason to fail
             if isinstance(obj, dict):
                 found.update({k: _scalar(v) for k, v in obj.items()})
     meta["deviceProperties"] = devices
@@ -297,3 +729,4 @@ def _envelope(raw: bytes) -> dict:
 
 def _scalar(v: object) -> str:
     return v if isinstance(v, str) else json.dumps(v)
+

@@ -44,6 +44,21 @@ def _tables(con: sqlite3.Connection) -> dict[str, set[str]]:
     return {n: {r[1] for r in con.execute(f'PRAGMA table_info("{n}")')} for n in names}
 
 
+# SQLite columns hold any type whatever their declaration; a value of the wrong type or out of
+# range becomes NULL here instead of failing later in Arrow with a message naming no file.
+def _int(expr: str, bits: int = 64) -> str:
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return f"(CASE WHEN typeof({expr}) = 'integer' AND {expr} BETWEEN {lo} AND {hi} THEN {expr} END)"
+
+
+def _text_or_id(expr: str) -> str:
+    return f"(CASE WHEN typeof({expr}) IN ('integer', 'text') THEN {expr} END)"
+
+
+# Rows whose extent is not a pair of integers with end >= start cannot be placed on a timeline.
+_GOOD_EXTENT = "typeof(\"start\") = 'integer' AND typeof(\"end\") = 'integer' AND \"end\" >= \"start\""
+
+
 def _gtid_pid(g: int | None) -> int | None:
     # globalTid / globalPid pack (hardware id, pid, tid) as 0x00HH_PPPPPP_TTTTTT.
     return None if g is None else (g >> 24) & 0xFFFFFF
@@ -57,7 +72,8 @@ class _Strings:
     """Resolves a column that is either inline text or a StringIds id."""
 
     def __init__(self, con: sqlite3.Connection, has_table: bool) -> None:
-        self.map: dict[int, str] = dict(con.execute("SELECT id, value FROM StringIds")) if has_table else {}
+        self.map: dict[int, str] = dict(con.execute(
+            "SELECT id, value FROM StringIds WHERE typeof(value) = 'text'")) if has_table else {}
 
     def get(self, v: object) -> str | None:
         if v is None or isinstance(v, str):
@@ -69,6 +85,8 @@ def read(path: Path) -> TraceData:
     try:
         # Read-only and immutable: the user's file is never touched, even its journal.
         con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        # Names are copied from the traced program; invalid UTF-8 there must not fail the import.
+        con.text_factory = lambda b: b.decode("utf-8", "replace")
         tables = _tables(con)
     except sqlite3.DatabaseError as exc:
         raise TraceError(path, f"not a readable SQLite file ({exc})") from None
@@ -87,7 +105,7 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
             raise TraceError(path, "SQLite file is not an Nsight Systems export (no nsys tables)")
         raise TraceError(path, f"no GPU kernels in this nsys export ({KERNEL_TABLE} absent: was CUDA traced?)")
     absent: list[str] = []
-    strings = _Strings(con, "StringIds" in tables)
+    strings = _Strings(con, {"id", "value"} <= tables.get("StringIds", set()))
     kcols = tables[KERNEL_TABLE]
     required = {"start", "end", "correlationId"}
     missing = required - kcols
@@ -95,8 +113,19 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
         raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
 
     kernels = _kernels(con, kcols, strings, absent)
+    if kernels.num_rows and all(n.startswith(("<string ", "<no name>")) for n in kernels.column("name").to_pylist()):
+        raise TraceError(path, "no kernel name could be resolved (StringIds table missing or malformed)")
     if not kernels.num_rows:
-        raise TraceError(path, "no GPU kernels in this nsys export (kernel table is empty)")
+        graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
+        if graphs:
+            raise TraceError(path, f"CUDA graphs were traced as whole graphs ({graphs} launches, no kernels): "
+                                   "capture again with `nsys profile --cuda-graph-trace=node`")
+        bad = _count(con, tables, KERNEL_TABLE)
+        why = f" ({bad} rows with unusable start/end)" if bad else " (kernel table is empty)"
+        raise TraceError(path, f"no GPU kernels in this nsys export{why}")
+    graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
+    if graphs:
+        absent.append(f"kernels of {graphs} CUDA graph launches traced as whole graphs (--cuda-graph-trace=graph)")
     launches = _launches(con, tables, strings, absent)
     ranges, ops = _nvtx(con, tables, strings, absent)
     memops = _memops(con, tables, absent)
@@ -108,11 +137,27 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
     )
 
 
-def _col(cols: set[str], name: str, absent: list[str], table: str, default: str = "NULL") -> str:
+def _count(con: sqlite3.Connection, tables: dict[str, set[str]], table: str) -> int:
+    return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] if table in tables else 0
+
+
+def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str) -> None:
+    n = con.execute(f'SELECT count(*) FROM "{table}" WHERE NOT ({_GOOD_EXTENT}) OR "start" IS NULL '
+                    'OR "end" IS NULL').fetchone()[0]
+    if n:
+        absent.append(f"{table}: {n} {what} with missing, non-integer or negative extents (skipped)")
+
+
+def _col(cols: set[str], name: str, absent: list[str], table: str, default: str = "NULL", bits: int = 64) -> str:
     if name in cols:
-        return f'"{name}"'
+        return _int(f'"{name}"', bits)
     absent.append(f"{table}.{name}")
     return default
+
+
+def _unresolved(v: object) -> str:
+    # Keep the id visible: an empty name would silently merge unrelated kernels.
+    return f"<string {v}>" if isinstance(v, int) else "<no name>"
 
 
 def _kernels(con: sqlite3.Connection, cols: set[str], strings: _Strings, absent: list[str]):
@@ -122,17 +167,21 @@ def _kernels(con: sqlite3.Connection, cols: set[str], strings: _Strings, absent:
     if short is None:
         absent.append(f"{t}.shortName")
     sel = ", ".join([
-        '"start"', '"end"', _col(cols, "deviceId", absent, t), _col(cols, "contextId", absent, t),
-        _col(cols, "streamId", absent, t), '"correlationId"', _col(cols, "globalPid", absent, t),
-        f'"{demangled}"', f'"{short}"' if short else "NULL",
-        *(_col(cols, c, absent, t) for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ")),
-        _col(cols, "registersPerThread", absent, t), _col(cols, "staticSharedMemory", absent, t),
+        '"start"', '"end"', _col(cols, "deviceId", absent, t, bits=32), _col(cols, "contextId", absent, t),
+        _col(cols, "streamId", absent, t), _int('"correlationId"'), _col(cols, "globalPid", absent, t),
+        _text_or_id(f'"{demangled}"'), _text_or_id(f'"{short}"') if short else "NULL",
+        *(_col(cols, c, absent, t, bits=32) for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ")),
+        _col(cols, "registersPerThread", absent, t, bits=32), _col(cols, "staticSharedMemory", absent, t),
         _col(cols, "dynamicSharedMemory", absent, t),
-        "graphNodeId" if "graphNodeId" in cols else "NULL",
+        _int('"graphNodeId"') if "graphNodeId" in cols else "NULL",
     ])
-    rows = con.execute(f'SELECT {sel} FROM "{t}" ORDER BY "start", "end"').fetchall()
+    _skipped(con, t, absent, "kernels")
+    rows = con.execute(f'SELECT {sel} FROM "{t}" WHERE {_GOOD_EXTENT} ORDER BY "start", "end"').fetchall()
     c = list(zip(*rows, strict=False)) if rows else [()] * 22
-    names = [strings.get(v) or "" for v in c[7]]
+    names = [strings.get(v) or _unresolved(v) for v in c[7]]
+    missing = sum(1 for v in c[7] if not strings.get(v))
+    if missing:
+        absent.append(f"{t}: {missing} kernel names not found in StringIds (named <string N>)")
     shorts = [strings.get(v) for v in c[8]]
     shorts = [s if s else short_name(n) for s, n in zip(shorts, names, strict=False)]
     start, end = c[0], c[1]
@@ -158,8 +207,10 @@ def _launches(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _St
         if name_col is None or not {"start", "end", "globalTid", "correlationId"} <= tc:
             absent.append(f"{table} (unexpected columns)")
             continue
+        _skipped(con, table, absent, "calls")
         for start, end, gtid, corr, nm in con.execute(
-            f'SELECT "start", "end", globalTid, correlationId, "{name_col}" FROM "{table}"'
+            f'SELECT "start", "end", {_int("globalTid")}, {_int("correlationId")}, {_text_or_id(name_col)} '
+            f'FROM "{table}" WHERE {_GOOD_EXTENT}'
         ):
             cols["name"].append(strings.get(nm) or "")
             cols["kind"].append(kind)
@@ -177,24 +228,27 @@ def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _String
     rcols: dict[str, list] = {k: [] for k in RANGE_SCHEMA.names}
     ocols: dict[str, list] = {k: [] for k in OP_SCHEMA.names}
     tc = tables.get("NVTX_EVENTS")
-    if tc is None:
-        absent.append("NVTX_EVENTS")
+    if tc is None or not {"start", "end", "eventType", "globalTid"} <= tc:
+        absent.append("NVTX_EVENTS" if tc is None else "NVTX_EVENTS (unexpected columns)")
         return to_table(rcols | {"range_id": []}, RANGE_SCHEMA), to_table(ocols | {"op_id": []}, OP_SCHEMA)
-    text = '"text"' if "text" in tc else "NULL"
-    text_id = '"textId"' if "textId" in tc else "NULL"
-    domain_col = '"domainId"' if "domainId" in tc else "NULL"
+    text = "(CASE WHEN typeof(\"text\") = 'text' THEN \"text\" END)" if "text" in tc else "NULL"
+    text_id = _int('"textId"') if "textId" in tc else "NULL"
+    domain_col = _int('"domainId"') if "domainId" in tc else "NULL"
     domains: dict[int, str] = {}
     for dom, t, tid_ in con.execute(
         f"SELECT {domain_col}, {text}, {text_id} FROM NVTX_EVENTS WHERE eventType = {_NVTX_DOMAIN_CREATE}"
     ):
         domains[dom] = t if t is not None else strings.get(tid_)
-    open_ranges = 0
+    open_ranges = bad = 0
     for start, end, gtid, t, tid_, dom, _etype in con.execute(
-        f'SELECT "start", "end", globalTid, {text}, {text_id}, {domain_col}, eventType FROM NVTX_EVENTS '
+        f'SELECT "start", "end", {_int("globalTid")}, {text}, {text_id}, {domain_col}, eventType FROM NVTX_EVENTS '
         f"WHERE eventType IN ({_NVTX_PUSHPOP}, {_NVTX_STARTEND}) ORDER BY \"start\""
     ):
         if end is None:
             open_ranges += 1  # never closed before capture stopped: no extent to attribute
+            continue
+        if not isinstance(start, int) or not isinstance(end, int) or end < start:
+            bad += 1
             continue
         label = t if t is not None else strings.get(tid_)
         if label is None:
@@ -228,6 +282,8 @@ def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _String
         rcols["tid"].append(tid)
     if open_ranges:
         absent.append(f"NVTX_EVENTS: {open_ranges} ranges never closed (skipped)")
+    if bad:
+        absent.append(f"NVTX_EVENTS: {bad} ranges with non-integer or negative extents (skipped)")
     rcols["range_id"] = list(range(len(rcols["name"])))
     ocols["op_id"] = list(range(len(ocols["name"])))
     return to_table(rcols, RANGE_SCHEMA), to_table(ocols, OP_SCHEMA)
@@ -243,19 +299,20 @@ def _json_dims(text: str) -> str | None:
 def _memops(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[str]):
     cols: dict[str, list] = {k: [] for k in MEMOP_SCHEMA.names}
     kinds: dict[int, str] = {}
-    if "ENUM_CUDA_MEMCPY_OPER" in tables:
+    if {"id", "label"} <= tables.get("ENUM_CUDA_MEMCPY_OPER", set()):
         kinds = {i: label for i, label in con.execute("SELECT id, label FROM ENUM_CUDA_MEMCPY_OPER")}
     for table, kind in (("CUPTI_ACTIVITY_KIND_MEMCPY", "memcpy"), ("CUPTI_ACTIVITY_KIND_MEMSET", "memset")):
         tc = tables.get(table)
-        if tc is None:
-            absent.append(table)
+        if tc is None or not {"start", "end"} <= tc:
+            absent.append(table if tc is None else f"{table} (unexpected columns)")
             continue
-        ck = '"copyKind"' if "copyKind" in tc else "NULL"
-        dev = '"deviceId"' if "deviceId" in tc else "NULL"
-        stream = '"streamId"' if "streamId" in tc else "NULL"
-        nbytes = '"bytes"' if "bytes" in tc else "NULL"
+        ck, dev, stream, nbytes, corr_col = (
+            _int(f'"{c}"', bits) if c in tc else "NULL"
+            for c, bits in (("copyKind", 64), ("deviceId", 32), ("streamId", 64), ("bytes", 64), ("correlationId", 64))
+        )
+        _skipped(con, table, absent, "rows")
         for start, end, d, s, corr, b, k in con.execute(
-            f'SELECT "start", "end", {dev}, {stream}, correlationId, {nbytes}, {ck} FROM "{table}"'
+            f'SELECT "start", "end", {dev}, {stream}, {corr_col}, {nbytes}, {ck} FROM "{table}" WHERE {_GOOD_EXTENT}'
         ):
             label = kinds.get(k, str(k)) if k is not None else None
             cols["kind"].append(kind)
@@ -277,13 +334,15 @@ def _memops(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[s
 def _meta(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[str]):
     gpu_name = None
     if "TARGET_INFO_GPU" in tables and "name" in tables["TARGET_INFO_GPU"]:
-        names = sorted({r[0] for r in con.execute("SELECT name FROM TARGET_INFO_GPU") if r[0]})
+        names = sorted({r[0] for r in con.execute(
+            "SELECT name FROM TARGET_INFO_GPU WHERE typeof(name) = 'text'") if r[0]})
         gpu_name = ", ".join(names) or None
     else:
         absent.append("TARGET_INFO_GPU")
     trace_meta: dict[str, object] = {}
     tool_versions: dict[str, str] = {}
-    meta_table = next((t for t in ("META_DATA_EXPORT", "EXPORT_META_DATA") if t in tables), None)
+    meta_table = next((t for t in ("META_DATA_EXPORT", "EXPORT_META_DATA")
+                       if {"name", "value"} <= tables.get(t, set())), None)
     if meta_table:
         export = dict(con.execute(f'SELECT name, value FROM "{meta_table}"'))
         trace_meta["export"] = export
@@ -293,14 +352,14 @@ def _meta(con: sqlite3.Connection, tables: dict[str, set[str]], absent: list[str
             tool_versions["nsys_schema"] = str(export["EXPORT_SCHEMA_VERSION"])
     else:
         absent.append("META_DATA_EXPORT")
-    if "META_DATA_CAPTURE" in tables:
+    if {"name", "value"} <= tables.get("META_DATA_CAPTURE", set()):
         capture = dict(con.execute("SELECT name, value FROM META_DATA_CAPTURE"))
         keep = {k: v for k, v in capture.items() if "VERSION" in k.upper() or "COMMAND" in k.upper()}
         trace_meta["capture"] = keep
         for k, v in keep.items():
             if k.upper() in ("CUDA_DRIVER_VERSION", "CUDA_VERSION", "NSYS_VERSION"):
                 tool_versions[k.lower()] = str(v)
-    if "TARGET_INFO_CUDA_GPU" in tables and gpu_name is None:
-        row = con.execute("SELECT name FROM TARGET_INFO_CUDA_GPU LIMIT 1").fetchone()
+    if "name" in tables.get("TARGET_INFO_CUDA_GPU", set()) and gpu_name is None:
+        row = con.execute("SELECT name FROM TARGET_INFO_CUDA_GPU WHERE typeof(name) = 'text' LIMIT 1").fetchone()
         gpu_name = row[0] if row else None
     return gpu_name, tool_versions, trace_meta
