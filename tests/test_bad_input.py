@@ -162,3 +162,13 @@ def test_query_csv_output(shared_db_path):
 def test_missing_database_for_reading_is_clear(tmp_path):
     proc = tk("runs", "--db", str(tmp_path / "nope.duckdb"))
     assert proc.returncode == 1 and "no such database" in proc.stderr
+
+
+def test_query_cannot_write_or_read_other_files(shared_db_path, tmp_path):
+    target = tmp_path / "leak.csv"
+    proc = tk("query", "--db", str(shared_db_path), f"COPY (SELECT 1) TO '{target}'")
+    assert proc.returncode == 1 and not target.exists()
+    proc = tk("query", "--db", str(shared_db_path), "SET enable_external_access = true")
+    assert proc.returncode == 1
+    proc = tk("query", "--db", str(shared_db_path), f"SELECT * FROM read_csv('{NSYS_L2}')")
+    assert proc.returncode == 1 and proc.stderr.startswith("tracekit: error: query:")

@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from tracekit import store
+from tracekit.errors import TracekitError
 from tracekit.importer import ImportResult, import_paths
 
 
@@ -28,7 +29,14 @@ class Database:
             from tracekit.views import create_views
         except ImportError:
             return
-        create_views(self.con)
+        try:
+            create_views(self.con)
+        except duckdb.Error as exc:
+            # Tables of the same names but other columns: someone else's DuckDB file, or one
+            # written by an incompatible tracekit. Stop before anything is written to it.
+            self.con.close()
+            raise TracekitError(f"{self.path}: not a tracekit database, or one from an incompatible "
+                                f"version ({str(exc).splitlines()[0]})") from None
 
     def import_paths(
         self,

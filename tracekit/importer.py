@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,13 +133,22 @@ def import_paths(
     else:
         pool = None
         parsed = (_parse_job((f, nsys)) for f, _ in todo)
+    done = 0
     try:
         for (f, h), data in zip(todo, parsed, strict=False):
             t0 = time.perf_counter()
+            done += 1
             if isinstance(data, TraceError):
                 results.append(_report(on_result, ImportResult(str(f), "failed", error=str(data))))
                 continue
             results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules_dirs or [], t0)))
+    except BrokenProcessPool:
+        # A parser process was killed (typically by the OOM killer on a huge trace); the pool
+        # cannot say which file did it, so every file not yet stored is reported, none is lost.
+        for f, _ in todo[done:]:
+            results.append(_report(on_result, ImportResult(
+                str(f), "failed", error=f"{f}: a parser process died (out of memory?); nothing of this file "
+                                        "was stored; retry with -j 1")))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -31,10 +31,40 @@ def _with_nesting(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
     return t, parent
 
 
+def _link_unique(rows: pa.Table, launches: pa.Table) -> pa.Array | None:
+    """The join below, by binary search, for the usual case of unique correlation ids among the
+    launches (one process): then each row has at most one candidate, kept when the pids agree or
+    either is unknown. None when ids repeat, for the general join to decide."""
+    l_corr = launches.column("correlation")
+    have = l_corr.is_valid().to_numpy(zero_copy_only=False)
+    lc = l_corr.to_numpy(zero_copy_only=False)[have].astype(np.int64)
+    if lc.size == 0:
+        return None
+    order = np.argsort(lc, kind="stable")
+    lc = lc[order]
+    if (lc[1:] == lc[:-1]).any():
+        return None
+    l_id = launches.column("launch_id").to_numpy(zero_copy_only=False)[have][order]
+    l_pid = _np(launches, "pid")[have][order]
+    r_corr = rows.column("correlation")
+    r_ok = r_corr.is_valid().to_numpy(zero_copy_only=False)
+    rc = np.where(r_ok, _np(rows, "correlation"), 0).astype(np.int64)
+    pos = np.clip(np.searchsorted(lc, rc), 0, lc.size - 1)
+    found = r_ok & (lc[pos] == rc)
+    r_pid = _np(rows, "pid") if "pid" in rows.column_names else np.full(rows.num_rows, np.nan)
+    lp = l_pid[pos]
+    # NaN stands for an unknown pid (see _np): unknown on either side does not contradict.
+    found &= np.isnan(r_pid) | np.isnan(lp) | (r_pid == lp)
+    return pa.array(np.where(found, l_id[pos], 0), pa.int64(), mask=~found)
+
+
 def _link_to_launch(rows: pa.Table, launches: pa.Table) -> pa.Array:
     """launch_id for each row of kernels/memops, joined on correlation (and pid when both know it)."""
     if rows.num_rows == 0 or launches.num_rows == 0:
         return pa.nulls(rows.num_rows, pa.int64())
+    fast = _link_unique(rows, launches)
+    if fast is not None:
+        return fast
     left = pl.from_arrow(rows.select(["correlation"] + (["pid"] if "pid" in rows.column_names else [])))
     if "pid" not in left.columns:
         left = left.with_columns(pl.lit(None, dtype=pl.Int64).alias("pid"))

@@ -129,10 +129,16 @@ def runs_cmd(db_path, fmt) -> None:
 @db_option
 @format_option
 def query_cmd(sql, db_path, fmt) -> None:
-    """Run read-only SQL over the tables (runs, kernels, launches, ranges, ops, memops, run_meta) and views."""
+    """Run read-only SQL over the tables (runs, kernels, launches, ranges, ops, memops, run_meta) and views.
+
+    The database is opened read-only and the query cannot touch other files (no COPY TO, no
+    reading or writing paths, no extensions): SQL may come from a shared notebook or script.
+    """
     import duckdb
 
     db = open_db(db_path, read_only=True)
+    db.con.execute("SET enable_external_access = false")
+    db.con.execute("SET lock_configuration = true")
     try:
         df = db.query(sql)
     except duckdb.Error as exc:

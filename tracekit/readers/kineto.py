@@ -15,12 +15,15 @@ writes (see _ns and _ns_array).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import gzip
 import json
 import math
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -40,8 +43,8 @@ from tracekit.readers.common import (
 
 # Decompressed size limit: a gzip bomb must fail cleanly, not exhaust memory.
 MAX_DECOMPRESSED = 8 * 1024**3
-# Largest |ts| or dur (µs) whose nanosecond value still fits a signed 64-bit column.
-_MAX_US = 9.2e15
+# Largest |ts| or dur (µs) kept: 2^62 ns, so that start + dur still fits a signed 64-bit column.
+_MAX_US = 4.6e15
 _UTF8_BOM = b"\xef\xbb\xbf"
 # Bytes of event text decoded at once: big enough that per-slice overhead vanishes, small
 # enough that one slice of structs stays a few tens of MB.
@@ -129,7 +132,7 @@ def _load_bytes(path: Path) -> bytes | bytearray:
         while data:
             out += d.decompress(data, _CHUNK)
             if len(out) > MAX_DECOMPRESSED:
-                raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED >> 30} GiB; refusing (zip bomb?)")
+                raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED / 2**30:g} GiB; refusing (zip bomb?)")
             data = d.unconsumed_tail
             if d.eof and d.unused_data:
                 # Concatenated gzip members are legal; continue with the next one.
@@ -170,11 +173,20 @@ def _int_or_none(v: object) -> int | None:
 
 
 def read(path: Path) -> TraceData:
-    raw = _load_bytes(path)
     enabled = gc.isenabled()
     gc.disable()
     try:
+        retry = False
         try:
+            return _read_stream(path)
+        except _SplitWrong:
+            pass  # not laid out as Kineto writes it: parse it whole
+        except _Retry:
+            retry = True
+        raw = _load_bytes(path)
+        try:
+            if retry:
+                raise _Retry()
             return _read(path, raw, replaced=False)
         except _Retry:
             # Invalid UTF-8 (kernel or annotation names copied raw from C++ strings) is replaced
@@ -187,6 +199,179 @@ def read(path: Path) -> TraceData:
     finally:
         if enabled:
             gc.enable()
+        _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """Return the freed decode buffers to the OS. Otherwise glibc and Arrow's allocator keep
+    them (about the size of the text), and DuckDB's inserts that follow stack on top of them."""
+    pa.default_memory_pool().release_unused()
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def _read_stream(path: Path) -> TraceData:
+    """Decompress and decode together, slice by slice: the decompressed text is never whole in
+    memory. Raises _SplitWrong when the file is not laid out as Kineto writes it (events one per
+    line, the array closed by `]` after the last event), or is broken: the whole-text path then
+    reads it, or words the error exactly."""
+    pieces = _pieces(path)
+    buf = bytearray()
+    start = -1
+    for piece in pieces:
+        buf += piece
+        start = _events_start(buf)
+        if start >= 0 or len(buf) > 8 * _CHUNK:
+            break
+    if start < 0 or _first_byte(buf, 0) != ord("{"):
+        raise _SplitWrong()
+    prefix = bytes(buf[:start])
+    del buf[:start + 1]
+    tables = _Tables()
+    misses = 0
+    with _errors_as_trace_error(path):
+        for piece in pieces:
+            buf += piece
+            if len(buf) < _CHUNK:
+                continue
+            cut = _last_cut(buf)
+            if cut is None:
+                continue
+            head = bytearray(b"[")
+            head += memoryview(buf)[:cut[0]]
+            head += b"]"
+            try:
+                events = _EVENTS.decode(head)
+            except msgspec.DecodeError:
+                misses += 1  # a cut inside an event: keep reading and cut further on
+                if misses > 4:
+                    raise _SplitWrong() from None
+                continue
+            del head
+            tables.add(events, path, None)
+            del events
+            del buf[:cut[1]]
+        top, end = _close_events(prefix, buf)
+        del buf[end:]
+        events = _EVENTS.decode(b"[" + bytes(buf) + b"]") if _first_byte(buf, 0) != -1 else []
+        tables.add(events, path, None)
+        del events, buf
+        if tables.need_flow:
+            raise _SplitWrong()  # ac2g flows are matched in a second pass over the whole text
+        return _finish(path, tables, _envelope(path, None, top), replaced=False)
+
+
+@contextmanager
+def _errors_as_trace_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise _Retry() from None
+    except msgspec.DecodeError:
+        raise _SplitWrong() from None
+    except (OverflowError, pa.ArrowInvalid) as exc:
+        # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
+        raise TraceError(path, f"value out of range in trace ({exc})") from None
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
+    """The file's text in blocks of about _CHUNK bytes, inflated on the fly when gzipped."""
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise TraceError(path, f"cannot read ({exc.strerror or exc})") from None
+    with f:
+        first = True
+        if f.read(2) != b"\x1f\x8b":
+            f.seek(0)
+            while block := f.read(_CHUNK):
+                yield block.removeprefix(_UTF8_BOM) if first else block
+                first = False
+            return
+        f.seek(0)
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        total = 0
+        try:
+            while data := f.read(1 << 20):
+                while data:
+                    if d.eof:
+                        # Concatenated gzip members are legal; continue with the next one.
+                        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    out = d.decompress(data, _CHUNK)
+                    total += len(out)
+                    if total > MAX_DECOMPRESSED:
+                        raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED / 2**30:g} GiB; refusing (zip bomb?)")
+                    data = d.unconsumed_tail or (d.unused_data if d.eof else b"")
+                    if out:
+                        yield out.removeprefix(_UTF8_BOM) if first else out
+                        first = False
+            if not d.eof:
+                raise TraceError(path, "truncated gzip (file ends before the compressed stream does)")
+        except zlib.error as exc:
+            raise TraceError(path, f"corrupt gzip ({exc})") from None
+
+
+def _events_start(buf: bytearray) -> int:
+    """Offset of the `[` opening the traceEvents array, or -1 while not (yet) seen."""
+    key = buf.find(b'"traceEvents"')
+    if key < 0:
+        return -1
+    colon = _skip_ws(buf, key + len(b'"traceEvents"'))
+    if colon >= len(buf) or buf[colon] != ord(":"):
+        return -1
+    start = _skip_ws(buf, colon + 1)
+    return start if start < len(buf) and buf[start] == ord("[") else -1
+
+
+def _last_cut(buf: bytearray) -> tuple[int, int] | None:
+    """(offset of the `,` ending an event, offset of the `{` starting the next) for the last
+    event boundary in buf, where a newline separates them (see _chunks)."""
+    end = len(buf)
+    for _ in range(64):
+        nl = buf.rfind(b"\n", 0, end)
+        if nl <= 0:
+            return None
+        before = nl - 1
+        while before > 0 and buf[before] in _WS:
+            before -= 1
+        after = _skip_ws(buf, nl + 1)
+        if buf[before] == ord(",") and after < len(buf) and buf[after] == ord("{"):
+            return before, after
+        end = nl
+    return None
+
+
+def _close_events(prefix: bytes, rest: bytearray) -> tuple[dict[str, msgspec.Raw], int]:
+    """The envelope (decoded around an empty traceEvents) and where the events end in rest."""
+    pos = len(rest)
+    for _ in range(8):
+        close = rest.rfind(b"]", 0, pos)
+        if close < 0:
+            break
+        pos = close
+        before = close - 1
+        while before >= 0 and rest[before] in _WS:
+            before -= 1
+        if before >= 0 and rest[before] != ord("}"):
+            continue
+        try:
+            top = msgspec.json.decode(prefix + b"[]" + bytes(rest[close + 1:]), type=dict[str, msgspec.Raw])
+        except msgspec.DecodeError:
+            continue
+        ev = top.pop("traceEvents", None)
+        if ev is None or bytes(ev) != b"[]":
+            break
+        return top, close
+    raise _SplitWrong()
 
 
 def _read(path: Path, raw: bytes | bytearray, replaced: bool) -> TraceData:
@@ -201,12 +386,16 @@ def _read(path: Path, raw: bytes | bytearray, replaced: bool) -> TraceData:
         if built is None:
             built = _build(path, raw, *_split_envelope(path, raw), exact=True)
         tables, envelope = built
-        data = tables.finish(envelope)
+        return _finish(path, tables, envelope, replaced)
     except UnicodeDecodeError:
         raise _Retry() from None
     except (OverflowError, pa.ArrowInvalid) as exc:
         # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
         raise TraceError(path, f"value out of range in trace ({exc})") from None
+
+
+def _finish(path: Path, tables: _Tables, envelope: dict, replaced: bool) -> TraceData:
+    data = tables.finish(envelope)
     if data is None:
         bad_ts = tables.bad_ts
         why = f" ({bad_ts} events skipped for missing, NaN, negative or out-of-range times)" if bad_ts else ""
@@ -236,8 +425,10 @@ def _build(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw], span
     return tables, envelope
 
 
-def _canonical_error(path: Path, raw: bytes | bytearray) -> TraceError:
+def _canonical_error(path: Path, raw: bytes | bytearray | None) -> TraceError:
     """The error a whole-document decode gives: names the failing event by its index."""
+    if raw is None:
+        raise _SplitWrong()  # streaming: the whole-text path will word it
     try:
         if _first_byte(raw, 0) == ord("["):
             msgspec.json.decode(raw, type=list[Event])
@@ -476,10 +667,11 @@ class _Tables:
         stream = [a.stream if a.stream is not None else _stream_of(e.tid) for a, e in zip(args, evs, strict=True)]
         corr = [a.correlation for a in args]
         base = self.rows["k"]
-        for i, c in enumerate(corr):
-            if c is None:
-                e = evs[i]
-                self.need_flow.append(("k", base + i, (e.pid, e.tid, e.ts)))
+        if None in corr:
+            for i, c in enumerate(corr):
+                if c is None:
+                    e = evs[i]
+                    self.need_flow.append(("k", base + i, (e.pid, e.tid, e.ts)))
         self.rows["k"] += len(evs)
         grids = [a.grid or () for a in args]
         blocks = [a.block or () for a in args]
@@ -503,10 +695,11 @@ class _Tables:
         args = [e.args or _NO_ARGS for e in evs]
         corr = [a.correlation for a in args]
         base = self.rows["la"]
-        for i, c in enumerate(corr):
-            if c is None:
-                e = evs[i]
-                self.need_flow.append(("la", base + i, (e.pid, e.tid, e.ts)))
+        if None in corr:
+            for i, c in enumerate(corr):
+                if c is None:
+                    e = evs[i]
+                    self.need_flow.append(("la", base + i, (e.pid, e.tid, e.ts)))
         self.rows["la"] += len(evs)
         self.la.append(_batch({
             "launch_id": pa.nulls(len(evs), pa.int64()), "name": _strings([e.name or "" for e in evs]),
@@ -638,9 +831,8 @@ def _json_text(text: bytes, style: int, path: Path, raw: bytes | bytearray) -> s
 
 
 def _codes(vals: list[str]) -> tuple[list[int], list[str]]:
-    codes: dict[str, int] = {}
-    idx = [codes.setdefault(v, len(codes)) for v in vals]
-    return idx, list(codes)
+    uniq = list(dict.fromkeys(vals))  # first-seen order; C loops only, no per-row Python call
+    return list(map({v: i for i, v in enumerate(uniq)}.__getitem__, vals)), uniq
 
 
 def _decoded(idx: list[int], uniq: list[str]) -> pa.Array:

@@ -55,8 +55,10 @@ def _text_or_id(expr: str) -> str:
     return f"(CASE WHEN typeof({expr}) IN ('integer', 'text') THEN {expr} END)"
 
 
-# Rows whose extent is not a pair of integers with end >= start cannot be placed on a timeline.
-_GOOD_EXTENT = "typeof(\"start\") = 'integer' AND typeof(\"end\") = 'integer' AND \"end\" >= \"start\""
+# Rows whose extent is not a pair of integers with end >= start cannot be placed on a timeline;
+# within +-2^62 ns the duration end - start cannot overflow 64 bits.
+_GOOD_EXTENT = ("typeof(\"start\") = 'integer' AND typeof(\"end\") = 'integer' AND \"end\" >= \"start\" "
+                "AND \"start\" >= -4611686018427387904 AND \"end\" <= 4611686018427387904")
 
 
 def _gtid_pid(g: int | None) -> int | None:
@@ -81,6 +83,15 @@ class _Strings:
         return self.map.get(v)
 
 
+# A corrupt page can put invalid UTF-8 into SQLite's own error message, which Python then fails
+# to decode: that is the same corruption, not a different problem.
+_SQLITE_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
+def _why(exc: Exception) -> str:
+    return "invalid text in the file's schema or index pages" if isinstance(exc, UnicodeDecodeError) else str(exc)
+
+
 def read(path: Path) -> TraceData:
     try:
         # Read-only and immutable: the user's file is never touched, even its journal.
@@ -88,12 +99,12 @@ def read(path: Path) -> TraceData:
         # Names are copied from the traced program; invalid UTF-8 there must not fail the import.
         con.text_factory = lambda b: b.decode("utf-8", "replace")
         tables = _tables(con)
-    except sqlite3.DatabaseError as exc:
-        raise TraceError(path, f"not a readable SQLite file ({exc})") from None
+    except _SQLITE_ERRORS as exc:
+        raise TraceError(path, f"not a readable SQLite file ({_why(exc)})") from None
     try:
         return _read(con, path, tables)
-    except sqlite3.DatabaseError as exc:
-        raise TraceError(path, f"SQLite error while reading ({exc})") from None
+    except _SQLITE_ERRORS as exc:
+        raise TraceError(path, f"SQLite error while reading ({_why(exc)})") from None
     finally:
         con.close()
 
@@ -247,7 +258,7 @@ def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _String
         if end is None:
             open_ranges += 1  # never closed before capture stopped: no extent to attribute
             continue
-        if not isinstance(start, int) or not isinstance(end, int) or end < start:
+        if not isinstance(start, int) or not isinstance(end, int) or end < start or max(-start, end) > 2**62:
             bad += 1
             continue
         label = t if t is not None else strings.get(tid_)
