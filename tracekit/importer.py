@@ -14,7 +14,10 @@ from pathlib import Path
 import duckdb
 
 from tracekit import __version__
+from tracekit.enrich.classify import classify
 from tracekit.enrich.links import link
+from tracekit.enrich.rules import RuleSet
+from tracekit.enrich.stages import attribute_stages
 from tracekit.errors import TraceError, TracekitError
 from tracekit.manifest import read_manifest
 from tracekit.readers import is_trace_name, read
@@ -80,20 +83,9 @@ def _parse_job(args: tuple[Path, str | None]) -> TraceData | TraceError:
         return TraceError(args[0], f"could not be read ({type(exc).__name__}: {exc})")
 
 
-def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules_dirs: list[Path]) -> None:
-    try:
-        from tracekit.enrich.stages import attribute_stages
-    except ImportError:  # TEMP while enrich modules are being written
-        attribute_stages = None
-    try:
-        from tracekit.enrich.classify import classify
-        from tracekit.enrich.rules import RuleSet
-    except ImportError:  # TEMP
-        classify = None
-    if attribute_stages is not None:
-        attribute_stages(con, run_id)
-    if classify is not None:
-        classify(con, [run_id], RuleSet.load(rules_dirs))
+def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet) -> None:
+    attribute_stages(con, run_id)
+    classify(con, [run_id], rules)
 
 
 def import_paths(
@@ -107,7 +99,11 @@ def import_paths(
     jobs: int = 1,
     on_result: Callable[[ImportResult], None] | None = None,
 ) -> list[ImportResult]:
-    """Import each trace in its own transaction; a failure leaves nothing of that file."""
+    """Import each trace in its own transaction; a failure leaves nothing of that file.
+
+    Broken rule files fail the whole call up front (RuleError) rather than every file in turn.
+    """
+    rules = RuleSet.load(rules_dirs or [])
     files = expand(paths)
     cli_meta = dict(meta or {})
     results: list[ImportResult] = []
@@ -141,7 +137,7 @@ def import_paths(
             if isinstance(data, TraceError):
                 results.append(_report(on_result, ImportResult(str(f), "failed", error=str(data))))
                 continue
-            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules_dirs or [], t0)))
+            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules, t0)))
     except BrokenProcessPool:
         # A parser process was killed (typically by the OOM killer on a huge trace); the pool
         # cannot say which file did it, so every file not yet stored is reported, none is lost.
@@ -166,7 +162,7 @@ def _report(cb: Callable[[ImportResult], None] | None, r: ImportResult) -> Impor
 
 def _store(
     con: duckdb.DuckDBPyConnection, f: Path, h: str, data: TraceData, cli_meta: dict[str, str],
-    replace: bool, rules_dirs: list[Path], t0: float,
+    replace: bool, rules: RuleSet, t0: float,
 ) -> ImportResult:
     try:
         meta: dict[str, tuple[str, str]] = {k: (v, "trace") for k, v in data.found_meta.items()}
@@ -181,7 +177,7 @@ def _store(
             delete_run(con, old)
         run_id = insert_run(con, data, source_path=str(f), content_hash=h, importer_version=__version__,
                             meta=meta)
-        _enrich(con, run_id, rules_dirs)
+        _enrich(con, run_id, rules)
         con.execute("COMMIT")
     except BaseException as exc:
         try:

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS kernels (
     range_id      BIGINT,                -- -> ranges.range_id (innermost NVTX range / annotation around the launch)
     category      VARCHAR,               -- filled by classification
     rule_id       VARCHAR,
-    evidence      VARCHAR,               -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'unclassified'
+    evidence      VARCHAR,               -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'prev_gemm:<evidence>' | 'unclassified'
     stage         VARCHAR,               -- 'summarization' | 'generation' | 'warmup' | 'other'
     step          INTEGER,               -- 0 = summarization, k = k-th generation pass; NULL outside passes
     iteration     INTEGER                -- which summarization+generation sequence (0-based); NULL outside

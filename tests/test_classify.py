@@ -1,0 +1,268 @@
+"""Classification of the real shared traces, checked against independent readings of the op
+shapes and run metadata (not against the classifier's own output)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_META
+
+from tracekit.enrich.classify import classify
+from tracekit.enrich.rules import CATEGORIES, RuleSet
+from tracekit.outputs.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES_FIXTURES = ROOT / "fixtures" / "rules"
+GEMV_MAX_M = 8
+
+
+@pytest.fixture(autouse=True)
+def no_user_rules(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRACEKIT_RULES", str(tmp_path / "no-user-rules"))
+
+
+@pytest.fixture()
+def db(shared_db_copy):
+    """The shared traces, re-classified with the built-in packs only."""
+    con = duckdb.connect(str(shared_db_copy))
+    classify(con, None, RuleSet.load(include_user=False))
+    yield con, shared_db_copy
+    con.close()
+
+
+def run_id(con, trace: Path) -> int:
+    return con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchone()[0]
+
+
+def activation_rows(input_dims: str) -> int:
+    """M of an aten::mm: rows of the first operand (all its dims but the last)."""
+    return math.prod(json.loads(input_dims)[0][:-1])
+
+
+def nvjet_kernels(con, trace: Path, stage: str):
+    return con.execute(
+        "SELECT k.category, k.evidence, o.name, o.input_dims FROM kernels k "
+        "LEFT JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
+        "WHERE k.run_id = ? AND k.stage = ? AND k.name LIKE 'nvjet%'",
+        [run_id(con, trace), stage],
+    ).fetchall()
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_every_kernel_is_classified_or_counted_unclassified_and_coverage_is_99(db):
+    con, _ = db
+    rows = con.execute(
+        "SELECT run_id, count(*), count(evidence), count(*) FILTER (WHERE category IS NULL), "
+        "count(*) FILTER (WHERE evidence = 'unclassified'), sum(dur_ns), "
+        "coalesce(sum(dur_ns) FILTER (WHERE category IS NOT NULL), 0) FROM kernels GROUP BY ALL"
+    ).fetchall()
+    assert len(rows) == 4
+    for run, n, with_evidence, n_null, n_unclassified, total, classified in rows:
+        assert with_evidence == n, f"run {run}: kernels left untouched"
+        assert n_null == n_unclassified
+        assert classified / total >= 0.99, f"run {run}: coverage {classified / total:.2%}"
+    cats = {c for (c,) in con.execute("SELECT DISTINCT category FROM kernels WHERE category IS NOT NULL").fetchall()}
+    assert cats <= set(CATEGORIES)
+
+
+@pytest.mark.parametrize("trace", [KINETO_L2, NSYS_L3_SHAPES])
+def test_decode_linear_layers_are_gemv_by_shape(db, trace):
+    con, _ = db
+    batch = int(SHARED_META[trace.name]["batch"])
+    kernels = nvjet_kernels(con, trace, "generation")
+    assert kernels
+    for category, evidence, op, dims in kernels:
+        assert op == "aten::mm"
+        m = activation_rows(dims)
+        assert m == batch * 1  # one new token per sequence
+        assert category == "GEMV"
+        assert evidence == f"shape:M={m}"
+
+
+@pytest.mark.parametrize("trace", [KINETO_L3, NSYS_L3_SHAPES])
+def test_prefill_linear_layers_are_gemm_by_shape(db, trace):
+    con, _ = db
+    meta = SHARED_META[trace.name]
+    kernels = nvjet_kernels(con, trace, "summarization")
+    assert kernels
+    prompt_rows = int(meta["batch"]) * int(meta["input_len"])
+    assert any(activation_rows(d) == prompt_rows for *_, d in kernels)
+    for category, evidence, op, dims in kernels:
+        m = activation_rows(dims)
+        assert op == "aten::mm" and m > GEMV_MAX_M and category == "GEMM" and evidence == f"shape:M={m}"
+
+
+def test_batch8_decode_at_the_threshold_is_gemv(db):
+    con, _ = db
+    kernels = nvjet_kernels(con, KINETO_L3, "generation")
+    assert {activation_rows(d) for *_, d in kernels} == {8}
+    assert {c for c, *_ in kernels} == {"GEMV"}
+
+
+def test_decode_without_shapes_is_gemv_by_name_and_agrees_with_the_shaped_twin(db):
+    """The nsys llama2 trace has no op shapes; the Kineto trace of the same model and batch has."""
+    con, _ = db
+    unshaped = con.execute(
+        "SELECT DISTINCT name, category, evidence FROM kernels WHERE run_id = ? AND stage = 'generation' "
+        "AND name LIKE 'nvjet%'", [run_id(con, NSYS_L2)]).fetchall()
+    assert unshaped
+    twin_m = {}
+    for name, dims in con.execute(
+            "SELECT k.name, o.input_dims FROM kernels k JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
+            "WHERE k.run_id = ? AND k.name LIKE 'nvjet%'", [run_id(con, KINETO_L2)]).fetchall():
+        twin_m.setdefault(name, set()).add(activation_rows(dims))
+    for name, category, evidence in unshaped:
+        assert evidence == "name"
+        assert category == "GEMV"
+        assert max(twin_m[name]) <= GEMV_MAX_M, name
+    prefill = con.execute(
+        "SELECT DISTINCT name, category FROM kernels WHERE run_id = ? AND stage = 'summarization' "
+        "AND name LIKE 'nvjet%'", [run_id(con, NSYS_L2)]).fetchall()
+    for name, category in prefill:
+        assert category == ("GEMV" if max(twin_m[name]) <= GEMV_MAX_M else "GEMM"), name
+
+
+def test_split_k_reduce_takes_the_class_of_its_gemm(db):
+    con, _ = db
+    rows = con.execute(
+        "SELECT run_id, stream, start_ns, name, category, op_id FROM kernels ORDER BY run_id, stream, start_ns"
+    ).fetchall()
+    gemm = re.compile(r"^nvjet_|gemm")
+    checked = 0
+    last = {}
+    for run, stream, _start, name, category, op_id in rows:
+        if "splitKreduce_kernel" in name:
+            prev_category, prev_op = last[(run, stream)]
+            assert category == prev_category
+            if op_id is not None:
+                assert op_id == prev_op
+            checked += 1
+        elif gemm.search(name):
+            last[(run, stream)] = (category, op_id)
+    assert checked > 500
+    no_shapes = con.execute("SELECT count(*) FROM kernels WHERE evidence LIKE 'prev_gemm:%'").fetchone()[0]
+    assert no_shapes > 0
+
+
+def test_classify_leaves_the_transaction_to_the_caller(db):
+    con, _ = db
+    before = con.execute("SELECT count(*) FROM kernels WHERE category = 'MEMCPY'").fetchone()[0]
+    con.execute("BEGIN TRANSACTION")
+    classify(con, None, RuleSet.load([RULES_FIXTURES / "extra"], include_user=False))
+    assert con.execute("SELECT count(*) FROM kernels WHERE rule_id = 'user.kv-cat-attn'").fetchone()[0] > 0
+    con.execute("ROLLBACK")
+    assert con.execute("SELECT count(*) FROM kernels WHERE category = 'MEMCPY'").fetchone()[0] == before
+    assert con.execute("SELECT count(*) FROM kernels WHERE rule_id = 'user.kv-cat-attn'").fetchone()[0] == 0
+
+
+def test_a_rules_dir_changes_classification_without_code_changes(db):
+    con, path = db
+    n_cat = con.execute("SELECT count(*) FROM kernels WHERE name LIKE '%CatArrayBatchedCopy%'").fetchone()[0]
+    assert n_cat > 0
+    con.close()
+    result = cli("classify", "--db", str(path), "--rules", str(RULES_FIXTURES / "extra"))
+    assert result.exit_code == 0 and "classified" in result.stdout
+    with duckdb.connect(str(path)) as con2:
+        changed = con2.execute(
+            "SELECT category, rule_id, count(*) FROM kernels WHERE name LIKE '%CatArrayBatchedCopy%' GROUP BY ALL"
+        ).fetchall()
+    assert changed == [("ATTN", "user.kv-cat-attn", n_cat)]
+    assert cli("classify", "--db", str(path)).exit_code == 0
+    with duckdb.connect(str(path)) as con2:
+        back = con2.execute("SELECT DISTINCT category, rule_id FROM kernels WHERE name LIKE '%CatArrayBatchedCopy%'")
+        assert back.fetchall() == [("MEMCPY", "pt.cat")]
+
+
+def test_gemv_threshold_is_configurable(db):
+    con, path = db
+    con.close()
+    assert cli("classify", "--db", str(path), "--gemv-max-m", "0").exit_code == 0
+    with duckdb.connect(str(path)) as con2:
+        kernels = nvjet_kernels(con2, KINETO_L2, "generation")
+    assert kernels and {c for c, *_ in kernels} == {"GEMM"}
+
+
+def test_coverage_reports_unclassified_time_without_changing_the_db(db):
+    con, path = db
+    run = run_id(con, KINETO_L2)
+    cat_time, total = con.execute(
+        "SELECT sum(dur_ns) FILTER (WHERE name LIKE '%CatArrayBatchedCopy%'), sum(dur_ns) FROM kernels WHERE run_id = ?",
+        [run]).fetchone()
+    con.close()
+    result = cli("rules", "coverage", "--db", str(path), "--run", str(run), "--rules", str(RULES_FIXTURES / "no_cat"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"run {run} {KINETO_L2.name}: {1 - cat_time / total:.2%} of GPU time classified")
+    assert any(line.split()[:2] == ["unclassified", f"{cat_time / total:.2%}"] for line in lines)
+    assert any("CatArrayBatchedCopy" in line for line in lines[lines.index(next(x for x in lines if x.startswith("top"))):])
+    with duckdb.connect(str(path)) as con2:
+        assert con2.execute("SELECT count(*) FROM kernels WHERE category IS NULL").fetchone()[0] == 0
+
+
+def test_suggest_drafts_rules_that_classify_the_missing_kernels(db, tmp_path):
+    con, path = db
+    con.close()
+    assert cli("classify", "--db", str(path), "--rules", str(RULES_FIXTURES / "no_cat")).exit_code == 0
+    result = cli("rules", "suggest", "--db", str(path))
+    assert result.exit_code == 0
+    drafts = tomllib.loads(result.stdout)["rule"]
+    assert {d["category"] for d in drafts} == {"MEMCPY"}
+    draft_dir = tmp_path / "drafts"
+    draft_dir.mkdir()
+    (draft_dir / "drafts.toml").write_text(result.stdout)
+    assert cli("rules", "check", str(draft_dir)).exit_code == 0
+    assert cli("classify", "--db", str(path), "--rules", str(draft_dir), "--rules", str(RULES_FIXTURES / "no_cat")).exit_code == 0
+    with duckdb.connect(str(path)) as con2:
+        assert con2.execute("SELECT count(*) FROM kernels WHERE category IS NULL").fetchone()[0] == 0
+        assert con2.execute("SELECT count(*) FROM kernels WHERE rule_id LIKE 'user.%'").fetchone()[0] > 0
+
+
+SPLITK = "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(cublasLt::cublasSplitKParams<float>)"
+
+
+def test_split_k_reduce_edge_cases_and_reclassification():
+    """A reduce with no GEMM before it keeps its rule's class; resolved reduces follow their
+    GEMM when a later classification changes that GEMM's class."""
+    from importlib import resources
+
+    con = duckdb.connect()
+    con.execute(resources.files("tracekit").joinpath("schema.sql").read_text())
+    con.execute("INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version, "
+                "imported_at) VALUES (1, 'x', 'x', 'nsys-sqlite', 'h', 't', now())")
+    kernels = [  # (kernel_id, name, stream, start)
+        (0, SPLITK, 7, 0),                                            # no GEMM before it on stream 7
+        (1, "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", 7, 10),
+        (2, "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", 8, 15),  # another stream
+        (3, SPLITK, 7, 20),
+        (4, SPLITK, 8, 25),
+    ]
+    con.executemany("INSERT INTO kernels (run_id, kernel_id, name, short_name, start_ns, end_ns, dur_ns, stream) "
+                    "VALUES (1, ?, ?, ?, ?, ?, 1, ?)", [(i, n, n[:20], s, s + 1, st) for i, n, st, s in kernels])
+    rules = RuleSet.load(include_user=False)
+
+    def verdicts():
+        return con.execute("SELECT kernel_id, category, evidence FROM kernels ORDER BY 1").fetchall()
+
+    classify(con, [1], rules)
+    first = verdicts()
+    assert first == [(0, "GEMM", "name"), (1, "GEMV", "name"), (2, "GEMM", "name"),
+                     (3, "GEMV", "prev_gemm:name"), (4, "GEMM", "prev_gemm:name")]
+    classify(con, [1], rules)
+    assert verdicts() == first
+    classify(con, [1], rules.with_gemv_max_m(0))  # no shapes: names decide, the threshold is moot
+    assert verdicts() == first
+    # Without the skinny-nvjet rule the GEMM becomes GEMM, and its already-resolved reduce follows.
+    disabled = RuleSet.load([RULES_FIXTURES / "extra"], include_user=False)
+    disabled.rules = [r for r in disabled.rules if r.id != "cublas.nvjet-skinny"]
+    classify(con, [1], disabled)
+    assert verdicts()[1] == (1, "GEMM", "name") and verdicts()[3] == (3, "GEMM", "prev_gemm:name")

@@ -1,0 +1,274 @@
+"""Rule commands: `tracekit rules check|explain|coverage|suggest|list` and `tracekit classify`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from tracekit.enrich.rules import (
+    CATEGORIES,
+    KernelContext,
+    RuleError,
+    RuleSet,
+    display_path,
+)
+from tracekit.outputs.cli_core import db_option, fail, open_db
+
+rules_option = click.option(
+    "--rules", "rules_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
+    help="Extra rule directory (or file) layered over the user and built-in packs; repeatable, first wins.",
+)
+run_option = click.option("--run", "run_ids", multiple=True, type=int, help="Only this run (repeatable).")
+
+
+def _load(rules_dirs: tuple[Path, ...]) -> RuleSet:
+    try:
+        return RuleSet.load(list(rules_dirs))
+    except RuleError as exc:
+        fail(f"{exc} (run `tracekit rules check` for every problem)")
+
+
+def _dims(text: str | None, what: str) -> tuple[int | None, int | None, int | None]:
+    if text is None:
+        return (None, None, None)
+    parts = [p for p in re.split(r"[,x ]+", text.strip()) if p]
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise click.BadParameter(f"expected up to three integers like 128,1,1, got {text!r}", param_hint=what)
+    values = [int(p) for p in parts] + [1] * (3 - len(parts))
+    return tuple(values)  # type: ignore[return-value]
+
+
+@click.group("rules")
+def rules_group() -> None:
+    """Kernel classification rules: check, explain, coverage, suggest."""
+
+
+@rules_group.command("check")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path, exists=True))
+def check_cmd(paths: tuple[Path, ...]) -> None:
+    """Check rule files: TOML and schema, invalid or unsafe regexes, duplicate ids, failing
+    examples, rules shadowed by earlier ones. PATHS (dirs or files) are checked layered over the
+    user and built-in packs; with no PATHS, every loaded pack is checked."""
+    ruleset = RuleSet.load(list(paths), strict=False)
+    only = None
+    if paths:
+        only = set()
+        for p in paths:
+            only |= {f.resolve() for f in ([p] if p.is_file() else p.glob("*.toml"))}
+    issues = ruleset.check(only)
+    checked = [r for r in ruleset.rules if only is None or r.path.resolve() in only]
+    for issue in issues:
+        click.echo(str(issue))
+    files = len(only) if only is not None else len(ruleset.packs)
+    if issues:
+        click.echo(f"{len(issues)} problem(s) in {len(checked)} rules from {files} file(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"ok: {len(checked)} rules from {files} file(s), every example passes")
+
+
+@rules_group.command("list")
+@rules_option
+def list_cmd(rules_dirs: tuple[Path, ...]) -> None:
+    """Every rule in the order it is tried."""
+    ruleset = _load(rules_dirs)
+    for rule in ruleset.rules:
+        click.echo(f"{rule.id:32} {rule.category:9} {rule.on:10} /{rule.regex}/  {rule.where()}")
+
+
+@rules_group.command("explain")
+@click.argument("name")
+@click.option("--short-name", default=None, help="The kernel's short name, if rules should see one.")
+@click.option("--op", default=None, help="Name of the linked CPU op, e.g. aten::mm.")
+@click.option("--m", "m", type=int, default=None, help="Activation rows M of the linked GEMM op.")
+@click.option("--grid", default=None, help="Grid dims, e.g. 128,1,1.")
+@click.option("--block", default=None, help="Block dims, e.g. 256,1,1.")
+@rules_option
+def explain_cmd(name, short_name, op, m, grid, block, rules_dirs) -> None:
+    """Which rule classifies kernel NAME and why, and which others would match."""
+    ruleset = _load(rules_dirs)
+    ctx = KernelContext(name=name, short_name=short_name, op=op, m=m,
+                        grid=_dims(grid, "--grid"), block=_dims(block, "--block"))
+    decision = ruleset.decide(ctx)
+    matches = ruleset.explain(ctx)
+    if decision.rule_id is None:
+        click.echo("unclassified: no rule matches")
+    else:
+        rule = ruleset.by_id[decision.rule_id]
+        extra = " (takes the class of the GEMM it completes when no shapes are known)" if decision.follows_gemm else ""
+        click.echo(f"{decision.category} by rule {rule.id} ({rule.where()}), evidence {decision.evidence}{extra}")
+        click.echo(f"  on {rule.on} /{rule.regex}/" + "".join(f", when {c.key} {c.text}" for c in rule.conditions))
+        click.echo(f"  why: {rule.explain}")
+    others = [(r, why) for r, why in matches if r.id != decision.rule_id]
+    if others:
+        click.echo("other rules whose pattern matches (tried in this order):")
+        for rule, why in others:
+            state = "would match" if why is None else f"conditions fail: {why}"
+            click.echo(f"  {rule.id} -> {rule.category} ({rule.where()}): {state}")
+
+
+def _coverage_rows(con, run_ids: tuple[int, ...]):
+    where = f"WHERE run_id IN ({','.join(str(r) for r in run_ids)})" if run_ids else ""
+    totals = con.execute(
+        f"SELECT r.run_id, r.source_name, count(k.kernel_id), coalesce(sum(k.dur_ns), 0) FROM runs r "
+        f"LEFT JOIN kernels k USING (run_id) {where.replace('run_id', 'r.run_id')} GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    cats = con.execute(
+        f"SELECT run_id, category, count(*), sum(dur_ns) FROM kernels {where} GROUP BY ALL ORDER BY 1, 4 DESC"
+    ).fetchall()
+    return totals, cats
+
+
+@rules_group.command("coverage")
+@db_option
+@run_option
+@rules_option
+@click.option("--top", default=10, show_default=True, help="How many unclassified names to list.")
+def coverage_cmd(db_path, run_ids, rules_dirs, top) -> None:
+    """Share of GPU time per category, share unclassified, and the top unclassified names.
+
+    With --rules, kernels are re-classified in a transaction that is rolled back: the database
+    is not changed."""
+    from tracekit.enrich.classify import classify
+
+    db = open_db(db_path, read_only=not rules_dirs)
+    con = db.con
+    if rules_dirs:
+        ruleset = _load(rules_dirs)
+        con.execute("BEGIN TRANSACTION")
+        classify(con, list(run_ids) or None, ruleset)
+    try:
+        totals, cats = _coverage_rows(con, run_ids)
+        where = f"AND run_id IN ({','.join(str(r) for r in run_ids)})" if run_ids else ""
+        unclassified = con.execute(
+            f"SELECT short_name, any_value(name), count(*), sum(dur_ns), "
+            f"sum(dur_ns) / (SELECT sum(dur_ns) FROM kernels WHERE TRUE {where}) "
+            f"FROM kernels WHERE category IS NULL {where} GROUP BY short_name ORDER BY 4 DESC LIMIT ?", [top]
+        ).fetchall()
+    finally:
+        if rules_dirs:
+            con.execute("ROLLBACK")
+    if not totals:
+        fail(f"{db_path}: no runs{' with those ids' if run_ids else ''}")
+    for run_id, source, n, total in totals:
+        rows = [c for c in cats if c[0] == run_id]
+        done = sum(t for _, cat, _, t in rows if cat is not None)
+        share = done / total if total else 1.0
+        click.echo(f"run {run_id} {source}: {share:.2%} of GPU time classified ({n} kernels)")
+        for _, cat, count, t in rows:
+            label = cat if cat is not None else "unclassified"
+            click.echo(f"  {label:13} {t / total if total else 0:7.2%} {count:8d} kernels")
+    if unclassified:
+        click.echo("top unclassified kernels (share of GPU time, all selected runs):")
+        for short, name, count, _t, share in unclassified:
+            click.echo(f"  {share:7.2%} {count:6d}x {short}" + (f"  [{name[:120]}]" if name != short else ""))
+    else:
+        click.echo("no unclassified kernels")
+
+
+# Words in a kernel name that suggest a category, most telling first; only a draft for a human.
+_HINTS = [
+    (r"nccl|allreduce|all_reduce|allgather|reducescatter", "COMM"),
+    (r"attn|attention|fmha|mha|sdpa|flash", "ATTN"),
+    (r"gemv", "GEMV"),
+    (r"gemm|matmul|_mm_|xmma|nvjet", "GEMM"),
+    (r"norm|rsqrt", "NORM"),
+    (r"silu|gelu|relu|swiglu|geglu|activation|sigmoid", "ACT"),
+    (r"embed|index_?select|lookup", "EMBED"),
+    (r"topk|top_k|topp|top_p|sampl|argmax|multinomial|softmax|sort", "SAMPLING"),
+    (r"copy|cat|gather|scatter|transpose|permute", "MEMCPY"),
+    (r"fill|zero|memset", "MEMSET"),
+    (r"reduce|sum|mean|max|min|scan", "REDUCE"),
+    (r"elementwise|add|mul|div|sub|pointwise|rope|rotary", "ELEMWISE"),
+]
+
+
+def _toml_str(text: str) -> str:
+    if "'" not in text and "\n" not in text:
+        return f"'{text}'"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def suggest_rule(name: str, short_name: str, share: float, count: int) -> str:
+    """A draft [[rule]] for one unclassified kernel."""
+    key = short_name or name
+    lowered = key.lower()
+    category = next((cat for pat, cat in _HINTS if re.search(pat, lowered)), None)
+    rid = "user." + (re.sub(r"[^a-z0-9]+", "-", lowered).strip("-")[:40] or "kernel")
+    on = "short_name" if short_name and short_name != name else "name"
+    # Exact match of the short name; a long demangled name only by its (distinctive) start.
+    regex = "^" + re.escape(key[:100]) + ("$" if len(key) <= 100 else "")
+    example = short_name if on == "short_name" else name
+    lines = [
+        f"# {share:.2%} of GPU time, {count} launches",
+        "[[rule]]",
+        f"id = {_toml_str(rid)}",
+        f"on = \"{on}\"",
+        f"regex = {_toml_str(regex)}",
+        f"category = \"{category or 'OTHER'}\"" + ("" if category else f"  # TODO: one of {', '.join(CATEGORIES)}"),
+        f"explain = {_toml_str('TODO: what this kernel does and why it is ' + (category or 'OTHER'))}",
+        f"examples = [{_toml_str(example)}]",
+        "not_examples = []  # TODO: a similar name this rule must not take",
+    ]
+    return "\n".join(lines)
+
+
+@rules_group.command("suggest")
+@db_option
+@run_option
+@click.option("--top", default=10, show_default=True, help="How many unclassified names to draft rules for.")
+def suggest_cmd(db_path, run_ids, top) -> None:
+    """Draft TOML rules for the top unclassified kernels (by GPU time); edit, then save them
+    in a rules directory and check with `tracekit rules check DIR`."""
+    db = open_db(db_path, read_only=True)
+    where = f"AND run_id IN ({','.join(str(r) for r in run_ids)})" if run_ids else ""
+    rows = db.con.execute(
+        f"SELECT any_value(name), short_name, count(*), sum(dur_ns) / "
+        f"(SELECT sum(dur_ns) FROM kernels WHERE TRUE {where}) "
+        f"FROM kernels WHERE category IS NULL {where} GROUP BY short_name ORDER BY 4 DESC LIMIT ?", [top]
+    ).fetchall()
+    if not rows:
+        click.echo("# no unclassified kernels: nothing to suggest")
+        return
+    click.echo("# Draft rules for unclassified kernels. Review every TODO before use.\n")
+    click.echo("\n\n".join(suggest_rule(name, short, share or 0.0, count) for name, short, count, share in rows))
+
+
+@click.command("classify")
+@db_option
+@run_option
+@rules_option
+@click.option("--gemv-max-m", type=click.IntRange(0), default=None,
+              help="GEMM-family kernels whose op has at most this many activation rows are GEMV "
+                   "(default: settings.gemv_max_m of the rules, else 8).")
+def classify_cmd(db_path, run_ids, rules_dirs, gemv_max_m) -> None:
+    """Re-classify the kernels of every run (or --run) in place with the current rules."""
+    from tracekit.enrich.classify import classify
+
+    ruleset = _load(rules_dirs)
+    if gemv_max_m is not None:
+        ruleset = ruleset.with_gemv_max_m(gemv_max_m)
+    db = open_db(db_path)
+    con = db.con
+    known = {r for (r,) in con.execute("SELECT run_id FROM runs").fetchall()}
+    missing = sorted(set(run_ids) - known)
+    if missing:
+        fail(f"{db_path}: no run {', '.join(map(str, missing))}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        classify(con, list(run_ids) or None, ruleset)
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    where = f"WHERE run_id IN ({','.join(str(r) for r in run_ids)})" if run_ids else ""
+    n, total, done = con.execute(
+        f"SELECT count(*), coalesce(sum(dur_ns), 0), coalesce(sum(dur_ns) FILTER (WHERE category IS NOT NULL), 0) "
+        f"FROM kernels {where}"
+    ).fetchone()
+    runs = len(run_ids) if run_ids else len(known)
+    share = done / total if total else 1.0
+    packs = ", ".join(display_path(p.path) for p in ruleset.packs)
+    click.echo(f"classified {n} kernels in {runs} run(s): {share:.2%} of GPU time classified "
+               f"({len(ruleset.rules)} rules from {packs})")
