@@ -2,7 +2,7 @@
 
 Work in Python is proportional to the number of distinct kernel contexts, not kernels: the
 distinct (name, short_name, what the linked op shows, launch dims if rules use them) are
-classified in Python, then one UPDATE ... FROM joins the verdicts back onto every kernel. Joins
+classified in Python, then the changed verdicts are joined back onto the kernels and applied by rowid. Joins
 use hash(name) rather than the (long) names themselves; a 64-bit collision between two distinct
 kernel names of one database is vanishingly unlikely (~n^2 / 2^65). Runs inside the caller's
 transaction (the importer's, or the CLI's), so it never begins or commits one itself. Kernels
@@ -106,27 +106,35 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         _context_tables(con, rules, run_ids)
         rows = _distinct_contexts(con, dims, where_k)
         con.register("_tk_verdicts", _decide_all(rules, rows, dims))
-        dim_match = "".join(f" AND coalesce(kernels.{d}, {_NO_DIM}) = v.{d}" for d in dims)
+        dim_match = "".join(f" AND coalesce(k.{d}, {_NO_DIM}) = v.{d}" for d in dims)
         # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
         # writes only what the edit changed.
+        # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
+        # writes only what the edit changed. The changes are materialised first and applied by
+        # rowid: DuckDB runs an UPDATE whose FROM holds the joins ~25x slower than this.
         con.execute(
-            f"UPDATE kernels SET category = v.category, rule_id = v.rule_id, evidence = v.evidence "
-            f"FROM _tk_ctx x, _tk_verdicts v "
-            f"WHERE {where_k.replace('k.', 'kernels.')} AND x.run_id = kernels.run_id "
-            f"AND x.op_key = coalesce(kernels.op_id, -1) AND v.ctx_id = x.ctx_id "
-            f"AND v.nh = hash(kernels.name) AND v.sh = hash(kernels.short_name){dim_match} "
-            f"AND (kernels.category IS DISTINCT FROM v.category OR kernels.rule_id IS DISTINCT FROM v.rule_id "
-            f"     OR kernels.evidence IS DISTINCT FROM v.evidence) "
+            f"CREATE OR REPLACE TEMP TABLE _tk_new AS "
+            f"SELECT k.rowid AS rid, v.category, v.rule_id, v.evidence FROM kernels k "
+            f"JOIN _tk_ctx x ON x.run_id = k.run_id AND x.op_key = coalesce(k.op_id, -1) "
+            f"JOIN _tk_verdicts v ON v.ctx_id = x.ctx_id AND v.nh = hash(k.name) AND v.sh = hash(k.short_name)"
+            f"{dim_match} "
+            f"WHERE {where_k} "
+            f"AND (k.category IS DISTINCT FROM v.category OR k.rule_id IS DISTINCT FROM v.rule_id "
+            f"     OR k.evidence IS DISTINCT FROM v.evidence) "
             # already resolved from its GEMM under the same rule: _resolve_follows_gemm re-checks it
-            f"AND NOT (v.evidence = '{_PENDING}' AND kernels.rule_id IS NOT DISTINCT FROM v.rule_id "
-            f"         AND kernels.evidence LIKE 'prev_gemm:%')"
+            f"AND NOT (v.evidence = '{_PENDING}' AND k.rule_id IS NOT DISTINCT FROM v.rule_id "
+            f"         AND k.evidence LIKE 'prev_gemm:%')"
+        )
+        con.execute(
+            "UPDATE kernels SET category = n.category, rule_id = n.rule_id, evidence = n.evidence "
+            "FROM _tk_new n WHERE kernels.rowid = n.rid"
         )
         _resolve_follows_gemm(con, where_k)
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_verdicts")
-        for table in ("_tk_ops", "_tk_ctxkeys", "_tk_ctx"):
+        for table in ("_tk_ops", "_tk_ctxkeys", "_tk_ctx", "_tk_new", "_tk_follow"):
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
@@ -156,15 +164,18 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_k: str) -> None:
     family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
     follower = f"(k.evidence = '{_PENDING}' OR k.evidence LIKE 'prev_gemm:%')"
     con.execute(
-        f"UPDATE kernels SET category = g.category, evidence = g.evidence "
-        f"FROM (SELECT s.rid, coalesce(p.category, s.category) AS category, "
+        f"CREATE OR REPLACE TEMP TABLE _tk_follow AS SELECT g.* "
+        f"FROM (SELECT s.rid, s.old_category, s.old_evidence, coalesce(p.category, s.category) AS category, "
         f"             coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
         f"      FROM (SELECT k.rowid AS rid, k.run_id, coalesce(k.stream, -1) AS stream, k.start_ns, k.category, "
-        f"                   k.evidence AS old_evidence FROM kernels k WHERE {where_k} AND {follower}) s "
+        f"                   k.category AS old_category, k.evidence AS old_evidence "
+        f"            FROM kernels k WHERE {where_k} AND {follower}) s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
         f"      ASOF LEFT JOIN (SELECT k.run_id, coalesce(k.stream, -1) AS stream, k.start_ns, k.category, k.evidence "
         f"                      FROM kernels k WHERE {where_k} AND k.category IN ({family}) AND NOT {follower}) p "
         f"      ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns) g "
-        f"WHERE kernels.rowid = g.rid AND (kernels.category IS DISTINCT FROM g.category "
-        f"                                 OR kernels.evidence IS DISTINCT FROM g.evidence)"
+        f"WHERE g.old_category IS DISTINCT FROM g.category OR g.old_evidence IS DISTINCT FROM g.evidence"
+    )
+    con.execute(
+        "UPDATE kernels SET category = f.category, evidence = f.evidence FROM _tk_follow f WHERE kernels.rowid = f.rid"
     )

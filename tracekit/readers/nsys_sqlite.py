@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracekit.errors import TraceError
 from tracekit.readers.common import (
@@ -124,7 +129,8 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
         raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
 
     kernels = _kernels(con, kcols, strings, absent)
-    if kernels.num_rows and all(n.startswith(("<string ", "<no name>")) for n in kernels.column("name").to_pylist()):
+    names = kernels.column("name")
+    if kernels.num_rows and pc.all(pc.or_(pc.starts_with(names, "<string "), pc.starts_with(names, "<no name>"))).as_py():
         raise TraceError(path, "no kernel name could be resolved (StringIds table missing or malformed)")
     if not kernels.num_rows:
         graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
@@ -189,26 +195,53 @@ def _kernels(con: sqlite3.Connection, cols: set[str], strings: _Strings, absent:
     _skipped(con, t, absent, "kernels")
     rows = con.execute(f'SELECT {sel} FROM "{t}" WHERE {_GOOD_EXTENT} ORDER BY "start", "end"').fetchall()
     c = list(zip(*rows, strict=False)) if rows else [()] * 22
-    names = [strings.get(v) or _unresolved(v) for v in c[7]]
-    missing = sum(1 for v in c[7] if not strings.get(v))
+    del rows
+    # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct id once.
+    idx, uniq = _codes(c[7])
+    resolved = [strings.get(v) for v in uniq]
+    counts = np.bincount(np.asarray(idx, dtype=np.int64), minlength=len(uniq)) if idx else np.zeros(0, np.int64)
+    missing = int(sum(counts[i] for i, r in enumerate(resolved) if not r))
     if missing:
         absent.append(f"{t}: {missing} kernel names not found in StringIds (named <string N>)")
-    shorts = [strings.get(v) for v in c[8]]
-    shorts = [s if s else short_name(n) for s, n in zip(shorts, names, strict=False)]
-    start, end = c[0], c[1]
-    return to_table({
-        "kernel_id": list(range(len(rows))), "name": names, "short_name": shorts,
-        "start_ns": start, "end_ns": end, "dur_ns": [e - s for s, e in zip(start, end, strict=False)],
-        "device": c[2], "context": c[3], "stream": c[4], "correlation": c[5],
-        "pid": [_gtid_pid(g) for g in c[6]],
-        "grid_x": c[9], "grid_y": c[10], "grid_z": c[11],
+    name_u = [r or _unresolved(v) for r, v in zip(resolved, uniq, strict=True)]
+    pair_idx, pairs = _codes(list(zip(idx, c[8], strict=True)))
+    short_u = [strings.get(sid) or short_name(name_u[i]) for i, sid in pairs]
+    start = pa.array(c[0], pa.int64())
+    end = pa.array(c[1], pa.int64())
+    return _table({
+        "kernel_id": pa.array(np.arange(len(start)), pa.int64()), "name": _decoded(idx, name_u),
+        "short_name": _decoded(pair_idx, short_u), "start_ns": start, "end_ns": end,
+        "dur_ns": pc.subtract(end, start), "device": c[2], "context": c[3], "stream": c[4],
+        "correlation": c[5], "pid": _gtid_part(c[6], 24), "grid_x": c[9], "grid_y": c[10], "grid_z": c[11],
         "block_x": c[12], "block_y": c[13], "block_z": c[14],
         "registers": c[15], "shared_static": c[16], "shared_dynamic": c[17], "graph_node_id": c[18],
     }, KERNEL_SCHEMA)
 
 
+def _codes(vals: Sequence) -> tuple[list[int], list]:
+    uniq = list(dict.fromkeys(vals))  # first-seen order; C loops only, no per-row Python call
+    return list(map({v: i for i, v in enumerate(uniq)}.__getitem__, vals)), uniq
+
+
+def _decoded(idx: list[int], uniq: list[str]) -> pa.Array:
+    # Built from codes, each distinct string is copied once instead of once per row.
+    return pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
+
+
+def _gtid_part(vals: Sequence[int | None], shift: int) -> pa.Array:
+    """_gtid_pid (shift 24) or _gtid_tid (shift 0) of a whole column."""
+    g = pa.array(vals, pa.int64())
+    return pc.bit_wise_and(pc.shift_right(g, shift) if shift else g, 0xFFFFFF)
+
+
+def _table(cols: dict[str, object], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays(
+        [v if isinstance(v, pa.Array) else pa.array(v, f.type) for f, v in ((f, cols[f.name]) for f in schema)],
+        schema=schema)
+
+
 def _launches(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
-    cols: dict[str, list] = {k: [] for k in LAUNCH_SCHEMA.names}
+    parts: list[pa.Table] = []
     for table, kind in (("CUPTI_ACTIVITY_KIND_RUNTIME", "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver")):
         tc = tables.get(table)
         if tc is None:
@@ -219,20 +252,29 @@ def _launches(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _St
             absent.append(f"{table} (unexpected columns)")
             continue
         _skipped(con, table, absent, "calls")
-        for start, end, gtid, corr, nm in con.execute(
+        rows = con.execute(
             f'SELECT "start", "end", {_int("globalTid")}, {_int("correlationId")}, {_text_or_id(name_col)} '
             f'FROM "{table}" WHERE {_GOOD_EXTENT}'
-        ):
-            cols["name"].append(strings.get(nm) or "")
-            cols["kind"].append(kind)
-            cols["start_ns"].append(start)
-            cols["end_ns"].append(end)
-            cols["dur_ns"].append(end - start)
-            cols["pid"].append(_gtid_pid(gtid))
-            cols["tid"].append(_gtid_tid(gtid))
-            cols["correlation"].append(corr)
-    cols["launch_id"] = list(range(len(cols["name"])))
-    return to_table(cols, LAUNCH_SCHEMA)
+        ).fetchall()
+        if not rows:
+            continue
+        # A million API calls: columns at once, not a Python loop per call.
+        start_, end_, gtid, corr, nm = zip(*rows, strict=True)
+        del rows
+        idx, uniq = _codes(nm)
+        start = pa.array(start_, pa.int64())
+        end = pa.array(end_, pa.int64())
+        parts.append(_table({
+            "launch_id": pa.nulls(len(start), pa.int64()),
+            "name": _decoded(idx, [strings.get(v) or "" for v in uniq]),
+            "kind": _decoded([0] * len(start), [kind]), "start_ns": start, "end_ns": end,
+            "dur_ns": pc.subtract(end, start), "pid": _gtid_part(gtid, 24), "tid": _gtid_part(gtid, 0),
+            "correlation": corr,
+        }, LAUNCH_SCHEMA))
+    if not parts:
+        return to_table({k: [] for k in LAUNCH_SCHEMA.names}, LAUNCH_SCHEMA)
+    t = pa.concat_tables(parts).combine_chunks()
+    return t.set_column(0, "launch_id", pa.array(np.arange(t.num_rows), pa.int64()))
 
 
 def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):

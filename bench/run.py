@@ -1,0 +1,524 @@
+"""tracekit benchmarks (issue 6): times each import stage and the comparisons, writes bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py                 # make inputs if missing, run everything
+    .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs
+
+Every measurement runs in a fresh child process, so its peak RSS (from wait4) is its own and no
+import or cache is shared between repeats; wall and CPU (user+sys) seconds are both recorded,
+because this 2-core machine is shared and wall time varies with load (the load average is
+written next to the figures). Inputs are made by bench/make_inputs.py under bench/data/.
+Comparisons: HTA (holistictraceanalysis, from a throwaway venv given by --hta-python) and
+`nsys stats` (--nsys), measured in the same run on the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "data"
+PY = sys.executable
+KINETO = DATA / "kineto_llama2-7b-32L_64steps.pt.trace.json.gz"
+NSYS = DATA / "nsys_llama2-7b_x112.sqlite"
+JOBS_DIR = DATA / "jobs"
+
+
+# ---------------------------------------------------------------- children (run in a fresh process)
+
+def _child(name: str, args: list[str]) -> dict:
+    sys.path.insert(0, str(ROOT))
+    return CHILDREN[name](*args)
+
+
+def c_gunzip(path: str) -> dict:
+    import zlib
+
+    t = time.perf_counter()
+    raw = Path(path).read_bytes()
+    out = zlib.decompress(raw, 16 + zlib.MAX_WBITS)
+    return {"gunzip": time.perf_counter() - t, "bytes": len(out)}
+
+
+def c_decode(path: str) -> dict:
+    """The decode floor: gunzip, then msgspec into a minimal typed event struct, GC paused."""
+    import gc
+    import zlib
+
+    import msgspec
+
+    opt_str, opt_float = str | None, float | None
+    ev = msgspec.defstruct("Ev", [("ph", opt_str, None), ("cat", opt_str, None), ("name", opt_str, None),
+                                  ("ts", opt_float, None), ("dur", opt_float, None)], gc=False)
+    tr_type = msgspec.defstruct("Tr", [("traceEvents", list[ev])], gc=False)
+
+    t = time.perf_counter()
+    out = zlib.decompress(Path(path).read_bytes(), 16 + zlib.MAX_WBITS)
+    t1 = time.perf_counter()
+    gc.disable()
+    tr = msgspec.json.decode(out, type=tr_type)
+    return {"gunzip": t1 - t, "decode": time.perf_counter() - t1, "events": len(tr.traceEvents)}
+
+
+def c_read(path: str) -> dict:
+    from tracekit.readers import read
+
+    t = time.perf_counter()
+    d = read(Path(path))
+    return {"read": time.perf_counter() - t, "kernels": d.kernels.num_rows}
+
+
+def c_stages(path: str, db: str) -> dict:
+    """The importer's steps one by one, each timed (same calls as importer._parse/_store)."""
+    from tracekit.enrich.links import link
+    from tracekit.importer import file_hash
+    from tracekit.readers import read
+    from tracekit.store import connect, insert_run
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    data = read(Path(path))
+    out["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    data = link(data)
+    out["link"] = time.perf_counter() - t
+    h = file_hash(Path(path))
+    con = connect(db)
+    t = time.perf_counter()
+    con.execute("BEGIN TRANSACTION")
+    run_id = insert_run(con, data, source_path=path, content_hash=h, importer_version="bench", meta={})
+    out["insert"] = time.perf_counter() - t
+    try:
+        from tracekit.enrich.stages import attribute_stages
+
+        t = time.perf_counter()
+        attribute_stages(con, run_id)
+        out["stages"] = time.perf_counter() - t
+    except ImportError:
+        pass
+    try:
+        from tracekit.enrich.classify import classify
+        from tracekit.enrich.rules import RuleSet
+
+        t = time.perf_counter()
+        rules = RuleSet.load([])
+        classify(con, [run_id], rules)
+        out["classify"] = time.perf_counter() - t
+    except ImportError:
+        pass
+    t = time.perf_counter()
+    con.execute("COMMIT")
+    out["commit"] = time.perf_counter() - t
+    out["kernels"] = data.kernels.num_rows
+    return out
+
+
+def c_sqlite_names(path: str) -> dict:
+    import sqlite3
+
+    t = time.perf_counter()
+    con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    rows = con.execute('SELECT k."start", k."end", k.correlationId, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL k '
+                       "JOIN StringIds s ON s.id = k.demangledName").fetchall()
+    return {"sqlite3": time.perf_counter() - t, "rows": len(rows)}
+
+
+def c_duckdb_names(path: str) -> dict:
+    import duckdb
+
+    ext = next(Path(p) for p in sys.path if (Path(p) / "duckdb_extension_sqlite_scanner").exists())
+    ext_file = next((ext / "duckdb_extension_sqlite_scanner").rglob("*.duckdb_extension"))
+    t = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(f"LOAD '{ext_file}'")
+    con.execute(f"ATTACH '{path}' AS n (TYPE sqlite, READ_ONLY)")
+    tbl = con.execute('SELECT k."start", k."end", k.correlationId, s.value FROM n.CUPTI_ACTIVITY_KIND_KERNEL k '
+                      "JOIN n.StringIds s ON s.id = k.demangledName").fetchnumpy()
+    return {"duckdb_scanner": time.perf_counter() - t, "rows": len(tbl["value"]), "duckdb": duckdb.__version__}
+
+
+def c_classify(db: str, mode: str) -> dict:
+    """Re-classify every kernel. mode 'all-change': verdicts are cleared first (untimed), so every
+    row is written, as after an edit that touches every kernel; 'no-change': same rules again."""
+    import duckdb
+
+    from tracekit.enrich.classify import classify
+    from tracekit.enrich.rules import RuleSet
+
+    con = duckdb.connect(db)
+    n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
+    if mode == "all-change":
+        con.execute("UPDATE kernels SET category = NULL, rule_id = NULL, evidence = NULL")
+    rules = RuleSet.load([])
+    t = time.perf_counter()
+    con.execute("BEGIN TRANSACTION")
+    classify(con, None, rules)
+    con.execute("COMMIT")
+    return {"classify": time.perf_counter() - t, "kernels": n}
+
+
+def c_views(db: str) -> dict:
+    import tracekit
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    d = tracekit.open(db, read_only=True)
+    out["open"] = time.perf_counter() - t
+    for view in ("stage_ratio", "composition"):
+        t = time.perf_counter()
+        tbl = d.arrow(f"SELECT * FROM {view}")
+        out[view] = time.perf_counter() - t
+        out[f"{view}_rows"] = tbl.num_rows
+    out["runs"] = d.con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return out
+
+
+def c_build_runs(db: str, runs: str) -> dict:
+    build_many_runs_db(Path(db), int(runs))
+    return {}
+
+
+def c_build_kernels(db: str, n: str) -> dict:
+    return {"kernels": build_kernels_db(Path(db), int(n))}
+
+
+def c_machine() -> dict:
+    return machine()
+
+
+CHILDREN = {
+    "build_runs": c_build_runs, "build_kernels": c_build_kernels, "machine": c_machine,
+    "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
+    "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
+}
+
+HTA_SCRIPT = """
+import json, sys, time
+t = time.perf_counter()
+from hta.trace_analysis import TraceAnalysis
+t1 = time.perf_counter()
+a = TraceAnalysis(trace_dir=sys.argv[1])
+df = a.t.get_trace(0)
+print(json.dumps({"import": t1 - t, "load": time.perf_counter() - t1, "events": len(df)}))
+"""
+
+
+# ---------------------------------------------------------------- parent: spawn, measure, report
+
+def spawn_rusage(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
+    """spawn(), plus CPU seconds and peak RSS of the child (its largest process)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd or ROOT)
+    # Read pipes until EOF, then reap with wait4 to get this child's own rusage.
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}): {err.decode()[-2000:]}")
+    res: dict = {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    if lines:
+        res.update(json.loads(lines[-1]))
+    return res
+
+
+def child_cmd(name: str, *args: str) -> list[str]:
+    return [PY, str(Path(__file__)), "--child", name, *map(str, args)]
+
+
+def repeat(label: str, cmd_fn, n: int, results: dict, prepare=None) -> dict:
+    runs = []
+    for _ in range(n):
+        if prepare:
+            prepare()
+        runs.append(spawn_rusage(cmd_fn()))
+    keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float))})
+    summary = {k: [r[k] for r in runs if k in r] for k in keys}
+    results[label] = summary
+    wall = summary["wall"]
+    print(f"  {label:<42} wall min {min(wall):6.2f}  med {statistics.median(wall):6.2f}  max {max(wall):6.2f}"
+          f"  cpu med {statistics.median(summary['cpu']):6.2f}  rss max {max(summary['rss_mb']):6.0f} MB",
+          flush=True)
+    return summary
+
+
+def nsys_for_stats(nsys: Path, tmp: Path) -> Path:
+    """An nsys whose `stats` works. The install here pairs target-linux-x64/nsys with
+    host-linux-x64/reports, whose python/lib lacks nsysstats.py (it sits in the target's python/lib),
+    so every report fails with "No module named 'nsysstats'". A mirror of the install made of
+    symlinks, plus that module linked in and the binary copied (it finds its tree from its own
+    path), runs the stock reports unchanged."""
+    root = nsys.resolve().parents[1]
+    host_lib = root / "host-linux-x64" / "python" / "lib"
+    target_lib = root / "target-linux-x64" / "python" / "lib"
+    if (host_lib / "nsysstats.py").exists() or not (target_lib / "nsysstats.py").exists():
+        return nsys
+    mirror = tmp / "nsys"
+    if not mirror.exists():
+        mirror.mkdir()
+        for part in ("host-linux-x64", "target-linux-x64"):
+            subprocess.run(["cp", "-rs", str(root / part), str(mirror)], check=True)
+        exe = mirror / nsys.resolve().relative_to(root)
+        exe.unlink()
+        shutil.copy2(nsys.resolve(), exe)
+        for mod in ("nsysstats.py", "gpustats.py"):
+            link = mirror / "host-linux-x64" / "python" / "lib" / mod
+            if not link.exists():
+                link.symlink_to(target_lib / mod)
+    return mirror / nsys.resolve().relative_to(root)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), "0")
+    import duckdb
+    import msgspec
+    import numpy
+    import polars
+    import pyarrow
+
+    return {
+        "cpu_model": cpu, "cores": os.cpu_count(), "mem_gb": round(int(mem) / 1024**2, 1),
+        "os": platform.platform(), "python": platform.python_version(),
+        "versions": {"duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__, "polars": polars.__version__,
+                     "msgspec": msgspec.__version__, "numpy": numpy.__version__},
+    }
+
+
+def cli_import(paths: list[Path], db: Path, jobs: int = 1) -> list[str]:
+    return [PY, "-m", "tracekit.outputs.cli", "import", *map(str, paths), "--db", str(db), "-j", str(jobs), "-q"]
+
+
+def fresh(db: Path):
+    def go() -> None:
+        for suffix in ("", ".wal"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+    return go
+
+
+def ensure_inputs() -> None:
+    if KINETO.exists() and NSYS.exists():
+        return
+    subprocess.run([PY, str(ROOT / "bench" / "make_inputs.py")], check=True)
+
+
+def ensure_jobs_inputs(n: int) -> list[Path]:
+    """n distinct files with the same content: a 32-layer x 16-step trace, each given one more
+    empty gzip member so its content hash (and so its run) differs."""
+    import gzip
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_inputs import KINETO_SRC, scale_kineto  # stdlib + msgspec only: the parent stays small
+
+    JOBS_DIR.mkdir(parents=True, exist_ok=True)
+    base = JOBS_DIR / "base.pt.trace.json.gz"
+    if not base.exists():
+        scale_kineto(KINETO_SRC, base, 32, 16)
+    files = []
+    for i in range(n):
+        f = JOBS_DIR / f"copy{i:02d}.pt.trace.json.gz"
+        if not f.exists():
+            shutil.copy(base, f)
+            with f.open("ab") as out:
+                out.write(gzip.compress(b" " * (i + 1)))
+        files.append(f)
+    return files
+
+
+def build_many_runs_db(db: Path, runs: int, only: tuple[str, ...] | None = None) -> None:
+    """A database with `runs` runs: the four shared fixtures imported, then every table's rows
+    copied with new run_ids (and content hashes) until there are `runs` runs."""
+    import duckdb
+
+    sys.path.insert(0, str(ROOT))
+    import tracekit
+
+    fresh(db)()
+    shared = sorted((ROOT / "fixtures" / "shared").glob("*.sqlite")) + sorted(
+        (ROOT / "fixtures" / "shared").glob("*.json.gz"))
+    d = tracekit.open(db)
+    d.import_paths(shared)
+    d.close()
+    con = duckdb.connect(str(db))
+    base = con.execute("SELECT count(*), max(run_id) FROM runs").fetchone()
+    n0, top = base
+    tables = [r[0] for r in con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'run_id' AND NOT internal "
+        "AND database_name = current_database() AND table_name IN (SELECT table_name FROM duckdb_tables())"
+    ).fetchall()]
+    if only:
+        tables = [t for t in tables if t in only]
+    copies = -(-runs // n0) - 1
+    con.execute("BEGIN TRANSACTION")
+    for t in tables:
+        cols = [r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database() "
+            "ORDER BY column_index", [t]).fetchall()]
+        sel = ", ".join(
+            f"x.run_id + k.k * {top} AS run_id" if c == "run_id"
+            else "x.content_hash || '-' || k.k" if c == "content_hash" else f"x.{c}"
+            for c in cols)
+        con.execute(f"INSERT INTO {t} SELECT {sel} FROM {t} x, range(1, {copies + 1}) k(k) "
+                    f"WHERE x.run_id <= {top}")
+    for t in tables:
+        con.execute(f"DELETE FROM {t} WHERE run_id > {runs}")
+    con.execute("COMMIT")
+    con.close()
+
+
+def build_kernels_db(db: Path, n_kernels: int) -> int:
+    """A database whose kernels table holds about n_kernels rows: the shared fixtures' runs,
+    kernels and ops (what classification reads) copied under new run_ids."""
+    build_many_runs_db(db, 4)
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    per = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
+    runs = max(4, round(n_kernels / per * 4))
+    con.close()
+    build_many_runs_db(db, runs, only=("runs", "kernels", "ops"))
+    con = duckdb.connect(str(db))
+    n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
+    con.close()
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="tracekit benchmarks")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", action="append", choices=["kineto", "nsys", "classify", "views", "jobs"])
+    ap.add_argument("--hta-python", default=os.environ.get("HTA_PYTHON", ""),
+                    help="python of a throwaway venv with holistictraceanalysis installed")
+    ap.add_argument("--hta-repeat", type=int, default=2)
+    ap.add_argument("--duckdb-sqlite-python", default=os.environ.get("DUCKDB_SQLITE_PYTHON", ""),
+                    help="python of a throwaway venv with duckdb + duckdb-extension-sqlite-scanner of one version")
+    ap.add_argument("--classify-kernels", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[1_000_000, 10_000_000], help="kernel counts for the re-classification runs")
+    ap.add_argument("--nsys", default=os.environ.get("NSYS") or shutil.which("nsys") or "",
+                    help="nsys binary for the `nsys stats` comparison")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child[0], args.child[1:])))
+        return
+    groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs"])
+    ensure_inputs()
+    results: dict = json.loads(args.results.read_text()) if args.results.exists() else {}
+    # The parent stays small: a forked child's peak RSS (wait4) counts the parent's RSS at fork,
+    # so everything heavy, building databases included, happens in children.
+    results["machine"] = spawn_rusage(child_cmd("machine"))
+    for k in ("wall", "cpu", "rss_mb"):
+        results["machine"].pop(k, None)
+    res = results.setdefault("figures", {})
+    n = args.repeat
+    tmp = Path(tempfile.mkdtemp(prefix="tracekit-bench-"))
+    db = tmp / "bench.duckdb"
+    results["load_before"] = load()
+    print(f"machine: {results['machine']['cpu_model']}, {results['machine']['cores']} cores; load {load()}")
+    try:
+        if "kineto" in groups:
+            print(f"kineto: {KINETO.name} ({KINETO.stat().st_size / 1e6:.1f} MB gz)")
+            res["kineto"] = {"load": load()}
+            g = res["kineto"]
+            repeat("gunzip (zlib)", lambda: child_cmd("gunzip", KINETO), n, g)
+            repeat("gunzip + msgspec minimal decode (floor)", lambda: child_cmd("decode", KINETO), n, g)
+            repeat("tracekit reader only", lambda: child_cmd("read", KINETO), n, g)
+            repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", KINETO, db), n, g,
+                   prepare=fresh(db))
+            repeat("tracekit import (CLI, end to end)", lambda: cli_import([KINETO], db), n, g, prepare=fresh(db))
+            if args.hta_python and Path(args.hta_python).exists():
+                hta_dir = tmp / "hta"
+                hta_dir.mkdir(exist_ok=True)
+                link = hta_dir / KINETO.name
+                if not link.exists():
+                    os.symlink(KINETO, link)
+                repeat("HTA 0.5.0 TraceAnalysis (load)", lambda: [args.hta_python, "-c", HTA_SCRIPT, str(hta_dir)],
+                       args.hta_repeat, g)
+            g["load_after"] = load()
+        if "nsys" in groups:
+            print(f"nsys: {NSYS.name} ({NSYS.stat().st_size / 1e6:.1f} MB)")
+            res["nsys"] = {"load": load()}
+            g = res["nsys"]
+            repeat("sqlite3: kernels with names", lambda: child_cmd("sqlite_names", NSYS), n, g)
+            if args.duckdb_sqlite_python and Path(args.duckdb_sqlite_python).exists():
+                repeat("duckdb sqlite scanner: kernels with names",
+                       lambda: [args.duckdb_sqlite_python, str(Path(__file__)), "--child", "duckdb_names", str(NSYS)],
+                       n, g)
+            repeat("tracekit reader only", lambda: child_cmd("read", NSYS), n, g)
+            repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", NSYS, db), n, g,
+                   prepare=fresh(db))
+            repeat("tracekit import (CLI, end to end)", lambda: cli_import([NSYS], db), n, g, prepare=fresh(db))
+            if args.nsys and Path(args.nsys).exists():
+                out = tmp / "nsys_stats"
+                nsys = nsys_for_stats(Path(args.nsys), tmp)
+
+                def stats_cmd() -> list[str]:
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    return [str(nsys), "stats", "--report", "cuda_gpu_kern_sum", "--format", "csv", "--output",
+                            str(out / "r"), "--force-overwrite", "true", str(NSYS)]
+
+                repeat("nsys stats --report cuda_gpu_kern_sum", stats_cmd, n, g)
+                # nsys exits 0 even when a report fails: count what it wrote.
+                rows = (out / "r_cuda_gpu_kern_sum.csv").read_text().count("\n") - 1
+                g["nsys stats --report cuda_gpu_kern_sum"]["csv_rows"] = [rows]
+                print(f"    nsys stats wrote {rows} kernel-name rows")
+            g["load_after"] = load()
+        if "classify" in groups:
+            res["classify"] = {"load": load()}
+            for size in args.classify_kernels:
+                big = tmp / f"kernels{size}.duckdb"
+                t = time.perf_counter()
+                nk = spawn_rusage(child_cmd("build_kernels", big, size))["kernels"]
+                print(f"classify: {nk:,} kernels (db built in {time.perf_counter() - t:.0f}s)")
+                # Minutes per run at 10M: one run there, the usual repeats below.
+                reps = 1 if size >= 5_000_000 else n
+                try:
+                    for mode in ("all-change", "no-change"):
+                        repeat(f"re-classify {nk:,} kernels ({mode})", lambda m=mode, b=big: child_cmd("classify", b, m),
+                               reps, res["classify"])
+                except RuntimeError as exc:
+                    res["classify"][f"error {size}"] = str(exc)[-500:]
+                    print("  classify failed:", str(exc)[-300:])
+                big.unlink(missing_ok=True)
+        if "views" in groups:
+            many = tmp / "runs1000.duckdb"
+            spawn_rusage(child_cmd("build_runs", many, 1000))
+            print("views: 1,000 runs")
+            res["views"] = {"load": load()}
+            repeat("stage_ratio + composition over 1,000 runs", lambda: child_cmd("views", many), n, res["views"])
+        if "jobs" in groups:
+            files = ensure_jobs_inputs(8)
+            print(f"jobs: {len(files)} files of {files[0].stat().st_size / 1e6:.1f} MB gz")
+            res["jobs"] = {"load": load(), "files": len(files)}
+            for j in (1, 2):
+                repeat(f"import 8 files --jobs {j}", lambda j=j: cli_import(files, db, j), n, res["jobs"],
+                       prepare=fresh(db))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["load_after"] = load()
+    results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    args.results.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
