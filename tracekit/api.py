@@ -47,9 +47,10 @@ class Database:
         nsys: str | None = None,
         jobs: int = 1,
         on_result=None,
+        on_phase=None,
     ) -> builtins.list[ImportResult]:
         results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
-                               nsys=nsys, jobs=jobs, on_result=on_result)
+                               nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase)
         return results
 
     def query(self, sql: str, params: builtins.list | None = None) -> pl.DataFrame:

@@ -83,9 +83,24 @@ def _parse_job(args: tuple[Path, str | None]) -> TraceData | TraceError:
         return TraceError(args[0], f"could not be read ({type(exc).__name__}: {exc})")
 
 
-def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet) -> None:
+Phase = Callable[[str, str], None]
+
+
+def _no_phase(path: str, phase: str) -> None:
+    return None
+
+
+def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phase: Phase, path: str) -> None:
+    on_phase(path, "stages")
     attribute_stages(con, run_id)
+    on_phase(path, "classifying")
     classify(con, [run_id], rules)
+
+
+def _parse_in_order(todo: list[tuple[Path, str]], nsys: str | None, on_phase: Phase):
+    for f, _ in todo:
+        on_phase(str(f), "reading")
+        yield _parse_job((f, nsys))
 
 
 def import_paths(
@@ -98,11 +113,14 @@ def import_paths(
     nsys: str | None = None,
     jobs: int = 1,
     on_result: Callable[[ImportResult], None] | None = None,
+    on_phase: Phase | None = None,
 ) -> list[ImportResult]:
     """Import each trace in its own transaction; a failure leaves nothing of that file.
 
     Broken rule files fail the whole call up front (RuleError) rather than every file in turn.
+    `on_phase(path, phase)` hears each file's progress: reading, storing, stages, classifying.
     """
+    on_phase = on_phase or _no_phase
     rules = RuleSet.load(rules_dirs or [])
     files = expand(paths)
     cli_meta = dict(meta or {})
@@ -128,7 +146,7 @@ def import_paths(
         parsed = pool.map(_parse_job, [(f, nsys) for f, _ in todo])
     else:
         pool = None
-        parsed = (_parse_job((f, nsys)) for f, _ in todo)
+        parsed = _parse_in_order(todo, nsys, on_phase)
     done = 0
     try:
         for (f, h), data in zip(todo, parsed, strict=False):
@@ -137,7 +155,7 @@ def import_paths(
             if isinstance(data, TraceError):
                 results.append(_report(on_result, ImportResult(str(f), "failed", error=str(data))))
                 continue
-            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules, t0)))
+            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules, t0, on_phase)))
     except BrokenProcessPool:
         # A parser process was killed (typically by the OOM killer on a huge trace); the pool
         # cannot say which file did it, so every file not yet stored is reported, none is lost.
@@ -162,7 +180,7 @@ def _report(cb: Callable[[ImportResult], None] | None, r: ImportResult) -> Impor
 
 def _store(
     con: duckdb.DuckDBPyConnection, f: Path, h: str, data: TraceData, cli_meta: dict[str, str],
-    replace: bool, rules: RuleSet, t0: float,
+    replace: bool, rules: RuleSet, t0: float, on_phase: Phase = _no_phase,
 ) -> ImportResult:
     try:
         meta: dict[str, tuple[str, str]] = {k: (v, "trace") for k, v in data.found_meta.items()}
@@ -172,12 +190,13 @@ def _store(
         return ImportResult(str(f), "failed", error=str(exc))
     con.execute("BEGIN TRANSACTION")
     try:
+        on_phase(str(f), "storing")
         old = find_run(con, h)
         if old is not None:
             delete_run(con, old)
         run_id = insert_run(con, data, source_path=str(f), content_hash=h, importer_version=__version__,
                             meta=meta)
-        _enrich(con, run_id, rules)
+        _enrich(con, run_id, rules, on_phase, str(f))
         con.execute("COMMIT")
     except BaseException as exc:
         try:

@@ -71,13 +71,15 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
     if not files:
         fail(f"{', '.join(map(str, paths))}: no trace files found")
     db = open_db(db_path)
-    tty = sys.stderr.isatty() and not quiet
     counts = {"imported": 0, "replaced": 0, "skipped": 0, "failed": 0}
     done = [0]
+    bar = _FileBar(len(files), done) if sys.stderr.isatty() and not quiet else None
 
     def on_result(r) -> None:
         done[0] += 1
         counts[r.status] += 1
+        if bar is not None:
+            bar.clear()
         prefix = f"[{done[0]}/{len(files)}]"
         if r.status == "failed":
             click.echo(f"tracekit: error: {r.error}", err=True)
@@ -87,14 +89,10 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
             else:
                 click.echo(f"{prefix} {r.path}: {r.status} as run {r.run_id} "
                            f"({r.n_kernels} kernels, {r.seconds:.2f}s)", err=True)
-        if tty and done[0] < len(files):
-            click.echo(f"  importing {files[done[0]]} …", err=True)
 
-    if tty:
-        click.echo(f"  importing {files[0]} …", err=True)
     try:
         db.import_paths(files, meta=meta_d, replace=replace, rules_dirs=list(rules_dirs), nsys=nsys,
-                        jobs=jobs, on_result=on_result)
+                        jobs=jobs, on_result=on_result, on_phase=bar.phase if bar is not None else None)
     except TracekitError as exc:
         fail(str(exc))
     finally:
@@ -103,6 +101,31 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
         click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "nothing to do", err=True)
     if counts["failed"]:
         sys.exit(1)
+
+
+class _FileBar:
+    """One progress line per file on a terminal: a bar through the import's phases, replaced by
+    the file's result line when it is done."""
+
+    PHASES = ("reading", "storing", "stages", "classifying")
+    WIDTH = 24
+
+    def __init__(self, total: int, done: list[int]) -> None:
+        self.total = total
+        self.done = done  # files finished so far, kept by the caller
+
+    def phase(self, path: str, phase: str) -> None:
+        step = self.PHASES.index(phase) + 1 if phase in self.PHASES else 0
+        filled = self.WIDTH * step // (len(self.PHASES) + 1)
+        name = Path(path).name
+        name = name if len(name) <= 48 else "…" + name[-47:]
+        sys.stderr.write(f"\r\033[K[{self.done[0] + 1}/{self.total}] {name} "
+                         f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {phase}…")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 def _print(df, fmt: str) -> None:
