@@ -172,3 +172,27 @@ def test_query_cannot_write_or_read_other_files(shared_db_path, tmp_path):
     assert proc.returncode == 1
     proc = tk("query", "--db", str(shared_db_path), f"SELECT * FROM read_csv('{NSYS_L2}')")
     assert proc.returncode == 1 and proc.stderr.startswith("tracekit: error: query:")
+
+
+def test_gzip_bomb_refused_by_ratio_at_default_limits(tmp_path):
+    """At the default limits a file may inflate to 200x its size (at least 256 MiB): a 300 MiB
+    bomb in a few hundred KB is refused long before the 8 GiB absolute cap."""
+    from tracekit.readers import kineto
+
+    bomb = tmp_path / "bomb.json.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(b'{"traceEvents": [')
+        for _ in range(300):
+            f.write(b" " * (1 << 20))
+    assert kineto.inflate_limit(bomb.stat().st_size) == 256 << 20
+    db = tmp_path / "b.duckdb"
+    proc = tk("import", str(bomb), "--db", str(db))
+    assert proc.returncode == 1
+    assert "zip bomb" in proc.stderr and "200x" in proc.stderr and str(bomb) in proc.stderr
+
+
+def test_real_traces_are_far_inside_the_inflate_limit():
+    from tracekit.readers import kineto
+
+    for p in (KINETO_L2,):
+        assert len(gzip.decompress(p.read_bytes())) < kineto.inflate_limit(p.stat().st_size) / 5

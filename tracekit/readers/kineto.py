@@ -21,6 +21,7 @@ import gc
 import gzip
 import json
 import math
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,8 +42,21 @@ from tracekit.readers.common import (
     short_name,
 )
 
-# Decompressed size limit: a gzip bomb must fail cleanly, not exhaust memory.
+# Decompressed size limits: a gzip bomb must fail cleanly, not exhaust memory. Real Kineto
+# traces inflate ~15-20x (a 14.5 MB .gz holds 246 MB); bombs inflate ~1000x. A file may expand
+# to MAX_RATIO times its size (at least MIN_ALLOWED), never beyond MAX_DECOMPRESSED.
 MAX_DECOMPRESSED = 8 * 1024**3
+MAX_RATIO = 200
+MIN_ALLOWED = 256 * 1024**2
+
+
+def inflate_limit(compressed_size: int) -> int:
+    return min(MAX_DECOMPRESSED, max(MIN_ALLOWED, MAX_RATIO * compressed_size))
+
+
+def _bomb(path: Path, limit: int) -> TraceError:
+    return TraceError(path, f"gzip expands beyond {limit / 2**20:,.0f} MiB (over {MAX_RATIO}x its size or "
+                            f"{MAX_DECOMPRESSED / 2**30:g} GiB); refusing (zip bomb?)")
 # Largest |ts| or dur (µs) kept: 2^62 ns, so that start + dur still fits a signed 64-bit column.
 _MAX_US = 4.6e15
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -126,13 +140,14 @@ def _load_bytes(path: Path) -> bytes | bytearray:
     # bytearray is returned as is: a bytes() copy would double the peak memory.
     out = bytearray()
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    limit = inflate_limit(len(raw))
     data = raw
     del raw
     try:
         while data:
             out += d.decompress(data, _CHUNK)
-            if len(out) > MAX_DECOMPRESSED:
-                raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED / 2**30:g} GiB; refusing (zip bomb?)")
+            if len(out) > limit:
+                raise _bomb(path, limit)
             data = d.unconsumed_tail
             if d.eof and d.unused_data:
                 # Concatenated gzip members are legal; continue with the next one.
@@ -299,6 +314,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
             return
         f.seek(0)
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        limit = inflate_limit(os.fstat(f.fileno()).st_size)
         total = 0
         try:
             while data := f.read(1 << 20):
@@ -308,8 +324,8 @@ def _pieces(path: Path) -> Iterator[bytes]:
                         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
                     out = d.decompress(data, _CHUNK)
                     total += len(out)
-                    if total > MAX_DECOMPRESSED:
-                        raise TraceError(path, f"gzip expands beyond {MAX_DECOMPRESSED / 2**30:g} GiB; refusing (zip bomb?)")
+                    if total > limit:
+                        raise _bomb(path, limit)
                     data = d.unconsumed_tail or (d.unused_data if d.eof else b"")
                     if out:
                         yield out.removeprefix(_UTF8_BOM) if first else out
