@@ -163,6 +163,9 @@ def c_classify(db: str, mode: str) -> dict:
     elif mode == "one-rule":
         con.execute("UPDATE kernels SET category = NULL, rule_id = NULL, evidence = NULL WHERE rule_id = "
                     "(SELECT rule_id FROM kernels GROUP BY 1 ORDER BY count(*) DESC LIMIT 1)")
+    # A rules edit meets a database at rest (imports commit and DuckDB checkpoints), not one
+    # whose rows still carry the clearing UPDATE's versions.
+    con.execute("CHECKPOINT")
     rules = RuleSet.load([])
     t = time.perf_counter()
     con.execute("BEGIN TRANSACTION")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -54,9 +55,20 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
     return con
 
 
+def _schema_sql() -> str:
+    return resources.files("tracekit").joinpath("schema.sql").read_text()
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    sql = resources.files("tracekit").joinpath("schema.sql").read_text()
-    con.execute(sql)
+    con.execute(_schema_sql())
+
+
+def table_ddl(name: str) -> str:
+    """The CREATE TABLE statement of one table, as schema.sql (the one source of truth) has it."""
+    m = re.search(rf"CREATE TABLE IF NOT EXISTS {re.escape(name)} \(.*?\n\);", _schema_sql(), re.S)
+    if m is None:
+        raise KeyError(name)
+    return m.group(0)
 
 
 def find_run(con: duckdb.DuckDBPyConnection, content_hash: str) -> int | None:

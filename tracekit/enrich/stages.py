@@ -39,6 +39,8 @@ from typing import Literal
 
 import duckdb
 
+from tracekit.store import table_ddl
+
 # Whole-label patterns (RE2, matched case-insensitively against the full label, so that an
 # operator range such as `aten::mm` or a label that merely mentions "decode" never counts).
 DEFAULT_SUMMARIZATION = (
@@ -56,21 +58,8 @@ DEFAULT_PASS_ANCHOR = r"gather|index_?select|embedding|lookup"
 DEFAULT_CONTEXT_ATTENTION = r"fmha_v2|context_?fmha|contextfmha"
 DEFAULT_GENERATION_ATTENTION = r"masked_multihead_attention|mmha|xqa"
 
-PASSES_DDL = """
-CREATE TABLE IF NOT EXISTS passes (
-    run_id     INTEGER NOT NULL,
-    pass_id    INTEGER NOT NULL,     -- 0.. in start order
-    iteration  INTEGER,              -- NULL before the first summarization pass
-    step       INTEGER,              -- 0 = summarization, k = k-th generation pass of its iteration
-    stage      VARCHAR NOT NULL,     -- what its kernels got: summarization | generation | warmup | other
-    source     VARCHAR NOT NULL,     -- 'nvtx' | 'user_annotation' | 'inferred'
-    name       VARCHAR,              -- marker label (NULL when inferred)
-    range_id   BIGINT,               -- -> ranges.range_id of the marker
-    start_ns   BIGINT NOT NULL,      -- marker extent (CPU clock), or GPU span of its kernels when inferred
-    end_ns     BIGINT NOT NULL,
-    n_kernels  BIGINT NOT NULL
-)
-"""
+# Defined in schema.sql with every other table; kept under this name for the views.
+PASSES_DDL = table_ddl("passes")
 
 
 @dataclass(frozen=True)
