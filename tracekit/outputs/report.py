@@ -64,10 +64,10 @@ def _top_per_run(db: Queryable, columns: str, where: str, n: int) -> pl.DataFram
 
 def tables(db: Queryable) -> list[Table]:
     info = query(db, "SELECT * FROM run_info ORDER BY run_id")
-    extra = query(db, "SELECT run_id, string_agg(key || '=' || coalesce(value, ''), ' ' ORDER BY key) AS meta "
-                      "FROM run_meta WHERE key NOT IN ('model', 'batch', 'input_len', 'output_len', 'dtype', "
-                      "'profiler', 'layers') GROUP BY run_id")
-    runs = info.select([c for c in RUN_COLUMNS if c in info.columns]).join(extra, on="run_id", how="left")
+    # Manifests carry whole model configs and command lines, too long for a table cell: the page
+    # shows the keys the charts use (columns of run_info); every key=value is in run_meta.csv.
+    all_meta = query(db, "SELECT run_id, key, value, source FROM run_meta ORDER BY run_id, key")
+    runs = info.select([c for c in RUN_COLUMNS if c in info.columns])
     stage = query(db, "SELECT * FROM stage_ratio ORDER BY run_id")
     comp = query(db, "SELECT run_id, bucket, time_ns, share FROM composition ORDER BY run_id")
     comp = comp.with_columns(
@@ -78,7 +78,8 @@ def tables(db: Queryable) -> list[Table]:
                         "category IS NULL OR category = 'Unclassified'", UNCLASSIFIED_PER_RUN)
     return [
         Table("runs", "Runs", runs, "Run metadata comes from `--meta`, a capture manifest or the trace; "
-              "`runs_full.csv` has every column.", extra={"runs_full": info}),
+              "every key=value is in `run_meta.csv`, and `runs_full.csv` has every column.",
+              extra={"runs_full": info, "run_meta": all_meta}),
         Table("stage_ratio", "Stage ratios", stage,
               "Kernel time per stage; gen_ratio = generation / (summarization + generation). "
               "wall_* use the stages' wall-clock spans."),
