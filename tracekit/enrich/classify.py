@@ -2,7 +2,7 @@
 
 Work in Python is proportional to the number of distinct kernel contexts, not kernels: the
 distinct (name, short_name, what the linked op shows, launch dims if rules use them) are
-classified in Python, then the changed verdicts are joined back onto the kernels and applied by rowid. Joins
+classified in Python, then the changed verdicts are joined back onto the kernels and applied. Joins
 use hash(name) rather than the (long) names themselves; a 64-bit collision between two distinct
 kernel names of one database is vanishingly unlikely (~n^2 / 2^65). Runs inside the caller's
 transaction (the importer's, or the CLI's), so it never begins or commits one itself. Kernels
@@ -110,8 +110,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
         # writes only what the edit changed.
         # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
-        # writes only what the edit changed. The changes are materialised first and applied by
-        # rowid: DuckDB runs an UPDATE whose FROM holds the joins ~25x slower than this.
+        # writes only what the edit changed. The changes are materialised first, then applied
+        # by _apply (see there for why not an UPDATE).
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _tk_new AS "
             f"SELECT k.rowid AS rid, v.category, v.rule_id, v.evidence FROM kernels k "
@@ -125,17 +125,39 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             f"AND NOT (v.evidence = '{_PENDING}' AND k.rule_id IS NOT DISTINCT FROM v.rule_id "
             f"         AND k.evidence LIKE 'prev_gemm:%')"
         )
-        con.execute(
-            "UPDATE kernels SET category = n.category, rule_id = n.rule_id, evidence = n.evidence "
-            "FROM _tk_new n WHERE kernels.rowid = n.rid"
-        )
+        _apply(con, "_tk_new", ("category", "rule_id", "evidence"))
         _resolve_follows_gemm(con, where_k)
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_verdicts")
-        for table in ("_tk_ops", "_tk_ctxkeys", "_tk_ctx", "_tk_new", "_tk_follow"):
+        for table in ("_tk_ops", "_tk_ctxkeys", "_tk_ctx", "_tk_new", "_tk_follow", "_tk_rows"):
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
+
+
+def _apply(con: duckdb.DuckDBPyConnection, changes: str, cols: tuple[str, ...]) -> None:
+    """Write new values of `cols` from table `changes` (rid = kernels.rowid, plus the columns).
+
+    Rewritten rows are deleted and appended rather than UPDATEd: on a checkpointed (compressed)
+    table DuckDB updates scattered rows slowly (1M kernels, one rule's 376k rows changed: 2.7 s
+    as UPDATE ... WHERE rowid, 0.5 s as delete + append; an UPDATE whose FROM holds the verdict
+    joins took 16 s). Row order is not meaning: kernel_id and start_ns carry it.
+    """
+    n_changed = con.execute(f"SELECT count(*) FROM {changes}").fetchall()[0][0]
+    if n_changed == 0:
+        return
+    n_total = con.execute("SELECT count(*) FROM kernels").fetchall()[0][0]
+    if n_changed >= 0.9 * n_total:
+        # Nearly every row changes: one sweeping UPDATE is the faster write (0.7 s vs 2.3 s at 1M).
+        sets = ", ".join(f"{c} = c.{c}" for c in cols)
+        con.execute(f"UPDATE kernels SET {sets} FROM {changes} c WHERE kernels.rowid = c.rid")
+        return
+    replaced = ", ".join(f"c.{c} AS {c}" for c in cols)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_rows AS SELECT k.* REPLACE ({replaced}) "
+                f"FROM kernels k JOIN {changes} c ON k.rowid = c.rid")
+    con.execute(f"DELETE FROM kernels WHERE rowid IN (SELECT rid FROM {changes})")
+    con.execute("INSERT INTO kernels SELECT * FROM _tk_rows")
+    con.execute("DROP TABLE _tk_rows")
 
 
 def _quietly(call, arg: str) -> None:
@@ -176,6 +198,4 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_k: str) -> None:
         f"      ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns) g "
         f"WHERE g.old_category IS DISTINCT FROM g.category OR g.old_evidence IS DISTINCT FROM g.evidence"
     )
-    con.execute(
-        "UPDATE kernels SET category = f.category, evidence = f.evidence FROM _tk_follow f WHERE kernels.rowid = f.rid"
-    )
+    _apply(con, "_tk_follow", ("category", "evidence"))
