@@ -21,6 +21,8 @@ from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, Rule
 _DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 _PENDING = "prev_gemm?"  # evidence placeholder for kernels that take the preceding GEMM's class
 _NO_DIM = -2147483648     # stands for NULL launch dims in join keys
+# Above this share of kernels changed, one sweeping UPDATE beats delete + append (see _apply).
+_SWEEP_FRACTION = 0.9
 
 
 def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
@@ -147,7 +149,7 @@ def _apply(con: duckdb.DuckDBPyConnection, changes: str, cols: tuple[str, ...]) 
     if n_changed == 0:
         return
     n_total = con.execute("SELECT count(*) FROM kernels").fetchall()[0][0]
-    if n_changed >= 0.9 * n_total:
+    if n_changed >= _SWEEP_FRACTION * n_total:
         # Nearly every row changes: one sweeping UPDATE is the faster write (0.7 s vs 2.3 s at 1M).
         sets = ", ".join(f"{c} = c.{c}" for c in cols)
         con.execute(f"UPDATE kernels SET {sets} FROM {changes} c WHERE kernels.rowid = c.rid")
