@@ -196,3 +196,35 @@ def test_real_traces_are_far_inside_the_inflate_limit():
 
     for p in (KINETO_L2,):
         assert len(gzip.decompress(p.read_bytes())) < kineto.inflate_limit(p.stat().st_size) / 5
+
+
+def test_wrong_typed_value_past_the_first_batch_falls_back_to_guarded_reads(tmp_path):
+    """The Arrow fast path takes a column's type from its first rows; a text value in an integer
+    column after 65,536 good rows must still give the guarded result, not an error."""
+    import tracekit
+
+    p = tmp_path / "big_hostile.sqlite"
+    src = sqlite3.connect(NSYS_L2)
+    dst = sqlite3.connect(p)
+    src.backup(dst)
+    n0 = dst.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+    span = dst.execute('SELECT max("end") - min(start) + 1 FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()[0]
+    cols = [r[1] for r in dst.execute("PRAGMA table_info(CUPTI_ACTIVITY_KIND_KERNEL)")]
+    copies = 70_000 // n0 + 1
+    for i in range(1, copies):
+        sel = ", ".join(f'"{c}" + {i * span}' if c in ("start", "end") else f'"{c}"' for c in cols)
+        dst.execute(f"INSERT INTO CUPTI_ACTIVITY_KIND_KERNEL SELECT {sel} "
+                    f"FROM (SELECT * FROM CUPTI_ACTIVITY_KIND_KERNEL LIMIT {n0})")
+    last = dst.execute('SELECT max(rowid) FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()[0]
+    dst.execute(f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET gridX = 'not a number' WHERE rowid = {last}")
+    dst.commit()
+    total, bad_start = dst.execute(
+        "SELECT count(*), max(start) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()
+    dst.close()
+    assert total > 65_536
+    db = tracekit.open(tmp_path / "h.duckdb")
+    [r] = db.import_paths([p])
+    assert r.status == "imported", r.error
+    assert db.con.execute("SELECT count(*) FROM kernels").fetchone()[0] == total
+    assert db.con.execute("SELECT grid_x FROM kernels WHERE start_ns = ?", [bad_start]).fetchall()[0] == (None,)
+    assert db.con.execute("SELECT count(grid_x) FROM kernels").fetchone()[0] == total - 1

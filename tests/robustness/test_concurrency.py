@@ -40,8 +40,8 @@ from pathlib import Path
 import tracekit
 from tracekit import importer
 real = importer._enrich
-def stuck(con, run_id, rules):
-    real(con, run_id, rules)
+def stuck(con, run_id, *rest):
+    real(con, run_id, *rest)
     if con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2:
         Path(sys.argv[4]).touch()
         time.sleep(600)

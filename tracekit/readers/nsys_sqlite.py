@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,10 +57,6 @@ def _int(expr: str, bits: int = 64) -> str:
     return f"(CASE WHEN typeof({expr}) = 'integer' AND {expr} BETWEEN {lo} AND {hi} THEN {expr} END)"
 
 
-def _text_or_id(expr: str) -> str:
-    return f"(CASE WHEN typeof({expr}) IN ('integer', 'text') THEN {expr} END)"
-
-
 # Rows whose extent is not a pair of integers with end >= start cannot be placed on a timeline;
 # within +-2^62 ns the duration end - start cannot overflow 64 bits.
 _GOOD_EXTENT = ("typeof(\"start\") = 'integer' AND typeof(\"end\") = 'integer' AND \"end\" >= \"start\" "
@@ -98,23 +95,195 @@ def _why(exc: Exception) -> str:
 
 
 def read(path: Path) -> TraceData:
+    uri = f"file:{path}?mode=ro&immutable=1"
     try:
         # Read-only and immutable: the user's file is never touched, even its journal.
-        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        con = sqlite3.connect(uri, uri=True)
         # Names are copied from the traced program; invalid UTF-8 there must not fail the import.
         con.text_factory = lambda b: b.decode("utf-8", "replace")
         tables = _tables(con)
     except _SQLITE_ERRORS as exc:
         raise TraceError(path, f"not a readable SQLite file ({_why(exc)})") from None
+    fetch = None
     try:
-        return _read(con, path, tables)
+        fetch = _Fetch(con, uri)
+        return _read(fetch, path, tables)
     except _SQLITE_ERRORS as exc:
         raise TraceError(path, f"SQLite error while reading ({_why(exc)})") from None
     finally:
+        if fetch is not None:
+            fetch.close()
         con.close()
 
 
-def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> TraceData:
+class _Fetch:
+    """Runs the bulk SELECTs into Arrow columns: through ADBC when it can, else through sqlite3.
+
+    Python's sqlite3 makes one tuple per row, and at a million rows those objects, not SQLite,
+    bound the import; ADBC fills Arrow buffers in C. ADBC fixes each column's type from the first
+    rows it sees and fails on a later value of another type. So the bulk columns are first read
+    bare, and kept only if each came back as int64 (or all NULL), range-checked in Arrow; else
+    they are read again with every column guarded in SQL to one type, through ADBC and, if it
+    still refuses (a hostile file), through sqlite3, which keeps its error handling.
+    """
+
+    def __init__(self, con: sqlite3.Connection, uri: str) -> None:
+        self.con = con
+        self.uri = uri
+        self.adbc = None
+        self.ahead: dict[str, tuple[threading.Thread, list]] = {}
+        if con.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
+            return  # text is fetched as raw bytes below, which must be UTF-8 to decode
+        try:
+            import adbc_driver_sqlite.dbapi as adbc
+
+            self.adbc = adbc.connect(uri)
+        except Exception:  # noqa: BLE001 - no ADBC means the slower sqlite3 path, not a failure
+            self.adbc = None
+
+    def close(self) -> None:
+        for thread, _ in self.ahead.values():
+            thread.join()  # its connection is its own; let it finish rather than abandon it
+        if self.adbc is not None:
+            try:
+                self.adbc.close()
+            except Exception:  # noqa: BLE001, S110 - closing a read-only handle cannot lose data
+                pass
+
+    def columns(self, table: str, specs: Sequence[tuple[str | None, str]], where: str, order: str = "",
+                ) -> list[pa.Array]:
+        """One array per spec (two for a "name" spec: StringIds ids, then inline text as bytes).
+
+        A spec is (SQL expression, or None where the file lacks the column; kind), kind being
+        "int64", "int32" or "name" (a column holding text or a StringIds id).
+        """
+        tail = f' FROM "{table}" WHERE {where}{order}'
+        if self.adbc is not None:
+            raw = self._adbc_table(_bare(table, specs, where, order))
+            cols = None if raw is None else _checked(raw, specs)
+            if cols is not None:
+                return cols
+        sql = "SELECT " + ", ".join(_guarded(e, k) for e, k in specs) + tail
+        types = [t for _, k in specs for t in _TYPES[k]]
+        if self.adbc is not None:
+            tbl = self._adbc_table(sql)
+            cols = None if tbl is None else _typed(tbl, types)
+            if cols is not None:
+                return cols
+        rows = self.con.execute(sql).fetchall()
+        cols_ = list(zip(*rows, strict=True)) if rows else [()] * len(types)
+        del rows
+        return [pa.array(c, t) for c, t in zip(cols_, types, strict=True)]
+
+    def read_ahead(self, table: str, specs: Sequence[tuple[str | None, str]], where: str) -> None:
+        """Start the bare read that columns() will ask for, on a second connection and thread.
+
+        SQLite decodes rows in C without holding the GIL, so the launch table, the largest, is
+        read while the kernels are: on 2 cores the two reads take ~0.6x the time of one after the
+        other. Only the bare ADBC read runs ahead; checks and fallbacks stay with columns().
+        """
+        if self.adbc is None:
+            return
+        sql = _bare(table, specs, where)
+        box: list = []
+
+        def run() -> None:
+            try:
+                import adbc_driver_sqlite.dbapi as adbc
+
+                con = adbc.connect(self.uri)
+                try:
+                    box.append(_adbc_read(con, sql))
+                finally:
+                    con.close()
+            except Exception:  # noqa: BLE001 - columns() reads it again and reports any error
+                box.append(None)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.ahead[sql] = (thread, box)
+
+    def _adbc_table(self, sql: str) -> pa.Table | None:
+        if sql in self.ahead:
+            thread, box = self.ahead.pop(sql)
+            thread.join()
+            if box and box[0] is not None:
+                return box[0]
+        return _adbc_read(self.adbc, sql)
+
+
+def _adbc_read(con: object, sql: str) -> pa.Table | None:
+    try:
+        with con.cursor() as cur:
+            # Fewer, larger batches: less to stitch together, and more rows to infer types from.
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+    except Exception:  # noqa: BLE001 - the caller reads again through sqlite3, whose errors name the problem
+        return None
+
+
+def _bare(table: str, specs: Sequence[tuple[str | None, str]], where: str, order: str = "") -> str:
+    return f"SELECT {', '.join(e or 'NULL' for e, _ in specs)} FROM \"{table}\" WHERE {where}{order}"
+
+
+_TYPES = {"int64": [pa.int64()], "int32": [pa.int32()], "name": [pa.int64(), pa.binary()]}
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _guarded(expr: str | None, kind: str) -> str:
+    if expr is None:
+        return "NULL, NULL" if kind == "name" else "NULL"
+    if kind == "name":
+        # One column of each type so that ADBC sees one type per column; text comes as raw bytes
+        # so that invalid UTF-8 is replaced on decoding instead of entering Arrow unchecked.
+        return (f"(CASE WHEN typeof({expr}) = 'integer' THEN {expr} END), "
+                f"(CASE WHEN typeof({expr}) = 'text' THEN CAST({expr} AS BLOB) END)")
+    return _int(expr, 32 if kind == "int32" else 64)
+
+
+def _chunk(col: pa.ChunkedArray) -> pa.Array:
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _checked(tbl: pa.Table, specs: Sequence[tuple[str | None, str]]) -> list[pa.Array] | None:
+    """The bare read's columns as _guarded would give them, or None if a column needs the guards."""
+    out: list[pa.Array] = []
+    for col, (_, kind) in zip(tbl.columns, specs, strict=True):
+        arr = _chunk(col)
+        if arr.null_count == len(arr):
+            out.extend(pa.nulls(len(arr), t) for t in _TYPES[kind])
+            continue
+        if arr.type != pa.int64():
+            return None  # text, real or blob values: only the guarded read handles those
+        if kind == "int32":
+            ok = pc.and_(pc.greater_equal(arr, _INT32[0]), pc.less_equal(arr, _INT32[1]))
+            arr = pc.if_else(ok, arr, pa.scalar(None, pa.int64())) if not pc.all(ok).as_py() else arr
+            out.append(arr.cast(pa.int32()))
+        elif kind == "name":
+            out.extend([arr, pa.nulls(len(arr), pa.binary())])
+        else:
+            out.append(arr)
+    return out
+
+
+def _typed(tbl: pa.Table, types: Sequence[pa.DataType]) -> list[pa.Array] | None:
+    out = []
+    for col, t in zip(tbl.columns, types, strict=True):
+        arr = _chunk(col)
+        if arr.type == t:
+            out.append(arr)
+        elif arr.null_count == len(arr):
+            out.append(pa.nulls(len(arr), t))  # an all-NULL column comes back typed int64
+        elif pa.types.is_integer(arr.type) and pa.types.is_integer(t):
+            out.append(arr.cast(t))  # ranges are guarded in SQL, so this cannot overflow
+        else:
+            return None
+    return out
+
+
+def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
+    con = fetch.con
     if KERNEL_TABLE not in tables:
         nsys_marks = {"StringIds", "TARGET_INFO_GPU", "META_DATA_EXPORT", "EXPORT_META_DATA", "NVTX_EVENTS"}
         if not nsys_marks & tables.keys():
@@ -128,7 +297,8 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
     if missing or not ({"demangledName", "shortName", "name"} & kcols):
         raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
 
-    kernels = _kernels(con, kcols, strings, absent)
+    _read_launches_ahead(fetch, tables)
+    kernels = _kernels(fetch, kcols, strings, absent)
     names = kernels.column("name")
     if kernels.num_rows and pc.all(pc.or_(pc.starts_with(names, "<string "), pc.starts_with(names, "<no name>"))).as_py():
         raise TraceError(path, "no kernel name could be resolved (StringIds table missing or malformed)")
@@ -143,7 +313,7 @@ def _read(con: sqlite3.Connection, path: Path, tables: dict[str, set[str]]) -> T
     graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
     if graphs:
         absent.append(f"kernels of {graphs} CUDA graph launches traced as whole graphs (--cuda-graph-trace=graph)")
-    launches = _launches(con, tables, strings, absent)
+    launches = _launches(fetch, tables, strings, absent)
     ranges, ops = _nvtx(con, tables, strings, absent)
     memops = _memops(con, tables, absent)
     gpu_name, tool_versions, trace_meta = _meta(con, tables, absent)
@@ -158,18 +328,23 @@ def _count(con: sqlite3.Connection, tables: dict[str, set[str]], table: str) -> 
     return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] if table in tables else 0
 
 
-def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str) -> None:
-    n = con.execute(f'SELECT count(*) FROM "{table}" WHERE NOT ({_GOOD_EXTENT}) OR "start" IS NULL '
-                    'OR "end" IS NULL').fetchone()[0]
+def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str, kept: int | None = None) -> None:
+    if kept is not None:
+        # Every row is either kept (_GOOD_EXTENT) or skipped, and a bare count(*) does not scan
+        # the rows as the negated condition would.
+        n = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] - kept
+    else:
+        n = con.execute(f'SELECT count(*) FROM "{table}" WHERE NOT ({_GOOD_EXTENT}) OR "start" IS NULL '
+                        'OR "end" IS NULL').fetchone()[0]
     if n:
         absent.append(f"{table}: {n} {what} with missing, non-integer or negative extents (skipped)")
 
 
-def _col(cols: set[str], name: str, absent: list[str], table: str, default: str = "NULL", bits: int = 64) -> str:
+def _col(cols: set[str], name: str, absent: list[str], table: str, kind: str = "int64") -> tuple[str | None, str]:
     if name in cols:
-        return _int(f'"{name}"', bits)
+        return f'"{name}"', kind
     absent.append(f"{table}.{name}")
-    return default
+    return None, kind
 
 
 def _unresolved(v: object) -> str:
@@ -177,97 +352,135 @@ def _unresolved(v: object) -> str:
     return f"<string {v}>" if isinstance(v, int) else "<no name>"
 
 
-def _kernels(con: sqlite3.Connection, cols: set[str], strings: _Strings, absent: list[str]):
+def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]):
     t = KERNEL_TABLE
     demangled = "demangledName" if "demangledName" in cols else "name" if "name" in cols else "shortName"
     short = "shortName" if "shortName" in cols else None
     if short is None:
         absent.append(f"{t}.shortName")
-    sel = ", ".join([
-        '"start"', '"end"', _col(cols, "deviceId", absent, t, bits=32), _col(cols, "contextId", absent, t),
-        _col(cols, "streamId", absent, t), _int('"correlationId"'), _col(cols, "globalPid", absent, t),
-        _text_or_id(f'"{demangled}"'), _text_or_id(f'"{short}"') if short else "NULL",
-        *(_col(cols, c, absent, t, bits=32) for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ")),
-        _col(cols, "registersPerThread", absent, t, bits=32), _col(cols, "staticSharedMemory", absent, t),
-        _col(cols, "dynamicSharedMemory", absent, t),
-        _int('"graphNodeId"') if "graphNodeId" in cols else "NULL",
-    ])
-    _skipped(con, t, absent, "kernels")
-    rows = con.execute(f'SELECT {sel} FROM "{t}" WHERE {_GOOD_EXTENT} ORDER BY "start", "end"').fetchall()
-    c = list(zip(*rows, strict=False)) if rows else [()] * 22
-    del rows
-    # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct id once.
-    idx, uniq = _codes(c[7])
+    specs = [
+        ('"start"', "int64"), ('"end"', "int64"), _col(cols, "deviceId", absent, t, "int32"),
+        _col(cols, "contextId", absent, t), _col(cols, "streamId", absent, t), ('"correlationId"', "int64"),
+        _col(cols, "globalPid", absent, t), (f'"{demangled}"', "name"), (f'"{short}"' if short else None, "name"),
+        *(_col(cols, c, absent, t, "int32") for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ")),
+        _col(cols, "registersPerThread", absent, t, "int32"), _col(cols, "staticSharedMemory", absent, t),
+        _col(cols, "dynamicSharedMemory", absent, t), ('"graphNodeId"' if "graphNodeId" in cols else None, "int64"),
+    ]
+    c = _by_extent(fetch.columns(t, specs, _GOOD_EXTENT))
+    _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]))
+    # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct value once.
+    idx, uniq = _codes(c[7], c[8])
     resolved = [strings.get(v) for v in uniq]
-    counts = np.bincount(np.asarray(idx, dtype=np.int64), minlength=len(uniq)) if idx else np.zeros(0, np.int64)
+    counts = np.bincount(idx.to_numpy(zero_copy_only=False), minlength=len(uniq))
     missing = int(sum(counts[i] for i, r in enumerate(resolved) if not r))
     if missing:
         absent.append(f"{t}: {missing} kernel names not found in StringIds (named <string N>)")
     name_u = [r or _unresolved(v) for r, v in zip(resolved, uniq, strict=True)]
-    pair_idx, pairs = _codes(list(zip(idx, c[8], strict=True)))
-    short_u = [strings.get(sid) or short_name(name_u[i]) for i, sid in pairs]
-    start = pa.array(c[0], pa.int64())
-    end = pa.array(c[1], pa.int64())
+    # shortName is resolved per distinct (name, shortName) pair: a missing one falls back to
+    # the short form of that row's own name.
+    sidx, suniq = _codes(c[9], c[10])
+    pair = pc.dictionary_encode(pc.add(pc.multiply(idx.cast(pa.int64()), len(suniq)), sidx.cast(pa.int64())))
+    short_u = [strings.get(suniq[k % len(suniq)]) or short_name(name_u[k // len(suniq)])
+               for k in pair.dictionary.to_pylist()]
+    start, end = c[0], c[1]
     return _table({
         "kernel_id": pa.array(np.arange(len(start)), pa.int64()), "name": _decoded(idx, name_u),
-        "short_name": _decoded(pair_idx, short_u), "start_ns": start, "end_ns": end,
+        "short_name": _decoded(pair.indices, short_u), "start_ns": start, "end_ns": end,
         "dur_ns": pc.subtract(end, start), "device": c[2], "context": c[3], "stream": c[4],
-        "correlation": c[5], "pid": _gtid_part(c[6], 24), "grid_x": c[9], "grid_y": c[10], "grid_z": c[11],
-        "block_x": c[12], "block_y": c[13], "block_z": c[14],
-        "registers": c[15], "shared_static": c[16], "shared_dynamic": c[17], "graph_node_id": c[18],
+        "correlation": c[5], "pid": _gtid_part(c[6], 24), "grid_x": c[11], "grid_y": c[12], "grid_z": c[13],
+        "block_x": c[14], "block_y": c[15], "block_z": c[16],
+        "registers": c[17], "shared_static": c[18], "shared_dynamic": c[19], "graph_node_id": c[20],
     }, KERNEL_SCHEMA)
 
 
-def _codes(vals: Sequence) -> tuple[list[int], list]:
-    uniq = list(dict.fromkeys(vals))  # first-seen order; C loops only, no per-row Python call
-    return list(map({v: i for i, v in enumerate(uniq)}.__getitem__, vals)), uniq
+def _by_extent(c: list[pa.Array]) -> list[pa.Array]:
+    """Columns ordered by (start, end), as kernel ids are numbered.
+
+    Sorted in NumPy rather than by an ORDER BY: exports are usually in order already, which a
+    check finds at a fraction of what SQLite's sorter spends; lexsort is stable, so ties keep
+    the file's order.
+    """
+    s, e = c[0].to_numpy(), c[1].to_numpy()  # no NULLs: rows passed _GOOD_EXTENT
+    if len(s) < 2 or bool(np.all((s[1:] > s[:-1]) | ((s[1:] == s[:-1]) & (e[1:] >= e[:-1])))):
+        return c
+    order = pa.array(np.lexsort((e, s)))
+    return [col.take(order) for col in c]
 
 
-def _decoded(idx: list[int], uniq: list[str]) -> pa.Array:
+def _codes(ids: pa.Array, texts: pa.Array) -> tuple[pa.Array, list]:
+    """Per-row index into the distinct values of a text-or-id column (the ids/texts pair above).
+
+    The distinct values are ints (StringIds ids), str (inline text) and a final None (neither).
+    """
+    enc = pc.dictionary_encode(ids)
+    uniq: list = enc.dictionary.to_pylist()
+    idx = enc.indices
+    if texts.null_count < len(texts):
+        tenc = pc.dictionary_encode(texts)
+        shifted = pc.add(tenc.indices, pa.scalar(len(uniq), tenc.indices.type))
+        idx = pc.if_else(pc.is_valid(tenc.indices), shifted, idx)
+        uniq += [b.decode("utf-8", "replace") for b in tenc.dictionary.to_pylist()]
+    uniq.append(None)
+    return pc.fill_null(idx, pa.scalar(len(uniq) - 1, idx.type)), uniq
+
+
+def _decoded(idx: pa.Array, uniq: list[str]) -> pa.Array:
     # Built from codes, each distinct string is copied once instead of once per row.
-    return pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
+    return pa.DictionaryArray.from_arrays(idx.cast(pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
 
 
-def _gtid_part(vals: Sequence[int | None], shift: int) -> pa.Array:
+def _gtid_part(g: pa.Array, shift: int) -> pa.Array:
     """_gtid_pid (shift 24) or _gtid_tid (shift 0) of a whole column."""
-    g = pa.array(vals, pa.int64())
     return pc.bit_wise_and(pc.shift_right(g, shift) if shift else g, 0xFFFFFF)
 
 
 def _table(cols: dict[str, object], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(
-        [v if isinstance(v, pa.Array) else pa.array(v, f.type) for f, v in ((f, cols[f.name]) for f in schema)],
+        [v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type)
+         for f, v in ((f, cols[f.name]) for f in schema)],
         schema=schema)
 
 
-def _launches(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
+_LAUNCH_TABLES = (("CUPTI_ACTIVITY_KIND_RUNTIME", "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver"))
+
+
+def _launch_name_col(tc: set[str]) -> str | None:
+    name_col = "nameId" if "nameId" in tc else "name" if "name" in tc else None
+    return name_col if name_col and {"start", "end", "globalTid", "correlationId"} <= tc else None
+
+
+def _launch_specs(name_col: str) -> list[tuple[str | None, str]]:
+    return [('"start"', "int64"), ('"end"', "int64"), ('"globalTid"', "int64"), ('"correlationId"', "int64"),
+            (f'"{name_col}"', "name")]
+
+
+def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]]) -> None:
+    for table, _ in _LAUNCH_TABLES:
+        name_col = _launch_name_col(tables.get(table, set()))
+        if name_col:
+            fetch.read_ahead(table, _launch_specs(name_col), _GOOD_EXTENT)
+
+
+def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
     parts: list[pa.Table] = []
-    for table, kind in (("CUPTI_ACTIVITY_KIND_RUNTIME", "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver")):
+    for table, kind in _LAUNCH_TABLES:
         tc = tables.get(table)
         if tc is None:
             absent.append(table)
             continue
-        name_col = "nameId" if "nameId" in tc else "name" if "name" in tc else None
-        if name_col is None or not {"start", "end", "globalTid", "correlationId"} <= tc:
+        name_col = _launch_name_col(tc)
+        if name_col is None:
             absent.append(f"{table} (unexpected columns)")
             continue
-        _skipped(con, table, absent, "calls")
-        rows = con.execute(
-            f'SELECT "start", "end", {_int("globalTid")}, {_int("correlationId")}, {_text_or_id(name_col)} '
-            f'FROM "{table}" WHERE {_GOOD_EXTENT}'
-        ).fetchall()
-        if not rows:
+        start, end, gtid, corr, nid, ntext = fetch.columns(table, _launch_specs(name_col), _GOOD_EXTENT)
+        _skipped(fetch.con, table, absent, "calls", kept=len(start))
+        if not len(start):
             continue
-        # A million API calls: columns at once, not a Python loop per call.
-        start_, end_, gtid, corr, nm = zip(*rows, strict=True)
-        del rows
-        idx, uniq = _codes(nm)
-        start = pa.array(start_, pa.int64())
-        end = pa.array(end_, pa.int64())
+        idx, uniq = _codes(nid, ntext)
         parts.append(_table({
             "launch_id": pa.nulls(len(start), pa.int64()),
             "name": _decoded(idx, [strings.get(v) or "" for v in uniq]),
-            "kind": _decoded([0] * len(start), [kind]), "start_ns": start, "end_ns": end,
+            "kind": _decoded(pa.array(np.zeros(len(start), np.int32)), [kind]), "start_ns": start, "end_ns": end,
             "dur_ns": pc.subtract(end, start), "pid": _gtid_part(gtid, 24), "tid": _gtid_part(gtid, 0),
             "correlation": corr,
         }, LAUNCH_SCHEMA))
