@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
 
 from tracekit.errors import TracekitError
 from tracekit.readers.common import TraceData
@@ -93,7 +94,7 @@ def insert_run(
     """Insert one linked trace as a new run; the caller owns the transaction."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
     k = data.kernels
-    kernel_time = con.execute("SELECT coalesce(sum(dur_ns), 0) FROM k").fetchone()[0]
+    kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0
     con.execute(
         """INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version,
            imported_at, gpu_name, tool_versions, trace_meta, absent, n_kernels, kernel_time_ns)
