@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,15 @@ def shared_db_copy(shared_db_path, tmp_path) -> Path:
     dst = tmp_path / "copy.duckdb"
     shutil.copy(shared_db_path, dst)
     return dst
+
+
+def run_id_of(db_or_con, trace: Path) -> int:
+    """The run imported from `trace` (by file name), given a Database or a DuckDB connection."""
+    con = getattr(db_or_con, "con", db_or_con)
+    return con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchall()[0][0]
+
+
+def tk(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", "tracekit.outputs.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import KINETO_L2, NSYS_L2, NSYS_REP
+from conftest import KINETO_L2, NSYS_L2, NSYS_REP, tk
 
 TABLES = ("runs", "run_meta", "kernels", "launches", "ranges", "ops", "memops")
 
@@ -25,10 +23,6 @@ def snapshot(db_path: Path) -> dict:
     finally:
         con.close()
 
-
-def tk(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracekit.outputs.cli", *args], capture_output=True, text=True,
-                          env=env)
 
 
 def make_truncated_gzip(d: Path) -> Path:

@@ -152,8 +152,8 @@ def test_palette_is_fixed_per_bucket_across_charts():
     assert dict(zip(a.domain, a.range, strict=True))["ATTN"] == dict(zip(b.domain, b.range, strict=True))["ATTN"]
 
 
-def test_steps_are_kernel_time_per_forward_pass(shared_db_path):
-    db = tracekit.open(shared_db_path, read_only=True)
+def kernel_ns_per_step(db) -> tuple[dict[tuple[int, int], int], dict[int, set]]:
+    """Independently from the kernels table: measured kernel ns per (run, step), and each run's iterations."""
     per_step: dict[tuple[int, int], int] = defaultdict(int)
     iters: dict[int, set] = defaultdict(set)
     for run_id, it, step, dur in db.con.execute(
@@ -162,6 +162,12 @@ def test_steps_are_kernel_time_per_forward_pass(shared_db_path):
     ).fetchall():
         per_step[run_id, step] += dur
         iters[run_id].add(it)
+    return per_step, iters
+
+
+def test_steps_are_kernel_time_per_forward_pass(shared_db_path):
+    db = tracekit.open(shared_db_path, read_only=True)
+    per_step, iters = kernel_ns_per_step(db)
     data = charts.steps_data(db)
     got = data.frame.group_by(["run_id", "step"]).agg(pl.col("time_ms").sum().alias("ms"))
     got_d = {(r["run_id"], r["step"]): r["ms"] for r in got.iter_rows(named=True)}
@@ -177,14 +183,7 @@ def test_steps_are_kernel_time_per_forward_pass(shared_db_path):
 
 def test_passes_kernel_time_per_step_and_wall_time_only_when_marked(shared_db_path):
     db = tracekit.open(shared_db_path, read_only=True)
-    per_step: dict[tuple[int, int], int] = defaultdict(int)
-    iters: dict[int, set] = defaultdict(set)
-    for run_id, it, step, dur in db.con.execute(
-        "SELECT run_id, iteration, step, dur_ns FROM kernels "
-        "WHERE stage IN ('summarization', 'generation') AND step IS NOT NULL"
-    ).fetchall():
-        per_step[run_id, step] += dur
-        iters[run_id].add(it)
+    per_step, iters = kernel_ns_per_step(db)
     data = charts.passes_data(db)
     kernel = data.frame.filter(pl.col("measure") == "kernel time")
     got = {(r["run_id"], r["step"]): r["ms"] for r in kernel.iter_rows(named=True)}

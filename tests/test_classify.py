@@ -13,6 +13,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_META
+from conftest import run_id_of as run_id
 
 from tracekit.enrich.classify import classify
 from tracekit.enrich.rules import CATEGORIES, RuleSet
@@ -36,9 +37,6 @@ def db(shared_db_copy):
     yield con, shared_db_copy
     con.close()
 
-
-def run_id(con, trace: Path) -> int:
-    return con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchone()[0]
 
 
 def activation_rows(input_dims: str) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_TRACES
+from conftest import run_id_of as run_of
 
 import tracekit
 
@@ -23,9 +24,6 @@ def kineto_events(path: Path) -> list[dict]:
     with gzip.open(path, "rt") as f:
         return json.load(f, parse_float=Decimal)["traceEvents"]
 
-
-def run_of(db, path: Path) -> int:
-    return db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [path.name]).fetchone()[0]
 
 
 @pytest.mark.parametrize("path", [NSYS_L2, NSYS_L3_SHAPES], ids=lambda p: p.name)

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_TRACES
+from conftest import run_id_of as run_of
 
 import tracekit
 from tracekit.enrich.stages import StageConfig, attribute_stages
@@ -118,9 +119,6 @@ def db_counts(con, run_id: int) -> Counter:
         "SELECT stage, iteration, step, count(*) FROM kernels WHERE run_id = ? GROUP BY ALL", [run_id]
     ).fetchall()})
 
-
-def run_of(con, path: Path) -> int:
-    return con.execute("SELECT run_id FROM runs WHERE source_name = ?", [path.name]).fetchall()[0][0]
 
 
 @pytest.mark.parametrize("path", SHARED_TRACES, ids=lambda p: p.name)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import tk  # noqa: F401  (re-exported: one CLI runner for every test)
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ROOT / "fixtures" / "variants"
@@ -18,11 +18,6 @@ KINETO_FLOWS = VARIANTS / "kineto_ac2g_flows_only.pt.trace.json.gz"
 ALL_VARIANTS = [NSYS_LEGACY, NSYS_REGISTERED, NSYS_MULTI, NSYS_GRAPH_NODES, NSYS_GRAPH_WHOLE,
                 KINETO_TORCH1, KINETO_FLOWS]
 
-
-def tk(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real CLI in a fresh interpreter, as a user would."""
-    return subprocess.run([sys.executable, "-m", "tracekit.outputs.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -8,6 +8,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from conftest import run_id_of as run_id
 from robust_util import KINETO_FLOWS, KINETO_TORCH1, ROOT
 
 import tracekit
@@ -33,9 +34,6 @@ def db(tmp_path_factory):
     yield d
     d.close()
 
-
-def run_id(db, path) -> int:
-    return db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [path.name]).fetchone()[0]
 
 
 def test_torch1_kernels_streams_and_times(db):

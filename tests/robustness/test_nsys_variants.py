@@ -8,6 +8,7 @@ import sqlite3
 from collections import Counter
 
 import pytest
+from conftest import run_id_of as run_id
 from robust_util import (
     NSYS_GRAPH_NODES,
     NSYS_GRAPH_WHOLE,
@@ -33,9 +34,6 @@ def db(tmp_path_factory):
     yield d
     d.close()
 
-
-def run_id(db, path) -> int:
-    return db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [path.name]).fetchone()[0]
 
 
 def _names_sql(con: sqlite3.Connection) -> str:
