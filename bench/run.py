@@ -158,10 +158,12 @@ def c_classify(db: str, mode: str) -> dict:
 
     con = duckdb.connect(db)
     n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
+    # Verdicts live per (run, kernel context) in kernel_verdicts; split-K reduces' per kernel.
     if mode == "all-change":
-        con.execute("UPDATE kernels SET category = NULL, rule_id = NULL, evidence = NULL")
+        con.execute("UPDATE kernel_verdicts SET category = NULL, rule_id = NULL, evidence = NULL")
+        con.execute("UPDATE kernel_rows SET follow_category = NULL, follow_evidence = NULL")
     elif mode == "one-rule":
-        con.execute("UPDATE kernels SET category = NULL, rule_id = NULL, evidence = NULL WHERE rule_id = "
+        con.execute("UPDATE kernel_verdicts SET category = NULL, rule_id = NULL, evidence = NULL WHERE rule_id = "
                     "(SELECT rule_id FROM kernels GROUP BY 1 ORDER BY count(*) DESC LIMIT 1)")
     # A rules edit meets a database at rest (imports commit and DuckDB checkpoints), not one
     # whose rows still carry the clearing UPDATE's versions.
@@ -392,8 +394,8 @@ def build_many_runs_db(db: Path, runs: int, only: tuple[str, ...] | None = None)
 
 
 def build_kernels_db(db: Path, n_kernels: int) -> int:
-    """A database whose kernels table holds about n_kernels rows: the shared fixtures' runs,
-    kernels and ops (what classification reads) copied under new run_ids."""
+    """A database holding about n_kernels kernels: the shared fixtures' runs, kernel rows, verdict
+    rows and ops (what classification reads) copied under new run_ids."""
     build_many_runs_db(db, 4)
     import duckdb
 
@@ -401,7 +403,7 @@ def build_kernels_db(db: Path, n_kernels: int) -> int:
     per = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     runs = max(4, round(n_kernels / per * 4))
     con.close()
-    build_many_runs_db(db, runs, only=("runs", "kernels", "ops"))
+    build_many_runs_db(db, runs, only=("runs", "kernel_rows", "kernel_verdicts", "ops"))
     con = duckdb.connect(str(db))
     n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     con.close()

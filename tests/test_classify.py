@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_META
@@ -18,6 +19,8 @@ from conftest import run_id_of as run_id
 from tracekit.enrich.classify import classify
 from tracekit.enrich.rules import CATEGORIES, RuleSet
 from tracekit.outputs.cli import main
+from tracekit.readers.common import KERNEL_SCHEMA, to_table
+from tracekit.store import insert_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_FIXTURES = ROOT / "fixtures" / "rules"
@@ -244,8 +247,14 @@ def test_split_k_reduce_edge_cases_and_reclassification():
         (3, SPLITK, 7, 20),
         (4, SPLITK, 8, 25),
     ]
-    con.executemany("INSERT INTO kernels (run_id, kernel_id, name, short_name, start_ns, end_ns, dur_ns, stream) "
-                    "VALUES (1, ?, ?, ?, ?, ?, 1, ?)", [(i, n, n[:20], s, s + 1, st) for i, n, st, s in kernels])
+    rows = to_table({
+        "kernel_id": [i for i, *_ in kernels], "name": [n for _, n, *_ in kernels],
+        "short_name": [n[:20] for _, n, *_ in kernels], "start_ns": [s for *_, s in kernels],
+        "end_ns": [s + 1 for *_, s in kernels], "dur_ns": [1] * len(kernels),
+        "stream": [st for _, _, st, _ in kernels],
+    }, KERNEL_SCHEMA).append_column("op_id", pa.nulls(len(kernels), pa.int64()))
+    con.register("_rows", rows)
+    insert_kernels(con, 1, "_rows")
     rules = RuleSet.load(include_user=False)
 
     def verdicts():

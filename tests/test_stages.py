@@ -264,8 +264,10 @@ def test_inference_ignores_gathers_that_do_not_open_a_pass(shared_db_path, tmp_p
     rid = run_of(con, KINETO_L2)
     con.execute("CREATE TABLE marked AS SELECT kernel_id, stage, step, iteration FROM kernels WHERE run_id = ?",
                 [rid])
+    con.execute("INSERT INTO kernel_names SELECT max(name_id) + 1, "
+                "'void at::native::sampling_gather_kernel<16>(char*)', 'sampling_gather_kernel' FROM kernel_names")
     renamed = con.execute(
-        "UPDATE kernels SET name = 'void at::native::sampling_gather_kernel<16>(char*)' "
+        "UPDATE kernel_rows SET name_id = (SELECT max(name_id) FROM kernel_names) "
         "WHERE run_id = ? AND kernel_id IN (SELECT arg_max(kernel_id, start_ns) FROM kernels "
         "WHERE run_id = ? AND step IS NOT NULL GROUP BY iteration, step)", [rid, rid]).fetchall()[0][0]
     assert renamed == 8

@@ -31,11 +31,34 @@ CREATE TABLE IF NOT EXISTS run_meta (
     PRIMARY KEY (run_id, key)
 );
 
-CREATE TABLE IF NOT EXISTS kernels (
+-- Kernels are stored narrow: each distinct (name, short_name) once in `kernel_names`, what a
+-- classification rule can see of a kernel once per distinct context in `kernel_contexts`, verdicts
+-- once per (run, context) in `kernel_verdicts`. A rules edit then rewrites thousands of verdict rows,
+-- not millions of kernel rows, and an import writes integers instead of long demangled names.
+-- Read kernels through the `kernels` view, which joins them back into one row per kernel.
+
+CREATE TABLE IF NOT EXISTS kernel_names (
+    name_id     BIGINT NOT NULL,         -- unique across the database
+    name        VARCHAR NOT NULL,        -- demangled name
+    short_name  VARCHAR NOT NULL         -- nsys shortName, or derived from the demangled name
+);
+
+-- Everything a rule can look at, independent of the rules: names, the linked op, launch dims.
+CREATE TABLE IF NOT EXISTS kernel_contexts (
+    ctx_id      BIGINT NOT NULL,         -- unique across the database
+    name_id     BIGINT NOT NULL,         -- -> kernel_names
+    op_name     VARCHAR,                 -- ops.name of the kernel's op (NULL: no op)
+    input_dims  VARCHAR,                 -- ops.input_dims of that op
+    grid_x INTEGER, grid_y INTEGER, grid_z INTEGER,
+    block_x INTEGER, block_y INTEGER, block_z INTEGER,
+    ctx_hash    UBIGINT NOT NULL         -- hash of the columns above but ctx_id: how an import finds a context
+);
+
+CREATE TABLE IF NOT EXISTS kernel_rows (
     run_id        INTEGER NOT NULL,
     kernel_id     BIGINT NOT NULL,       -- 0.. in start order
-    name          VARCHAR NOT NULL,      -- demangled name
-    short_name    VARCHAR NOT NULL,      -- nsys shortName, or derived from the demangled name
+    name_id       BIGINT NOT NULL,       -- -> kernel_names
+    ctx_id        BIGINT NOT NULL,       -- -> kernel_contexts, and with run_id -> kernel_verdicts
     start_ns      BIGINT NOT NULL,
     end_ns        BIGINT NOT NULL,
     dur_ns        BIGINT NOT NULL,
@@ -53,13 +76,41 @@ CREATE TABLE IF NOT EXISTS kernels (
     launch_id     BIGINT,                -- -> launches.launch_id (CUDA API call, via correlation)
     op_id         BIGINT,                -- -> ops.op_id (innermost CPU operator around the launch)
     range_id      BIGINT,                -- -> ranges.range_id (innermost NVTX range / annotation around the launch)
-    category      VARCHAR,               -- filled by classification
-    rule_id       VARCHAR,
-    evidence      VARCHAR,               -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'prev_gemm:<evidence>' | 'unclassified'
     stage         VARCHAR,               -- 'summarization' | 'generation' | 'warmup' | 'other'
     step          INTEGER,               -- 0 = summarization, k = k-th generation pass; NULL outside passes
-    iteration     INTEGER                -- which summarization+generation sequence (0-based); NULL outside
+    iteration     INTEGER,               -- which summarization+generation sequence (0-based); NULL outside
+    -- A kernel that takes the class of the GEMM it completes (a split-K reduce): per kernel, because
+    -- the answer depends on what ran before it on its stream. NULL for every other kernel.
+    follow_category VARCHAR,
+    follow_evidence VARCHAR
 );
+
+-- One row per (run, context) present in the run; filled by classification.
+CREATE TABLE IF NOT EXISTS kernel_verdicts (
+    run_id    INTEGER NOT NULL,
+    ctx_id    BIGINT NOT NULL,
+    category  VARCHAR,
+    rule_id   VARCHAR,
+    evidence  VARCHAR                    -- as kernels.evidence; 'prev_gemm?': resolved per kernel (kernel_rows.follow_*)
+);
+
+-- One row per kernel, every column as the trace and enrichment give it.
+CREATE VIEW IF NOT EXISTS kernels AS
+SELECT r.run_id,
+       r.kernel_id,
+       n.name,                               -- demangled name
+       n.short_name,                         -- nsys shortName, or derived from the demangled name
+       r.start_ns, r.end_ns, r.dur_ns, r.device, r.context, r.stream, r.correlation, r.pid,
+       r.grid_x, r.grid_y, r.grid_z, r.block_x, r.block_y, r.block_z,
+       r.registers, r.shared_static, r.shared_dynamic, r.graph_node_id,
+       r.launch_id, r.op_id, r.range_id,
+       coalesce(r.follow_category, v.category) AS category,  -- filled by classification
+       v.rule_id,
+       coalesce(r.follow_evidence, v.evidence) AS evidence,  -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'prev_gemm:<evidence>' | 'unclassified'
+       r.stage, r.step, r.iteration
+FROM kernel_rows r
+JOIN kernel_names n ON n.name_id = r.name_id
+LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
 CREATE TABLE IF NOT EXISTS launches (
     run_id      INTEGER NOT NULL,

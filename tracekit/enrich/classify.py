@@ -1,12 +1,14 @@
-"""Apply kernel classification rules to the kernels table.
+"""Apply kernel classification rules: verdicts per (run, kernel context), not per kernel.
 
-Work in Python is proportional to the number of distinct kernel contexts, not kernels: the
-distinct (name, short_name, what the linked op shows, launch dims if rules use them) are
-classified in Python, then the changed verdicts are joined back onto the kernels and applied. Joins
-use hash(name) rather than the (long) names themselves; a 64-bit collision between two distinct
-kernel names of one database is vanishingly unlikely (~n^2 / 2^65). Runs inside the caller's
-transaction (the importer's, or the CLI's), so it never begins or commits one itself. Kernels
-whose op_id names no row of `ops` are not updated (links.py guarantees it does).
+A kernel context (`kernel_contexts`, made at import) is everything a rule can look at: the names,
+the linked op's name and input dims, the launch dims. A database of millions of kernels has
+thousands of contexts, so the rules run in Python once per distinct context as the rules see it,
+and a rules edit rewrites only the `kernel_verdicts` rows whose verdict changed; the `kernels`
+view joins verdicts back onto the kernels. The one per-kernel part is a split-K reduce that takes
+the class of the GEMM it completes (`kernel_rows.follow_*`), redone only for runs where a verdict that
+can matter to it (GEMM family or such a reduce) changed.
+
+Runs inside the caller's transaction (the importer's, or the CLI's); never begins or commits one.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, Rule, RuleSet, m_from_dims
+from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, RuleSet, m_from_dims
 
 _DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
-_PENDING = "prev_gemm?"  # evidence placeholder for kernels that take the preceding GEMM's class
-_NO_DIM = -2147483648     # stands for NULL launch dims in join keys
-# Above this share of kernels changed, one sweeping UPDATE beats delete + append (see _apply).
-_SWEEP_FRACTION = 0.9
+_PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 
 
 def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
@@ -32,134 +31,84 @@ def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
     return f"{alias}run_id IN ({ids})"
 
 
-def _context_tables(con: duckdb.DuckDBPyConnection, rules: RuleSet, run_ids: Sequence[int] | None) -> None:
-    """_tk_ctx(run_id, op_key, ctx_id) for every op a kernel can hang off (op_key -1: none), and
-    _tk_ctxkeys(ctx_id, op_name, m): what a rule can see of that op. M is computed in Python
-    once per distinct (op name, input_dims) text."""
-    where_o = _run_filter(run_ids, "o.")
-    distinct = con.execute(
-        f"SELECT DISTINCT o.name, o.input_dims FROM ops o "
-        f"WHERE {where_o} AND o.name IN (SELECT unnest(?::VARCHAR[]))",
-        [sorted(rules.shape_ops)],
+def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.Table:
+    """(ctx_id, category, rule_id, evidence) for every context used by the selected runs."""
+    dims = [c for c in _DIM_COLS if c in rules.numeric_keys]
+    rows = con.execute(
+        f"SELECT c.ctx_id, n.name, n.short_name, c.op_name, c.input_dims, "
+        f"{', '.join(f'c.{d}' for d in _DIM_COLS)} "
+        f"FROM kernel_contexts c JOIN kernel_names n USING (name_id) "
+        f"WHERE c.ctx_id IN (SELECT DISTINCT v.ctx_id FROM kernel_verdicts v WHERE {where_v})"
     ).fetchall()
-    dims = pa.table({
-        "name": pa.array([n for n, _ in distinct], pa.string()),
-        "input_dims": pa.array([d for _, d in distinct], pa.string()),
-        "m": pa.array([m_from_dims(d, rules.shape_ops[n]) for n, d in distinct], pa.int64()),
-    })
-    # Only what some rule looks at distinguishes contexts: without op conditions the op's
-    # name is dropped, so every non-GEMM op shares one context.
-    op_name = "o.name" if rules.uses_op else "NULL::VARCHAR"
-    con.register("_tk_dims", dims)
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _tk_ops AS "
-            f"SELECT o.run_id, o.op_id AS op_key, {op_name} AS op_name, d.m FROM ops o "
-            f"LEFT JOIN _tk_dims d ON o.name = d.name AND o.input_dims IS NOT DISTINCT FROM d.input_dims "
-            f"WHERE {where_o} "
-            f"UNION ALL SELECT r.run_id, -1, NULL, NULL FROM runs r WHERE {_run_filter(run_ids, 'r.')}"
-        )
-    finally:
-        _quietly(con.unregister, "_tk_dims")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _tk_ctxkeys AS "
-        "SELECT row_number() OVER () AS ctx_id, op_name, m FROM (SELECT DISTINCT op_name, m FROM _tk_ops)"
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _tk_ctx AS SELECT o.run_id, o.op_key, c.ctx_id FROM _tk_ops o "
-        "JOIN _tk_ctxkeys c ON o.op_name IS NOT DISTINCT FROM c.op_name AND o.m IS NOT DISTINCT FROM c.m"
-    )
-
-
-def _decide_all(rules: RuleSet, rows: list[tuple], dims: list[str]) -> pa.Table:
-    """rows: (nh, sh, ctx_id, name, short_name, op_name, m, *dims) -> verdict table."""
-    candidates: dict[tuple[int, int], list[Rule]] = {}
-    out: dict[str, list] = {"nh": [], "sh": [], "ctx_id": [], **{d: [] for d in dims},
-                            "category": [], "rule_id": [], "evidence": []}
-    for nh, sh, ctx_id, name, short, op_name, m, *dim_values in rows:
-        given = dict(zip(dims, dim_values, strict=True))
-        ctx = KernelContext(
-            name=name[:MAX_NAME_LEN], short_name=short[:MAX_NAME_LEN], op=op_name, m=m,
-            grid=tuple(given.get(c) for c in _DIM_COLS[:3]),
-            block=tuple(given.get(c) for c in _DIM_COLS[3:]),
-        )
-        # Regexes see only the names, so each distinct name is matched against every rule once.
-        if (nh, sh) not in candidates:
-            candidates[(nh, sh)] = [r for r in rules.rules if r.regex_matches(ctx)]
-        decision = rules.decide(ctx, candidates[(nh, sh)])
-        for key, value in (("nh", nh), ("sh", sh), ("ctx_id", ctx_id)):
-            out[key].append(value)
-        for key, value in given.items():
-            out[key].append(_NO_DIM if value is None else value)
-        out["category"].append(decision.category)
-        out["rule_id"].append(decision.rule_id)
-        out["evidence"].append(_PENDING if decision.follows_gemm else decision.evidence)
-    types = {"nh": pa.uint64(), "sh": pa.uint64(), "ctx_id": pa.int64(), **{d: pa.int32() for d in dims}}
-    return pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in out.items()})
+    ms: dict[tuple[str, str | None], int | None] = {}
+    candidates: dict[tuple[str, str], list] = {}
+    decided: dict[tuple, tuple[str | None, str | None, str]] = {}
+    out: dict[str, list] = {"ctx_id": [], "category": [], "rule_id": [], "evidence": []}
+    for ctx_id, name, short, op_name, input_dims, *dim_values in rows:
+        m = None
+        if op_name in rules.shape_ops:
+            if (op_name, input_dims) not in ms:
+                ms[(op_name, input_dims)] = m_from_dims(input_dims, rules.shape_ops[op_name])
+            m = ms[(op_name, input_dims)]
+        given = dict(zip(_DIM_COLS, dim_values, strict=True))
+        seen = tuple(given[d] for d in dims)
+        op = op_name if rules.uses_op else None
+        # Only what some rule looks at tells contexts apart for the rules.
+        key = (name, short, op, m, seen)
+        if key not in decided:
+            ctx = KernelContext(
+                name=name[:MAX_NAME_LEN], short_name=short[:MAX_NAME_LEN], op=op, m=m,
+                grid=tuple(given[c] if c in dims else None for c in _DIM_COLS[:3]),
+                block=tuple(given[c] if c in dims else None for c in _DIM_COLS[3:]),
+            )
+            # Regexes see only the names, so each distinct name is matched against every rule once.
+            if (name, short) not in candidates:
+                candidates[(name, short)] = [r for r in rules.rules if r.regex_matches(ctx)]
+            d = rules.decide(ctx, candidates[(name, short)])
+            decided[key] = (d.category, d.rule_id, _PENDING if d.follows_gemm else d.evidence)
+        category, rule_id, evidence = decided[key]
+        out["ctx_id"].append(ctx_id)
+        out["category"].append(category)
+        out["rule_id"].append(rule_id)
+        out["evidence"].append(evidence)
+    return pa.table({"ctx_id": pa.array(out["ctx_id"], pa.int64()),
+                     **{c: pa.array(out[c], pa.string()) for c in ("category", "rule_id", "evidence")}})
 
 
 def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = None,
              rules: RuleSet | None = None) -> None:
-    """Fill kernels.category / rule_id / evidence for `run_ids` (all runs when None)."""
+    """Fill the verdicts (kernels.category / rule_id / evidence) of `run_ids` (all runs when None)."""
     rules = rules if rules is not None else RuleSet.load()
-    dims = [c for c in _DIM_COLS if c in rules.numeric_keys]
-    where_k = _run_filter(run_ids, "k.")
+    where_v = _run_filter(run_ids, "v.")
+    family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
     try:
-        _context_tables(con, rules, run_ids)
-        rows = _distinct_contexts(con, dims, where_k)
-        con.register("_tk_verdicts", _decide_all(rules, rows, dims))
-        dim_match = "".join(f" AND coalesce(k.{d}, {_NO_DIM}) = v.{d}" for d in dims)
-        # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
-        # writes only what the edit changed.
-        # Rows whose verdict is unchanged are skipped: re-classifying after a rules edit then
-        # writes only what the edit changed. The changes are materialised first, then applied
-        # by _apply (see there for why not an UPDATE).
+        con.register("_tk_decided", _decide(con, rules, where_v))
+        # Only verdicts that differ are written: after a rules edit, what the edit changed.
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _tk_new AS "
-            f"SELECT k.rowid AS rid, v.category, v.rule_id, v.evidence FROM kernels k "
-            f"JOIN _tk_ctx x ON x.run_id = k.run_id AND x.op_key = coalesce(k.op_id, -1) "
-            f"JOIN _tk_verdicts v ON v.ctx_id = x.ctx_id AND v.nh = hash(k.name) AND v.sh = hash(k.short_name)"
-            f"{dim_match} "
-            f"WHERE {where_k} "
-            f"AND (k.category IS DISTINCT FROM v.category OR k.rule_id IS DISTINCT FROM v.rule_id "
-            f"     OR k.evidence IS DISTINCT FROM v.evidence) "
-            # already resolved from its GEMM under the same rule: _resolve_follows_gemm re-checks it
-            f"AND NOT (v.evidence = '{_PENDING}' AND k.rule_id IS NOT DISTINCT FROM v.rule_id "
-            f"         AND k.evidence LIKE 'prev_gemm:%')"
+            f"SELECT v.run_id, v.ctx_id, d.category, d.rule_id, d.evidence, "
+            f"       v.category AS old_category, v.evidence AS old_evidence "
+            f"FROM kernel_verdicts v JOIN _tk_decided d USING (ctx_id) WHERE {where_v} "
+            f"AND (v.category IS DISTINCT FROM d.category OR v.rule_id IS DISTINCT FROM d.rule_id "
+            f"     OR v.evidence IS DISTINCT FROM d.evidence)"
         )
-        _apply(con, "_tk_new", ("category", "rule_id", "evidence"))
-        _resolve_follows_gemm(con, where_k)
+        con.execute(
+            "UPDATE kernel_verdicts SET category = n.category, rule_id = n.rule_id, evidence = n.evidence "
+            "FROM _tk_new n WHERE kernel_verdicts.run_id = n.run_id AND kernel_verdicts.ctx_id = n.ctx_id"
+        )
+        # A reduce's class depends on its GEMM's: redo a run's followers when a verdict of either
+        # kind changed there (before or after), and only then.
+        touched = [r[0] for r in con.execute(
+            f"SELECT DISTINCT run_id FROM _tk_new WHERE category IN ({family}) OR old_category IN ({family}) "
+            f"OR evidence = '{_PENDING}' OR old_evidence = '{_PENDING}' ORDER BY 1"
+        ).fetchall()]
+        if touched:
+            _resolve_follows_gemm(con, touched)
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
-        _quietly(con.unregister, "_tk_verdicts")
-        for table in ("_tk_ops", "_tk_ctxkeys", "_tk_ctx", "_tk_new", "_tk_follow", "_tk_rows"):
-            _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
-
-
-def _apply(con: duckdb.DuckDBPyConnection, changes: str, cols: tuple[str, ...]) -> None:
-    """Write new values of `cols` from table `changes` (rid = kernels.rowid, plus the columns).
-
-    Rewritten rows are deleted and appended rather than UPDATEd: on a checkpointed (compressed)
-    table DuckDB updates scattered rows slowly (1M kernels, one rule's 376k rows changed: 2.7 s
-    as UPDATE ... WHERE rowid, 0.5 s as delete + append; an UPDATE whose FROM holds the verdict
-    joins took 16 s). Row order is not meaning: kernel_id and start_ns carry it.
-    """
-    n_changed = con.execute(f"SELECT count(*) FROM {changes}").fetchall()[0][0]
-    if n_changed == 0:
-        return
-    n_total = con.execute("SELECT count(*) FROM kernels").fetchall()[0][0]
-    if n_changed >= _SWEEP_FRACTION * n_total:
-        # Nearly every row changes: one sweeping UPDATE is the faster write (0.7 s vs 2.3 s at 1M).
-        sets = ", ".join(f"{c} = c.{c}" for c in cols)
-        con.execute(f"UPDATE kernels SET {sets} FROM {changes} c WHERE kernels.rowid = c.rid")
-        return
-    replaced = ", ".join(f"c.{c} AS {c}" for c in cols)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_rows AS SELECT k.* REPLACE ({replaced}) "
-                f"FROM kernels k JOIN {changes} c ON k.rowid = c.rid")
-    con.execute(f"DELETE FROM kernels WHERE rowid IN (SELECT rid FROM {changes})")
-    con.execute("INSERT INTO kernels SELECT * FROM _tk_rows")
-    con.execute("DROP TABLE _tk_rows")
+        _quietly(con.unregister, "_tk_decided")
+        _quietly(con.execute, "DROP TABLE IF EXISTS _tk_new")
 
 
 def _quietly(call, arg: str) -> None:
@@ -169,35 +118,25 @@ def _quietly(call, arg: str) -> None:
         pass
 
 
-def _distinct_contexts(con: duckdb.DuckDBPyConnection, dims: list[str], where_k: str) -> list[tuple]:
-    """(nh, sh, ctx_id, name, short_name, op_name, m, *dims) for each distinct kernel context."""
-    keyed = "".join(f", coalesce(k.{d}, {_NO_DIM}) AS {d}" for d in dims)
-    shown = "".join(f", nullif(g.{d}, {_NO_DIM})" for d in dims)
-    return con.execute(
-        f"SELECT g.nh, g.sh, g.ctx_id, g.name, g.short_name, c.op_name, c.m{shown} "
-        f"FROM (SELECT hash(k.name) AS nh, hash(k.short_name) AS sh, x.ctx_id{keyed}, "
-        f"      any_value(k.name) AS name, any_value(k.short_name) AS short_name "
-        f"      FROM kernels k JOIN _tk_ctx x ON x.run_id = k.run_id AND x.op_key = coalesce(k.op_id, -1) "
-        f"      WHERE {where_k} GROUP BY ALL) g JOIN _tk_ctxkeys c USING (ctx_id)"
-    ).fetchall()
-
-
-def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_k: str) -> None:
+def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
     """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
     latest GEMM-family kernel that started before it on the same stream of the same run."""
     family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
-    follower = f"(k.evidence = '{_PENDING}' OR k.evidence LIKE 'prev_gemm:%')"
+    where_r = _run_filter(run_ids, "r.")
+    con.execute(f"UPDATE kernel_rows SET follow_category = NULL, follow_evidence = NULL "
+                f"WHERE {_run_filter(run_ids, '')} AND follow_evidence IS NOT NULL")
+    rows = (f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+            f"WHERE {where_r}")
+    # Few kernels are reduces, so this UPDATE touches a few rows, not the run.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tk_follow AS SELECT g.* "
-        f"FROM (SELECT s.rid, s.old_category, s.old_evidence, coalesce(p.category, s.category) AS category, "
+        f"UPDATE kernel_rows SET follow_category = x.category, follow_evidence = x.evidence "
+        f"FROM (SELECT s.run_id, s.kernel_id, coalesce(p.category, s.category) AS category, "
         f"             coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
-        f"      FROM (SELECT k.rowid AS rid, k.run_id, coalesce(k.stream, -1) AS stream, k.start_ns, k.category, "
-        f"                   k.category AS old_category, k.evidence AS old_evidence "
-        f"            FROM kernels k WHERE {where_k} AND {follower}) s "
+        f"      FROM (SELECT r.run_id, r.kernel_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category "
+        f"            {rows} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
-        f"      ASOF LEFT JOIN (SELECT k.run_id, coalesce(k.stream, -1) AS stream, k.start_ns, k.category, k.evidence "
-        f"                      FROM kernels k WHERE {where_k} AND k.category IN ({family}) AND NOT {follower}) p "
-        f"      ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns) g "
-        f"WHERE g.old_category IS DISTINCT FROM g.category OR g.old_evidence IS DISTINCT FROM g.evidence"
+        f"      ASOF LEFT JOIN (SELECT r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category, v.evidence "
+        f"                      {rows} AND v.category IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
+        f"      ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns) x "
+        f"WHERE kernel_rows.run_id = x.run_id AND kernel_rows.kernel_id = x.kernel_id"
     )
-    _apply(con, "_tk_follow", ("category", "evidence"))

@@ -399,16 +399,16 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig) -> 
 
 def _write_kernels(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
     con.execute(
-        "UPDATE kernels SET stage = 'other', step = NULL, iteration = NULL WHERE run_id = ?", [run_id]
+        "UPDATE kernel_rows SET stage = 'other', step = NULL, iteration = NULL WHERE run_id = ?", [run_id]
     )
     if _scalar(con, "SELECT count(*) FROM _tk_kpass") == 0:
         return
     con.execute(
         """
-        UPDATE kernels SET stage = x.stage, step = x.step, iteration = x.iteration
+        UPDATE kernel_rows SET stage = x.stage, step = x.step, iteration = x.iteration
         FROM (SELECT kp.kernel_id, f.stage, f.step, f.iteration
               FROM _tk_kpass kp JOIN _tk_final f USING (pass_id)) x
-        WHERE kernels.run_id = ? AND kernels.kernel_id = x.kernel_id
+        WHERE kernel_rows.run_id = ? AND kernel_rows.kernel_id = x.kernel_id
         """,
         [run_id],
     )

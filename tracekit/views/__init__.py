@@ -23,8 +23,10 @@ def sql_files() -> list[str]:
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    # `kernels` is a view over the narrow kernel tables (a table in databases of tracekit 0.1).
     return bool(con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]
+        "SELECT (SELECT count(*) FROM duckdb_tables() WHERE table_name = $n) "
+        "+ (SELECT count(*) FROM duckdb_views() WHERE view_name = $n AND NOT temporary)", {"n": name}
     ).fetchall()[0][0])
 
 
