@@ -5,14 +5,18 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import polars as pl
-import pyarrow as pa
 
 from tracekit import store
 from tracekit.errors import TracekitError
-from tracekit.importer import ImportResult, import_paths
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from tracekit.importer import ImportResult
 
 
 class Database:
@@ -49,11 +53,18 @@ class Database:
         on_result=None,
         on_phase=None,
     ) -> builtins.list[ImportResult]:
+        # The readers and enrichment (numpy, the rules) load only when something is imported:
+        # `tracekit runs`, `query` and the analysis commands never need them.
+        from tracekit.importer import import_paths
+
         results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
                                nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase)
         return results
 
     def query(self, sql: str, params: builtins.list | None = None) -> pl.DataFrame:
+        # polars costs ~0.1 s to import and an import never needs it: only results do.
+        import polars as pl
+
         return pl.from_arrow(self.arrow(sql, params))
 
     def arrow(self, sql: str, params: builtins.list | None = None) -> pa.Table:

@@ -8,7 +8,6 @@ import stays one INSERT per table.
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from tracekit.enrich.nesting import innermost, nest
@@ -58,31 +57,59 @@ def _link_unique(rows: pa.Table, launches: pa.Table) -> pa.Array | None:
     return pa.array(np.where(found, l_id[pos], 0), pa.int64(), mask=~found)
 
 
+def _ints(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """A nullable integer column as exact int64 values (0 where null) and its validity mask."""
+    c = t.column(col)
+    valid = c.is_valid().to_numpy(zero_copy_only=False)
+    return c.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), valid
+
+
+def _link_general(rows: pa.Table, launches: pa.Table) -> pa.Array:
+    """Each row's launch when correlation ids repeat (several processes): of the launches with
+    the row's correlation id, the first in launch order whose pid agrees (or either pid is
+    unknown); null when none does. In NumPy rather than a dataframe join so that an import
+    never loads polars (~0.1-0.2 s of start-up)."""
+    n = rows.num_rows
+    rc, r_ok = _ints(rows, "correlation")
+    if "pid" in rows.column_names:
+        r_pid, r_has_pid = _ints(rows, "pid")
+    else:
+        r_pid, r_has_pid = np.zeros(n, np.int64), np.zeros(n, bool)
+    lc, l_ok = _ints(launches, "correlation")
+    l_pid, l_has_pid = _ints(launches, "pid")
+    l_id, l_has_id = _ints(launches, "launch_id")
+    keep = np.flatnonzero(l_ok)
+    # Stable: equal ids stay in launch order, so "first candidate" means first launch.
+    keep = keep[np.argsort(lc[keep], kind="stable")]
+    lc_s = lc[keep]
+    lo = np.searchsorted(lc_s, rc, side="left")
+    hi = np.searchsorted(lc_s, rc, side="right")
+    count = np.where(r_ok, hi - lo, 0)
+    # One (row, candidate) pair per match, rows in order, candidates in launch order within a row.
+    pair_row = np.repeat(np.arange(n), count)
+    starts = np.cumsum(count) - count
+    pair_cand = keep[lo[pair_row] + (np.arange(pair_row.size) - starts[pair_row])]
+    agree = (~r_has_pid[pair_row] | ~l_has_pid[pair_cand]
+             | (r_pid[pair_row] == l_pid[pair_cand]))
+    ok_rows, first = np.unique(pair_row[agree], return_index=True)
+    out = np.zeros(n, np.int64)
+    found = np.zeros(n, bool)
+    chosen = pair_cand[agree][first]
+    out[ok_rows] = l_id[chosen]
+    found[ok_rows] = l_has_id[chosen]
+    return pa.array(out, pa.int64(), mask=~found)
+
+
 def _link_to_launch(rows: pa.Table, launches: pa.Table) -> pa.Array:
     """launch_id for each row of kernels/memops, joined on correlation (and pid when both know it)."""
     if rows.num_rows == 0 or launches.num_rows == 0:
         return pa.nulls(rows.num_rows, pa.int64())
+    # Correlation ids are unique per process; most traces hold one process, so match on the id
+    # and use pid only to break ties between processes.
     fast = _link_unique(rows, launches)
     if fast is not None:
         return fast
-    left = pl.from_arrow(rows.select(["correlation"] + (["pid"] if "pid" in rows.column_names else [])))
-    if "pid" not in left.columns:
-        left = left.with_columns(pl.lit(None, dtype=pl.Int64).alias("pid"))
-    left = left.with_row_index("_row")
-    right = pl.from_arrow(launches.select(["launch_id", "correlation", "pid"])).filter(
-        pl.col("correlation").is_not_null()
-    )
-    # Correlation ids are unique per process; most traces hold one process, so match on the id
-    # and use pid only to break ties between processes.
-    joined = left.join(right, on="correlation", how="left", suffix="_l").with_columns(
-        (pl.col("pid").is_null() | pl.col("pid_l").is_null() | (pl.col("pid") == pl.col("pid_l"))).alias("_ok")
-    )
-    best = (
-        joined.sort(["_row", "_ok"], descending=[False, True])
-        .group_by("_row", maintain_order=True)
-        .agg(pl.col("launch_id").filter(pl.col("_ok")).first())
-    )
-    return best.get_column("launch_id").to_arrow().cast(pa.int64())
+    return _link_general(rows, launches)
 
 
 def link(data: TraceData) -> TraceData:

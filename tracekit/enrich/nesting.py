@@ -1,7 +1,9 @@
 """Interval nesting on one thread's timeline: parents, depths, and the innermost interval around a point.
 
 CPU-side ranges (NVTX push/pop, record_function, operators) nest like a call stack on their
-thread, so each thread is swept once in start order. The point lookup is vectorised with numpy:
+thread: the parents are those of a call-stack sweep in start order (`_sweep`), found without a
+per-row Python loop (`_nearest_cover`; the sweep itself remains for intervals that end before
+they start). The point lookup is vectorised with numpy too:
 the candidate is the last interval starting at or before the point, then parents are followed
 (a few levels at most) until one still covers the point.
 """
@@ -28,22 +30,41 @@ def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -
     order = np.lexsort((-end, start, keys[:, 1], keys[:, 0]))
     k = keys[order]
     bounds = np.flatnonzero((k[1:] != k[:-1]).any(axis=1)) + 1
-    # The sweep works on plain lists in sorted position (numpy scalar access per row is ~10x slower).
-    s_list, e_list = start[order].tolist(), end[order].tolist()
+    s_sorted, e_sorted = start[order], end[order]
+    # The search below assumes end >= start and computes start + 1 without overflow.
+    if (e_sorted < s_sorted).any() or s_sorted.max() == np.iinfo(np.int64).max:
+        p, dep = _sweep(s_sorted, e_sorted, bounds)
+    else:
+        p = _nearest_cover(s_sorted, e_sorted, bounds)
+        dep = _depths(p)
+    parent[order] = np.where(p >= 0, order[np.clip(p, 0, None)], -1)
+    depth[order] = dep
+    return depth, parent
+
+
+def _sweep(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The call-stack sweep over sorted intervals: parent position (-1 = none) and depth.
+
+    On a thread's stack, the top is popped while it does not cover the next interval (ends
+    before it: touching is not nesting, unless both are zero-length at the same instant; or
+    ends before it does: a partial overlap, legal for NVTX start/end ranges). The parent is the
+    top that remains."""
+    n = len(s)
+    # Plain lists: numpy scalar access per row is ~10x slower.
+    s_list, e_list = s.tolist(), e.tolist()
     par = [-1] * n
     dep = [0] * n
     for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), n], strict=True):
         stack: list[int] = []
         for j in range(a, b):
-            s = s_list[j]
-            e = e_list[j]
+            sj = s_list[j]
+            ej = e_list[j]
             while stack:
                 t = stack[-1]
                 et = e_list[t]
-                if et <= s and not (et == s == s_list[t]):
+                if et <= sj and not (et == sj == s_list[t]):
                     stack.pop()
-                # Partial overlaps (legal for NVTX start/end ranges) are not nesting: pop those too.
-                elif et < e:
+                elif et < ej:
                     stack.pop()
                 else:
                     break
@@ -52,10 +73,84 @@ def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -
                 par[j] = t
                 dep[j] = dep[t] + 1
             stack.append(j)
-    p = np.array(par, dtype=np.int64)
-    parent[order] = np.where(p >= 0, order[np.clip(p, 0, None)], -1)
-    depth[order] = np.array(dep, dtype=np.int32)
-    return depth, parent
+    return np.array(par, dtype=np.int64), np.array(dep, dtype=np.int32)
+
+
+def _nearest_cover(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """_sweep's parents without the per-row loop, for intervals with end >= start.
+
+    The sweep's pop test is exactly "does not cover", and an interval popped while it still
+    covers a later one j was popped by a later interval that covers j too. So the parent is the
+    nearest earlier interval on the thread that covers j: e_t >= e_j and e_t > s_j, or (for a
+    zero-length j) a zero-length t at the same instant, which, in sort order, can only be j-1.
+    "Nearest earlier position with e_t >= need_j" is searched over a sparse table of range
+    maxima of e."""
+    n = len(s)
+    pos = np.arange(n, dtype=np.int64)
+    seg = np.zeros(n, dtype=np.int64)  # first position of each row's thread
+    if len(bounds):
+        seg[bounds] = bounds
+        seg = np.maximum.accumulate(seg)
+    zero = e == s
+    # e is int64 nanoseconds: "e_t > s_j" is "e_t >= s_j + 1".
+    need = np.where(zero, s + 1, e)
+    tables = [e]  # tables[k][i] = max(e[i : i + 2^k]), built as far as a search reaches
+
+    def block_max(level: int, first: np.ndarray) -> np.ndarray:
+        while len(tables) <= level:
+            half = 1 << (len(tables) - 1)
+            tables.append(np.maximum(tables[-1][:-half], tables[-1][half:]))
+        return tables[level][first]
+
+    # Rows that nothing earlier on their thread reaches (the outermost) have no parent: found
+    # from the running maximum of e per thread, so that the search below only runs for rows
+    # that will find one.
+    reach = np.empty(n, dtype=e.dtype)
+    for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), n], strict=True):
+        np.maximum.accumulate(e[a:b], out=reach[a:b])
+    has = np.zeros(n, dtype=bool)
+    has[1:] = (pos[1:] > seg[1:]) & (reach[:-1] >= need[1:])
+    # Invariant: every position in [lo, j) is below need_j. Most parents are a few rows back, so
+    # gallop outwards (blocks of 1, 2, 4, ... rows, clipped at the thread's start) until a block
+    # reaches need_j, then bisect back inside it: O(log distance) per row.
+    lo = pos.copy()
+    rows = np.flatnonzero(has)
+    stop = np.zeros(n, dtype=np.int64)  # the level of the block where each row's gallop stopped
+    level = 0
+    while rows.size:
+        first = np.maximum(lo[rows] - (1 << level), seg[rows])
+        # A clipped block also covers rows at or after lo: a false "reaches" only ends the
+        # gallop early, and the answer is still less than 2^level rows back, as bisecting needs.
+        below = (block_max(level, first) < need[rows]) & (first + (1 << level) == lo[rows])
+        lo[rows[below]] = first[below]
+        stop[rows[~below]] = level
+        rows = rows[below]
+        level += 1
+    for level in range(int(stop.max()) - 1, -1, -1):
+        rows = np.flatnonzero(stop > level)
+        first = lo[rows] - (1 << level)
+        inside = first >= seg[rows]
+        rows, first = rows[inside], first[inside]
+        below = block_max(level, first) < need[rows]
+        lo[rows[below]] = first[below]
+    parent = np.where(has, lo - 1, -1)
+    prev_zero = np.zeros(n, dtype=bool)
+    prev_zero[1:] = zero[:-1] & (s[:-1] == s[1:]) & (seg[1:] <= pos[:-1])
+    return np.where(zero & prev_zero, pos - 1, parent)
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Ancestors of each node, by pointer doubling (parents come before children)."""
+    depth = (parent >= 0).astype(np.int64)
+    up = parent.copy()
+    while True:
+        live = np.flatnonzero(up >= 0)
+        if live.size == 0:
+            break
+        anc = up[live]
+        depth[live] += depth[anc]
+        up[live] = up[anc]
+    return depth.astype(np.int32)
 
 
 def innermost(

@@ -6,12 +6,15 @@ Each command prints one of the views in tracekit/views; times are shown in milli
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
-import duckdb
-import polars as pl
 
 from tracekit.outputs.cli_core import db_option, fail, open_db
 from tracekit.outputs.format import print_frame
+
+if TYPE_CHECKING:
+    import polars as pl
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -28,6 +31,10 @@ def _ms(col: str) -> str:
 
 
 def _frame(db_path: str, sql: str, params: list, run_id: int | None) -> pl.DataFrame:
+    # Here, not at the top: registering the commands for `tracekit --help` or `tracekit import`
+    # must not pay for duckdb before a command runs.
+    import duckdb
+
     db = open_db(db_path, read_only=True)
     try:
         # fetchall, not fetchone: a half-read result blocks the connection's next query.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -15,6 +17,9 @@ _WIDE = 65_535  # polars keeps the table width in a u16
 
 def print_frame(df: pl.DataFrame, fmt: str = "table") -> None:
     """Print `df` as an aligned table, CSV, JSON (a list of row objects) or a Markdown table."""
+    # polars is imported only to print: the CLI modules that import this one load for every command.
+    import polars as pl
+
     out = sys.stdout
     if fmt == "csv":
         out.write(df.write_csv())

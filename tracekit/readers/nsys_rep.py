@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracekit.errors import TraceError
-from tracekit.readers import nsys_sqlite
-from tracekit.readers.common import TraceData
+
+if TYPE_CHECKING:
+    from tracekit.readers.common import TraceData
 
 MAGIC = b"NVIDIA Tegra Profiler Report"
 
@@ -49,6 +51,9 @@ def read(path: Path, nsys: str | None = None) -> TraceData:
         if proc.returncode != 0 or not out.exists():
             last = (proc.stderr or proc.stdout).strip().splitlines()
             raise TraceError(path, f"`nsys export` failed: {last[-1] if last else f'exit {proc.returncode}'}")
+        # Here, not at the top: detection reads MAGIC without loading the SQLite reader.
+        from tracekit.readers import nsys_sqlite
+
         data = nsys_sqlite.read(out)
     data.format = "nsys-rep"
     return data
