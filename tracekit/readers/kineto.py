@@ -1,13 +1,16 @@
 """Reader for PyTorch profiler / Kineto Chrome traces (`.json`, `.json.gz`, `.pt.trace.json`).
 
-Speed and memory on traces of hundreds of MB come from three choices:
+Speed and memory on traces of hundreds of MB come from these choices:
 - The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
   small typed msgspec structs that are turned into Arrow columns and dropped before the next
-  slice: memory holds the decompressed text plus one slice of structs plus the kept columns.
+  slice: memory holds one slice of text and of structs plus the kept columns. A streamed slice
+  is decoded in place in its buffer (no copy), and a second thread inflates the next ones.
 - The structs opt out of the garbage collector and collection is paused while they are built;
   otherwise every few hundred allocations CPython walks all live objects (5x the decode time).
 - Per-event work is done per column: timestamps are converted with numpy, repeated strings
-  (kernel short names, input shapes) are computed once each.
+  (kernel short names, input shapes) are computed once each, and string columns stay
+  dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
+  per-row string copies, and sorting moves int32 codes.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
 nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
 writes (see _ns and _ns_array).
@@ -22,6 +25,8 @@ import gzip
 import json
 import math
 import os
+import queue
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +71,9 @@ _CHUNK = 8 << 20
 _WS = b" \t\r\n"
 
 
+_ABSENT = msgspec.Raw(b"")
+
+
 class Args(msgspec.Struct, omit_defaults=True, gc=False):
     external_id: int | str | None = msgspec.field(default=None, name="External id")
     # PyTorch 1.8-1.9 wrote the key in lower case on GPU events.
@@ -79,9 +87,11 @@ class Args(msgspec.Struct, omit_defaults=True, gc=False):
     grid: list[int] | None = None
     block: list[int] | None = None
     # Shapes and types are kept as JSON text: left raw, each distinct value is converted once.
-    input_dims: msgspec.Raw = msgspec.field(default=None, name="Input Dims")
-    input_dims_old: msgspec.Raw = msgspec.field(default=None, name="Input dims")
-    input_type: msgspec.Raw = msgspec.field(default=None, name="Input type")
+    # An absent key is the empty Raw (no JSON value is empty): rows stay Raw, so their lengths
+    # and bytes can be gathered in C (see _json_codes).
+    input_dims: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input Dims")
+    input_dims_old: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input dims")
+    input_type: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input type")
     nbytes: int | None = msgspec.field(default=None, name="bytes")
 
 
@@ -239,7 +249,14 @@ def _read_stream(path: Path) -> TraceData:
     memory. Raises _SplitWrong when the file is not laid out as Kineto writes it (events one per
     line, the array closed by `]` after the last event), or is broken: the whole-text path then
     reads it, or words the error exactly."""
-    pieces = _pieces(path)
+    pieces = _read_ahead(_pieces(path))
+    try:
+        return _decode_stream(path, pieces)
+    finally:
+        pieces.close()  # stops the inflating thread at once when a slice did not decode
+
+
+def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
     buf = bytearray()
     start = -1
     for piece in pieces:
@@ -250,7 +267,9 @@ def _read_stream(path: Path) -> TraceData:
     if start < 0 or _first_byte(buf, 0) != ord("{"):
         raise _SplitWrong()
     prefix = bytes(buf[:start])
-    del buf[:start + 1]
+    # buf keeps the events' own `[` in front, and a slice's closing `]` is written over the comma
+    # after its last event: each slice is decoded in place, never copied out.
+    del buf[:start]
     tables = _Tables()
     misses = 0
     with _errors_as_trace_error(path):
@@ -261,20 +280,21 @@ def _read_stream(path: Path) -> TraceData:
             cut = _last_cut(buf)
             if cut is None:
                 continue
-            head = bytearray(b"[")
-            head += memoryview(buf)[:cut[0]]
-            head += b"]"
+            comma, nxt = cut
+            buf[comma] = ord("]")
             try:
-                events = _EVENTS.decode(head)
+                events = _EVENTS.decode(memoryview(buf)[:comma + 1])
             except msgspec.DecodeError:
+                buf[comma] = ord(",")
                 misses += 1  # a cut inside an event: keep reading and cut further on
                 if misses > 4:
                     raise _SplitWrong() from None
                 continue
-            del head
             tables.add(events, path, None)
-            del events
-            del buf[:cut[1]]
+            del events  # its Raw values pin buf: it must go before buf is resized
+            del buf[:nxt - 1]
+            buf[0] = ord("[")
+        del buf[:1]
         top, end = _close_events(prefix, buf)
         del buf[end:]
         events = _EVENTS.decode(b"[" + bytes(buf) + b"]") if _first_byte(buf, 0) != -1 else []
@@ -296,6 +316,48 @@ def _errors_as_trace_error(path: Path) -> Iterator[None]:
     except (OverflowError, pa.ArrowInvalid) as exc:
         # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
         raise TraceError(path, f"value out of range in trace ({exc})") from None
+
+
+_DONE = object()
+
+
+def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
+    """items, produced by a second thread up to two ahead: zlib inflates and the file is read
+    without the GIL, so on a second core inflating overlaps decoding (~0.25 s of the 230 MB
+    bench trace's 1.3 s). Its errors (TraceError for a broken gzip) are raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put(item)
+                if stop.is_set():
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, raised there
+            put(exc)
+        finally:
+            items.close()
+
+    worker = threading.Thread(target=produce, name="tracekit-inflate", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _pieces(path: Path) -> Iterator[bytes]:
@@ -598,6 +660,54 @@ def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exa
         raise _canonical_error(path, raw) from None
 
 
+class _Codes(dict):
+    """Value -> dictionary code, shared by every slice of one string column: the batches hold
+    int32 codes and the column is assembled once at the end, with no unifying and no cast back
+    to plain strings (readers may return dictionary columns)."""
+
+    def __init__(self, none_as: str | None = None) -> None:
+        super().__init__()
+        self.values: list[str] = []
+        self.none_as = none_as  # names: a missing name is stored as "" (the old `name or ""`)
+
+    def __missing__(self, key: str | None) -> int:
+        if key is None and self.none_as is not None:
+            code = self[self.none_as]
+        else:
+            code = len(self.values)
+            self.values.append(key)
+        self[key] = code
+        return code
+
+    def encode(self, vals: list) -> np.ndarray:
+        return np.fromiter(map(self.__getitem__, vals), np.int32, len(vals))
+
+    def column(self, codes: pa.ChunkedArray) -> pa.Array:
+        idx = codes.combine_chunks()
+        return pa.DictionaryArray.from_arrays(idx, pa.array(self.values, pa.string()))
+
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _coded(schema: pa.Schema, names: tuple[str, ...]) -> tuple[pa.Schema, pa.Schema]:
+    """(schema of the per-slice batches: those string columns as int32 codes, output schema)."""
+    batch, out = schema, schema
+    for n in names:
+        i = schema.get_field_index(n)
+        batch = batch.set(i, pa.field(n, pa.int32()))
+        out = out.set(i, pa.field(n, _DICT))
+    return batch, out
+
+
+_K_COLS = ("name", "short_name")
+_LA_COLS = ("name", "kind")
+_O_COLS = ("name", "source", "input_dims", "input_types")
+_K_BATCH, _K_OUT = _coded(KERNEL_SCHEMA, _K_COLS)
+_LA_BATCH, _LA_OUT = _coded(LAUNCH_SCHEMA, _LA_COLS)
+_O_BATCH, _O_OUT = _coded(OP_SCHEMA, _O_COLS)
+
+
 class _Tables:
     """Accumulates each kept table as Arrow record batches, one per slice of events."""
 
@@ -608,8 +718,11 @@ class _Tables:
         self.o: list[pa.RecordBatch] = []
         self.m: list[pa.RecordBatch] = []
         self.bad_ts = 0
-        self.shorts: dict[str, str] = {}
         self.json_text: dict[tuple[int, bytes], str | None] = {}
+        self.codes = {
+            "k.name": _Codes(""), "la.name": _Codes(""), "la.kind": _Codes(), "o.name": _Codes(""),
+            "o.source": _Codes(), "o.input_dims": _Codes(), "o.input_types": _Codes(),
+        }
         # Rows that lacked `correlation`: (table, row number, (pid, tid, ts)) for the ac2g fallback.
         self.need_flow: list[tuple[str, int, tuple]] = []
         self.flow_s: dict[tuple, int] = {}
@@ -667,93 +780,108 @@ class _Tables:
             raise OverflowError("start + dur beyond 64 bits")
         return evs, start, np.stack([end, d])
 
+    def _no_corr(self, table: str, corr: pa.Array, evs: list[Event]) -> None:
+        base = self.rows[table]
+        if corr.null_count:
+            for i in np.flatnonzero(corr.is_null().to_numpy(zero_copy_only=False)).tolist():
+                e = evs[i]
+                self.need_flow.append((table, base + i, (e.pid, e.tid, e.ts)))
+        self.rows[table] += len(evs)
+
     def _kernels(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
         if not evs:
             return
+        n = len(evs)
         args = [e.args or _NO_ARGS for e in evs]
-        idx, uniq = _codes([e.name or "" for e in evs])
-        shorts = self.shorts
-        for n in uniq:
-            if n not in shorts:
-                shorts[n] = short_name(n)
-        names = _decoded(idx, uniq)
-        short = _decoded(idx, [shorts[n] for n in uniq])
-        device = [a.device if a.device is not None else _int_or_none(e.pid) for a, e in zip(args, evs, strict=True)]
-        stream = [a.stream if a.stream is not None else _stream_of(e.tid) for a, e in zip(args, evs, strict=True)]
-        corr = [a.correlation for a in args]
-        base = self.rows["k"]
-        if None in corr:
-            for i, c in enumerate(corr):
-                if c is None:
-                    e = evs[i]
-                    self.need_flow.append(("k", base + i, (e.pid, e.tid, e.ts)))
-        self.rows["k"] += len(evs)
-        grids = [a.grid or () for a in args]
-        blocks = [a.block or () for a in args]
+        device = pa.array([a.device for a in args], pa.int32())
+        if device.null_count:
+            device = pa.array([a.device if a.device is not None else _int_or_none(e.pid)
+                               for a, e in zip(args, evs, strict=True)], pa.int32())
+        stream = pa.array([a.stream for a in args], pa.int64())
+        if stream.null_count:
+            stream = pa.array([a.stream if a.stream is not None else _stream_of(e.tid)
+                               for a, e in zip(args, evs, strict=True)], pa.int64())
+        corr = pa.array([a.correlation for a in args], pa.int64())
+        self._no_corr("k", corr, evs)
+        names = self.codes["k.name"].encode([e.name for e in evs])
+        null64 = pa.nulls(n, pa.int64())
         cols = {
-            "kernel_id": pa.nulls(len(evs), pa.int64()), "name": names, "short_name": short,
+            "kernel_id": null64, "name": names, "short_name": names,
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1], "device": device,
             "context": [a.context for a in args], "stream": stream, "correlation": corr,
-            "pid": pa.nulls(len(evs), pa.int64()),
-            "registers": [a.registers for a in args], "shared_static": [a.shared for a in args],
-            "shared_dynamic": pa.nulls(len(evs), pa.int64()), "graph_node_id": pa.nulls(len(evs), pa.int64()),
+            "pid": null64, "registers": [a.registers for a in args], "shared_static": [a.shared for a in args],
+            "shared_dynamic": null64, "graph_node_id": null64,
         }
-        for i, axis in enumerate("xyz"):
-            cols[f"grid_{axis}"] = [g[i] if i < len(g) else None for g in grids]
-            cols[f"block_{axis}"] = [b[i] if i < len(b) else None for b in blocks]
-        self.k.append(_batch(cols, KERNEL_SCHEMA))
+        for key, vals in (("grid", [a.grid for a in args]), ("block", [a.block for a in args])):
+            cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), _xyz(vals), strict=True))
+        self.k.append(_batch(cols, _K_BATCH))
 
     def _launches(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
         if not evs:
             return
-        args = [e.args or _NO_ARGS for e in evs]
-        corr = [a.correlation for a in args]
-        base = self.rows["la"]
-        if None in corr:
-            for i, c in enumerate(corr):
-                if c is None:
-                    e = evs[i]
-                    self.need_flow.append(("la", base + i, (e.pid, e.tid, e.ts)))
-        self.rows["la"] += len(evs)
+        corr = pa.array([(e.args or _NO_ARGS).correlation for e in evs], pa.int64())
+        self._no_corr("la", corr, evs)
         self.la.append(_batch({
-            "launch_id": pa.nulls(len(evs), pa.int64()), "name": _strings([e.name or "" for e in evs]),
-            "kind": _strings([_RUNTIME_CATS[e.cat] for e in evs]), "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
+            "launch_id": pa.nulls(len(evs), pa.int64()), "name": self.codes["la.name"].encode([e.name for e in evs]),
+            "kind": self.codes["la.kind"].encode([_RUNTIME_CATS[e.cat] for e in evs]),
+            "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]), "correlation": corr,
-        }, LAUNCH_SCHEMA))
+        }, _LA_BATCH))
 
     def _ops(self, evs: list[Event], path: Path, raw: bytes | bytearray) -> None:
         evs, start, ed = self._times(evs)
         if not evs:
             return
+        n = len(evs)
         args = [e.args or _NO_ARGS for e in evs]
-        dims = [a.input_dims if a.input_dims is not None else a.input_dims_old for a in args]
+        ext = _ints([a.external_id for a in args])
+        if ext.null_count:  # PyTorch 1.8-1.9 spelled the key in lower case
+            ext = _ints([a.external_id if a.external_id is not None else a.external_id_old for a in args])
         self.o.append(_batch({
-            "op_id": pa.nulls(len(evs), pa.int64()), "name": _strings([e.name or "" for e in evs]),
-            "source": pa.array(["kineto"], pa.string()).take(np.zeros(len(evs), np.int64)),
+            "op_id": pa.nulls(n, pa.int64()), "name": self.codes["o.name"].encode([e.name for e in evs]),
+            "source": np.full(n, self.codes["o.source"]["kineto"], np.int32),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]),
-            "external_id": _ints([a.external_id if a.external_id is not None else a.external_id_old
-                                  for a in args]),
-            "input_dims": self._json_col(dims, 0, path, raw),
-            "input_types": self._json_col([a.input_type for a in args], 1, path, raw),
-        }, OP_SCHEMA))
+            "external_id": ext,
+            "input_dims": self._json_codes([a.input_dims for a in args], 0, path, raw, args),
+            "input_types": self._json_codes([a.input_type for a in args], 1, path, raw),
+        }, _O_BATCH))
 
-    def _json_col(self, vals: list, style: int, path: Path, raw: bytes | bytearray) -> pa.Array:
-        """Shapes (style 0, compact) and types (style 1, json.dumps default) as JSON text.
+    def _json_codes(self, vals: list[msgspec.Raw], style: int, path: Path, raw: bytes | bytearray,
+                    old_key_of: list[Args] | None = None) -> pa.Array:
+        """Shapes (style 0, compact) and types (style 1, json.dumps default) as codes of JSON text.
 
-        A few hundred distinct values repeat over hundreds of thousands of ops: each distinct
-        text is converted once and the column is rebuilt from its dictionary codes."""
-        enc = pa.array([None if v is None else bytes(v) for v in vals], pa.binary()).dictionary_encode()
+        A few hundred distinct values repeat over hundreds of thousands of ops: the raw texts are
+        copied into one Arrow binary column in C (join + lengths, no bytes object per row), each
+        distinct text is converted once, and rows get the code of their converted text."""
+        n = len(vals)
+        lens = np.fromiter(map(len, vals), np.int64, n)
+        if old_key_of is not None and not lens.all():
+            # Rows without "Input Dims" may carry PyTorch 1.8-1.9's "Input dims".
+            for i in np.flatnonzero(lens == 0).tolist():
+                vals[i] = old_key_of[i].input_dims_old
+                lens[i] = len(vals[i])
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        data = b"".join(vals)
+        enc = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        enc = enc.dictionary_encode()
         cache = self.json_text
-        texts = []
+        codes = self.codes["o.input_dims" if style == 0 else "o.input_types"]
+        remap = []
         for b in enc.dictionary.to_pylist():
+            if not b:  # the empty default: the key is absent
+                remap.append(-1)
+                continue
             key = (style, b)
             if key not in cache:
                 cache[key] = _json_text(b, style, path, raw)
-            texts.append(cache[key])
-        return pa.DictionaryArray.from_arrays(enc.indices, pa.array(texts, pa.string())).cast(pa.string())
+            text = cache[key]
+            remap.append(-1 if text is None else codes[text])
+        idx = np.array(remap, np.int32)[enc.indices.to_numpy()] if remap else np.zeros(0, np.int32)
+        return pa.array(idx, pa.int32(), mask=idx < 0)
 
     def _ranges(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
@@ -780,15 +908,40 @@ class _Tables:
             "copy_kind": [_copy_kind(e.name) if k == "memcpy" else None for e, k in zip(evs, kinds, strict=True)],
         }, MEMOP_SCHEMA))
 
+    def _assemble(self, batches: list[pa.RecordBatch], batch_schema: pa.Schema, out_schema: pa.Schema,
+                  cols: dict[str, _Codes]) -> pa.Table:
+        t = pa.Table.from_batches(batches, batch_schema)
+        arrays = [cols[f.name].column(t.column(f.name)) if f.name in cols else t.column(f.name).combine_chunks()
+                  for f in out_schema]
+        del t
+        return pa.Table.from_arrays(arrays, schema=out_schema)
+
     def finish(self, envelope: dict) -> TraceData | None:
         if not self.k:
             return None
-        kernels = pa.Table.from_batches(self.k, KERNEL_SCHEMA)
-        launches = pa.Table.from_batches(self.la, LAUNCH_SCHEMA)
+        c = self.codes
+        kname = c["k.name"]
+        # short_name from each distinct kernel name once; its own dictionary keeps values unique.
+        shorts = _Codes()
+        remap = np.array([shorts[short_name(v)] for v in kname.values], np.int32)
+        t = pa.Table.from_batches(self.k, _K_BATCH)
+        self.k = []
+        name_idx = t.column("name").combine_chunks()
+        short_idx = pa.array(remap[name_idx.to_numpy()], pa.int32())
+        kernels = pa.Table.from_arrays(
+            [kname.column(pa.chunked_array([name_idx])) if f.name == "name"
+             else shorts.column(pa.chunked_array([short_idx])) if f.name == "short_name"
+             else t.column(f.name).combine_chunks() for f in _K_OUT], schema=_K_OUT)
+        del t
+        launches = self._assemble(self.la, _LA_BATCH, _LA_OUT, {"name": c["la.name"], "kind": c["la.kind"]})
+        self.la = []
         flow_used = 0
         if self.need_flow:
             kernels, launches, flow_used = self._apply_flows(kernels, launches)
-        ops = pa.Table.from_batches(self.o, OP_SCHEMA)
+        ops = self._assemble(self.o, _O_BATCH, _O_OUT, {
+            "name": c["o.name"], "source": c["o.source"],
+            "input_dims": c["o.input_dims"], "input_types": c["o.input_types"]})
+        self.o = []
         absent = []
         if flow_used:
             absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
@@ -846,23 +999,29 @@ def _json_text(text: bytes, style: int, path: Path, raw: bytes | bytearray) -> s
     return json.dumps(val, separators=(",", ":")) if style == 0 else json.dumps(val)
 
 
-def _codes(vals: list[str]) -> tuple[list[int], list[str]]:
-    uniq = list(dict.fromkeys(vals))  # first-seen order; C loops only, no per-row Python call
-    return list(map({v: i for i, v in enumerate(uniq)}.__getitem__, vals)), uniq
+def _xyz(vals: list[list[int] | None]) -> tuple[pa.Array | list, pa.Array | list, pa.Array | list]:
+    """grid/block lists as three int32 columns; a missing or short list leaves nulls."""
+    try:
+        lists = pa.array(vals, pa.list_(pa.int32()))
+    except (pa.ArrowInvalid, OverflowError):
+        lists = None  # maybe only past the third value, which is not kept: decide per axis below
+    if lists is not None and len(lists) and not lists.null_count:
+        lens = lists.value_lengths().to_numpy()
+        if (lens == 3).all():  # the usual [x, y, z]: split the flat values, no Python per row
+            flat = lists.flatten().to_numpy().reshape(-1, 3)
+            return pa.array(flat[:, 0]), pa.array(flat[:, 1]), pa.array(flat[:, 2])
+    seqs = [v or () for v in vals]
+    # Lists, converted by _batch in column order: an out-of-range value is reported as before.
+    return tuple([s[i] if i < len(s) else None for s in seqs] for i in range(3))
 
 
-def _decoded(idx: list[int], uniq: list[str]) -> pa.Array:
-    # Building from codes copies each distinct string once instead of once per row.
-    return pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
-
-
-def _strings(vals: list[str]) -> pa.Array:
-    return _decoded(*_codes(vals))
-
-
-def _ints(vals: list) -> list[int | None]:
+def _ints(vals: list) -> pa.Array:
     # pid/tid are ints in Kineto 2.x, numeric strings in some 1.x rows, labels ("Spans") elsewhere.
-    return [v if type(v) is int else _int_or_none(v) for v in vals]
+    try:
+        return pa.array(vals, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    return pa.array([v if type(v) is int else _int_or_none(v) for v in vals], pa.int64())
 
 
 def _batch(cols: dict[str, object], schema: pa.Schema) -> pa.RecordBatch:
