@@ -12,7 +12,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,100 +131,203 @@ class _Fetch:
         self.con = con
         self.uri = uri
         self.adbc = None
-        self.ahead: dict[str, tuple[threading.Thread, list]] = {}
+        self.pending: dict[str, _Background] = {}
         if con.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
             return  # text is fetched as raw bytes below, which must be UTF-8 to decode
         try:
-            import adbc_driver_sqlite.dbapi as adbc
-
-            self.adbc = adbc.connect(uri)
+            self.adbc = _Adbc(uri)
         except Exception:  # noqa: BLE001 - no ADBC means the slower sqlite3 path, not a failure
             self.adbc = None
 
     def close(self) -> None:
-        for thread, _ in self.ahead.values():
-            thread.join()  # its connection is its own; let it finish rather than abandon it
+        for job in self.pending.values():
+            job.result()  # its connection is its own; let it finish rather than abandon it
         if self.adbc is not None:
             try:
                 self.adbc.close()
             except Exception:  # noqa: BLE001, S110 - closing a read-only handle cannot lose data
                 pass
 
-    def columns(self, table: str, specs: Sequence[tuple[str | None, str]], where: str, order: str = "",
-                ) -> list[pa.Array]:
-        """One array per spec (two for a "name" spec: StringIds ids, then inline text as bytes).
+    def extent_rows(self, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
+                    ) -> tuple[list[pa.Array], int | None]:
+        """One array per spec (two for a "name" spec: StringIds ids, then inline text as bytes)
+        over the rows whose (start, end), the first two specs, pass _GOOD_EXTENT; and the table's
+        row count where the read saw every row (else None).
 
         A spec is (SQL expression, or None where the file lacks the column; kind), kind being
-        "int64", "int32" or "name" (a column holding text or a StringIds id).
+        "int64", "int32" or "name" (a column holding text or a StringIds id). cuts: _cuts(table).
         """
-        tail = f' FROM "{table}" WHERE {where}{order}'
         if self.adbc is not None:
-            raw = self._adbc_table(_bare(table, specs, where, order))
-            cols = None if raw is None else _checked(raw, specs)
-            if cols is not None:
-                return cols
-        sql = "SELECT " + ", ".join(_guarded(e, k) for e, k in specs) + tail
+            bare = _bare_rows(self.adbc, table, specs, cuts, self.uri)
+            if bare is not None:
+                return bare
+        sql = "SELECT " + ", ".join(_guarded(e, k) for e, k in specs) + f' FROM "{table}" WHERE {_GOOD_EXTENT}'
         types = [t for _, k in specs for t in _TYPES[k]]
         if self.adbc is not None:
-            tbl = self._adbc_table(sql)
+            tbl = _adbc_read(self.adbc, sql)
             cols = None if tbl is None else _typed(tbl, types)
             if cols is not None:
-                return cols
+                return cols, None
         rows = self.con.execute(sql).fetchall()
         cols_ = list(zip(*rows, strict=True)) if rows else [()] * len(types)
         del rows
-        return [pa.array(c, t) for c, t in zip(cols_, types, strict=True)]
+        return [pa.array(c, t) for c, t in zip(cols_, types, strict=True)], None
 
-    def read_ahead(self, table: str, specs: Sequence[tuple[str | None, str]], where: str) -> None:
-        """Start the bare read that columns() will ask for, on a second connection and thread.
+    def read_ahead(self, key: str, work: Callable[[_Adbc], object]) -> None:
+        """Start work(ADBC connection of its own) on another thread; ahead(key) gives its result.
 
-        SQLite decodes rows in C without holding the GIL, so the launch table, the largest, is
-        read while the kernels are: on 2 cores the two reads take ~0.6x the time of one after the
-        other. Only the bare ADBC read runs ahead; checks and fallbacks stay with columns().
+        SQLite decodes rows in C without the GIL, and so does Arrow compute: the launch table,
+        the largest, is read and built while the kernels are. Only the bare ADBC read runs
+        ahead; fallbacks stay on this thread, whose sqlite3 connection is its own.
         """
-        if self.adbc is None:
-            return
-        sql = _bare(table, specs, where)
-        box: list = []
+        if self.adbc is not None:
+            self.pending[key] = _Background(self.uri, work)
+
+    def ahead(self, key: str) -> object | None:
+        """The result of read_ahead(key), or None where it did not run or did not succeed."""
+        job = self.pending.pop(key, None)
+        return None if job is None else job.result()
+
+
+class _Background:
+    """work(ADBC connection of its own) on a thread of its own; result() waits for it (None if it failed)."""
+
+    def __init__(self, uri: str, work: Callable[[_Adbc], object]) -> None:
+        self.box: list = []
 
         def run() -> None:
             try:
-                import adbc_driver_sqlite.dbapi as adbc
-
-                con = adbc.connect(self.uri)
+                con = _Adbc(uri)
                 try:
-                    box.append(_adbc_read(con, sql))
+                    self.box.append(work(con))
                 finally:
                     con.close()
-            except Exception:  # noqa: BLE001 - columns() reads it again and reports any error
-                box.append(None)
+            except Exception:  # noqa: BLE001 - the caller reads again and reports any error
+                self.box.append(None)
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        self.ahead[sql] = (thread, box)
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
 
-    def _adbc_table(self, sql: str) -> pa.Table | None:
-        if sql in self.ahead:
-            thread, box = self.ahead.pop(sql)
-            thread.join()
-            if box and box[0] is not None:
-                return box[0]
-        return _adbc_read(self.adbc, sql)
+    def result(self) -> object | None:
+        self.thread.join()
+        return self.box[0] if self.box else None
 
 
-def _adbc_read(con: object, sql: str) -> pa.Table | None:
+# Below this many rows a table is read in one piece: a second connection and thread cost more.
+_CUT_ROWS = 100_000
+
+
+def _cuts(con: sqlite3.Connection, table: str, cols: set[str]) -> list[str]:
+    """WHERE clauses that cut `table` into two rowid ranges, or [""] where it cannot be cut.
+
+    The kernel and runtime tables are each read in two halves, four reads on threads of their
+    own, so that the cores share the work evenly instead of one waiting for the other's larger
+    table (SQLite and ADBC spend ~50 ns per value either way: splitting is what is left). A scan of a rowid table returns rows in rowid order, so the halves read
+    one after the other are the rows of one scan. Views, WITHOUT ROWID and virtual tables, and
+    tables that name a column rowid (then "rowid" means that column), are read whole.
+    """
+    row = con.execute("SELECT type, sql FROM sqlite_master WHERE name = ?", [table]).fetchone()
+    sql = row[1].upper() if row and isinstance(row[1], str) else ""
+    if (row is None or row[0] != "table" or "WITHOUT" in sql or sql.startswith("CREATE VIRTUAL")
+            or {"rowid", "_rowid_", "oid"} & {c.lower() for c in cols}):
+        return [""]
     try:
-        with con.cursor() as cur:
+        # Two queries: SQLite answers a lone min() or max() of the rowid from the b-tree's edge.
+        lo = con.execute(f'SELECT min(rowid) FROM "{table}"').fetchone()[0]
+        hi = con.execute(f'SELECT max(rowid) FROM "{table}"').fetchone()[0]
+    except _SQLITE_ERRORS:
+        return [""]  # a damaged table: the read itself reports it, as for an uncut one
+    if not isinstance(lo, int) or not isinstance(hi, int) or hi - lo < _CUT_ROWS:
+        return [""]
+    mid = lo + (hi - lo) // 2
+    return [f" WHERE rowid <= {mid}", f" WHERE rowid > {mid}"]
+
+
+def _bare_rows(con: _Adbc, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
+               uri: str | None = None) -> tuple[list[pa.Array], int] | None:
+    """extent_rows' answer from unguarded reads of the whole table, or None if a column holds
+    values that only the guarded read handles. Each cut but the first is read on a thread and
+    connection of its own (from uri).
+
+    Every row is read and the extent test runs in Arrow: on all-integer columns it is the same
+    test as _GOOD_EXTENT, but SQLite no longer evaluates five conditions per row, and the rows
+    read are the table's count, so the rows skipped need no count(*) of their own.
+    """
+    select = f"SELECT {', '.join(e or 'NULL' for e, _ in specs)} FROM \"{table}\""
+    others = [_Background(uri, lambda c, w=w: _adbc_read(c, select + w)) for w in cuts[1:]] if uri else []
+    raws = [_adbc_read(con, select + (cuts[0] if uri else ""))] + [job.result() for job in others]
+    if any(r is None for r in raws):
+        return None
+    if len(raws) > 1 and all(r.schema == raws[0].schema for r in raws):
+        raws = [pa.concat_tables(raws)]  # chunks combined once below, not per piece and again
+    pieces = [_checked(r, specs) for r in raws]
+    if any(p is None for p in pieces):
+        return None
+    cols = pieces[0] if len(pieces) == 1 else [pa.concat_arrays(list(c)) for c in zip(*pieces, strict=True)]
+    total = sum(r.num_rows for r in raws)
+    ok = _good_extent(cols[0], cols[1])
+    if ok is not None:
+        cols = [c.filter(ok) for c in cols]
+    return cols, total
+
+
+_EXTENT_LIMIT = 2**62
+
+
+def _good_extent(start: pa.Array, end: pa.Array) -> pa.Array | None:
+    """_GOOD_EXTENT on int64 columns as a mask, or None when every row passes."""
+    if start.null_count == 0 and end.null_count == 0:
+        s, e = start.to_numpy(), end.to_numpy()
+        ok = (e >= s) & (s >= -_EXTENT_LIMIT) & (e <= _EXTENT_LIMIT)
+        return None if ok.all() else pa.array(ok)
+    ok = pc.and_(pc.and_(pc.greater_equal(end, start), pc.greater_equal(start, -_EXTENT_LIMIT)),
+                 pc.less_equal(end, _EXTENT_LIMIT))
+    return pc.fill_null(ok, False)
+
+
+class _Adbc:
+    """A read-only ADBC SQLite connection through adbc_driver_manager's low-level API.
+
+    Its DB-API module imports polars (0.1-0.15 s) whenever that is installed, which an import
+    would otherwise pay for nothing: tables come back as pyarrow Tables all the same.
+    """
+
+    def __init__(self, uri: str) -> None:
+        import adbc_driver_manager
+        import adbc_driver_sqlite
+
+        self.db = adbc_driver_sqlite.connect(uri)
+        try:
+            self.con = adbc_driver_manager.AdbcConnection(self.db)
+        except BaseException:
+            self.db.close()
+            raise
+
+    def read(self, sql: str) -> pa.Table:
+        import adbc_driver_manager
+
+        stmt = adbc_driver_manager.AdbcStatement(self.con)
+        try:
             # Fewer, larger batches: less to stitch together, and more rows to infer types from.
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
-            cur.execute(sql)
-            return cur.fetch_arrow_table()
+            stmt.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            stmt.set_sql_query(sql)
+            stream, _ = stmt.execute_query()
+            return pa.RecordBatchReader._import_from_c(stream.address).read_all()
+        finally:
+            stmt.close()
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            self.db.close()
+
+
+def _adbc_read(con: _Adbc, sql: str) -> pa.Table | None:
+    try:
+        return con.read(sql)
     except Exception:  # noqa: BLE001 - the caller reads again through sqlite3, whose errors name the problem
         return None
-
-
-def _bare(table: str, specs: Sequence[tuple[str | None, str]], where: str, order: str = "") -> str:
-    return f"SELECT {', '.join(e or 'NULL' for e, _ in specs)} FROM \"{table}\" WHERE {where}{order}"
 
 
 _TYPES = {"int64": [pa.int64()], "int32": [pa.int32()], "name": [pa.int64(), pa.binary()]}
@@ -257,8 +360,10 @@ def _checked(tbl: pa.Table, specs: Sequence[tuple[str | None, str]]) -> list[pa.
         if arr.type != pa.int64():
             return None  # text, real or blob values: only the guarded read handles those
         if kind == "int32":
-            ok = pc.and_(pc.greater_equal(arr, _INT32[0]), pc.less_equal(arr, _INT32[1]))
-            arr = pc.if_else(ok, arr, pa.scalar(None, pa.int64())) if not pc.all(ok).as_py() else arr
+            lo, hi = pc.min_max(arr).values()  # one pass; the mask only where some value is out of range
+            if lo.as_py() < _INT32[0] or hi.as_py() > _INT32[1]:
+                ok = pc.and_(pc.greater_equal(arr, _INT32[0]), pc.less_equal(arr, _INT32[1]))
+                arr = pc.if_else(ok, arr, pa.scalar(None, pa.int64()))
             out.append(arr.cast(pa.int32()))
         elif kind == "name":
             out.extend([arr, pa.nulls(len(arr), pa.binary())])
@@ -297,9 +402,10 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
     if missing or not ({"demangledName", "shortName", "name"} & kcols):
         raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
 
-    _read_launches_ahead(fetch, tables)
+    _read_launches_ahead(fetch, tables, strings)
     kernels = _kernels(fetch, kcols, strings, absent)
-    names = kernels.column("name")
+    # The dictionary holds exactly the names that rows use (_dictionary), so testing it tests them.
+    names = kernels.column("name").chunk(0).dictionary if kernels.num_rows else pa.array([], pa.string())
     if kernels.num_rows and pc.all(pc.or_(pc.starts_with(names, "<string "), pc.starts_with(names, "<no name>"))).as_py():
         raise TraceError(path, "no kernel name could be resolved (StringIds table missing or malformed)")
     if not kernels.num_rows:
@@ -328,11 +434,14 @@ def _count(con: sqlite3.Connection, tables: dict[str, set[str]], table: str) -> 
     return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] if table in tables else 0
 
 
-def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str, kept: int | None = None) -> None:
+def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str, kept: int | None = None,
+             total: int | None = None) -> None:
     if kept is not None:
         # Every row is either kept (_GOOD_EXTENT) or skipped, and a bare count(*) does not scan
         # the rows as the negated condition would.
-        n = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] - kept
+        if total is None:
+            total = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        n = total - kept
     else:
         n = con.execute(f'SELECT count(*) FROM "{table}" WHERE NOT ({_GOOD_EXTENT}) OR "start" IS NULL '
                         'OR "end" IS NULL').fetchone()[0]
@@ -366,8 +475,9 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
         _col(cols, "registersPerThread", absent, t, "int32"), _col(cols, "staticSharedMemory", absent, t),
         _col(cols, "dynamicSharedMemory", absent, t), ('"graphNodeId"' if "graphNodeId" in cols else None, "int64"),
     ]
-    c = _by_extent(fetch.columns(t, specs, _GOOD_EXTENT))
-    _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]))
+    c, total = fetch.extent_rows(t, specs, _cuts(fetch.con, t, cols))
+    c = _by_extent(c)
+    _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]), total=total)
     # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct value once.
     idx, uniq = _codes(c[7], c[8])
     resolved = [strings.get(v) for v in uniq]
@@ -384,8 +494,8 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
                for k in pair.dictionary.to_pylist()]
     start, end = c[0], c[1]
     return _table({
-        "kernel_id": pa.array(np.arange(len(start)), pa.int64()), "name": _decoded(idx, name_u),
-        "short_name": _decoded(pair.indices, short_u), "start_ns": start, "end_ns": end,
+        "kernel_id": pa.array(np.arange(len(start)), pa.int64()), "name": _dictionary(idx, name_u),
+        "short_name": _dictionary(pair.indices, short_u), "start_ns": start, "end_ns": end,
         "dur_ns": pc.subtract(end, start), "device": c[2], "context": c[3], "stream": c[4],
         "correlation": c[5], "pid": _gtid_part(c[6], 24), "grid_x": c[11], "grid_y": c[12], "grid_z": c[13],
         "block_x": c[14], "block_y": c[15], "block_z": c[16],
@@ -424,9 +534,23 @@ def _codes(ids: pa.Array, texts: pa.Array) -> tuple[pa.Array, list]:
     return pc.fill_null(idx, pa.scalar(len(uniq) - 1, idx.type)), uniq
 
 
-def _decoded(idx: pa.Array, uniq: list[str]) -> pa.Array:
-    # Built from codes, each distinct string is copied once instead of once per row.
-    return pa.DictionaryArray.from_arrays(idx.cast(pa.int32()), pa.array(uniq, pa.string())).cast(pa.string())
+def _dictionary(idx: pa.Array | np.ndarray, values: list[str]) -> pa.DictionaryArray:
+    """values[idx] as a dictionary column: each distinct string is stored once, not once per row
+    (the store takes dictionary columns as their values).
+
+    The dictionary holds each string once and only strings some row uses: codes of one id
+    resolving to the same text as another's, or of unused ids, would otherwise let two codes
+    mean one name, or a name appear that no kernel has.
+    """
+    codes = idx if isinstance(idx, np.ndarray) else idx.to_numpy(zero_copy_only=False)
+    used = np.bincount(codes, minlength=len(values)) if len(codes) else np.zeros(len(values), np.int64)
+    first: dict[str, int] = {}
+    remap = np.zeros(len(values), np.int32)
+    for i in np.flatnonzero(used):
+        remap[i] = first.setdefault(values[i], len(first))
+    if len(first) != len(values) or np.any(remap != np.arange(len(values))):
+        codes = remap[codes]
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(first), pa.string()))
 
 
 def _gtid_part(g: pa.Array, shift: int) -> pa.Array:
@@ -435,10 +559,10 @@ def _gtid_part(g: pa.Array, shift: int) -> pa.Array:
 
 
 def _table(cols: dict[str, object], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_arrays(
-        [v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type)
-         for f, v in ((f, cols[f.name]) for f in schema)],
-        schema=schema)
+    arrays = [v if isinstance(v, pa.DictionaryArray) and f.type == pa.string()
+              else v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type)
+              for f, v in ((f, cols[f.name]) for f in schema)]
+    return pa.Table.from_arrays(arrays, names=schema.names)
 
 
 _LAUNCH_TABLES = (("CUPTI_ACTIVITY_KIND_RUNTIME", "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver"))
@@ -454,15 +578,23 @@ def _launch_specs(name_col: str) -> list[tuple[str | None, str]]:
             (f'"{name_col}"', "name")]
 
 
-def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]]) -> None:
-    for table, _ in _LAUNCH_TABLES:
+def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings) -> None:
+    for table, kind in _LAUNCH_TABLES:
         name_col = _launch_name_col(tables.get(table, set()))
         if name_col:
-            fetch.read_ahead(table, _launch_specs(name_col), _GOOD_EXTENT)
+            specs = _launch_specs(name_col)
+            cuts = _cuts(fetch.con, table, tables[table])
+
+            def work(con: _Adbc, table: str = table, specs: list = specs, kind: str = kind, cuts: list = cuts,
+                     ) -> tuple | None:
+                bare = _bare_rows(con, table, specs, cuts, fetch.uri)
+                return None if bare is None else (_launch_part(bare[0], kind, strings), bare[1])
+
+            fetch.read_ahead(table, work)
 
 
 def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
-    parts: list[pa.Table] = []
+    parts: list[tuple[str, dict[str, pa.Array]]] = []
     for table, kind in _LAUNCH_TABLES:
         tc = tables.get(table)
         if tc is None:
@@ -472,22 +604,43 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
         if name_col is None:
             absent.append(f"{table} (unexpected columns)")
             continue
-        start, end, gtid, corr, nid, ntext = fetch.columns(table, _launch_specs(name_col), _GOOD_EXTENT)
-        _skipped(fetch.con, table, absent, "calls", kept=len(start))
-        if not len(start):
-            continue
-        idx, uniq = _codes(nid, ntext)
-        parts.append(_table({
-            "launch_id": pa.nulls(len(start), pa.int64()),
-            "name": _decoded(idx, [strings.get(v) or "" for v in uniq]),
-            "kind": _decoded(pa.array(np.zeros(len(start), np.int32)), [kind]), "start_ns": start, "end_ns": end,
-            "dur_ns": pc.subtract(end, start), "pid": _gtid_part(gtid, 24), "tid": _gtid_part(gtid, 0),
-            "correlation": corr,
-        }, LAUNCH_SCHEMA))
+        done = fetch.ahead(table)
+        if done is None:
+            cols, total = fetch.extent_rows(table, _launch_specs(name_col))
+            done = _launch_part(cols, kind, strings), total
+        part, total = done
+        n = len(part["start_ns"])
+        _skipped(fetch.con, table, absent, "calls", kept=n, total=total)
+        if n:
+            parts.append((kind, part))
     if not parts:
         return to_table({k: [] for k in LAUNCH_SCHEMA.names}, LAUNCH_SCHEMA)
-    t = pa.concat_tables(parts).combine_chunks()
-    return t.set_column(0, "launch_id", pa.array(np.arange(t.num_rows), pa.int64()))
+    sizes = [len(p["start_ns"]) for _, p in parts]
+    if len(parts) == 1:
+        cols = dict(parts[0][1])
+        cols["kind"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(sizes[0], np.int32)), [parts[0][0]])
+    else:
+        # Each part's names index its own dictionary: one dictionary for all, codes offset.
+        names = [p["name"] for _, p in parts]
+        offsets = np.cumsum([0] + [len(a.dictionary) for a in names[:-1]])
+        codes = np.concatenate([a.indices.to_numpy() + off for a, off in zip(names, offsets, strict=True)])
+        cols = {f.name: pa.concat_arrays([p[f.name] for _, p in parts]) for f in LAUNCH_SCHEMA
+                if f.name not in ("launch_id", "name", "kind")}
+        cols["name"] = _dictionary(codes, [v for a in names for v in a.dictionary.to_pylist()])
+        cols["kind"] = _dictionary(np.repeat(np.arange(len(parts)), sizes), [k for k, _ in parts])
+    cols["launch_id"] = pa.array(np.arange(sum(sizes)), pa.int64())
+    return _table(cols, LAUNCH_SCHEMA)
+
+
+def _launch_part(cols: list[pa.Array], kind: str, strings: _Strings) -> dict[str, pa.Array]:
+    """One launch table's rows as LAUNCH_SCHEMA columns, less launch_id and kind."""
+    start, end, gtid, corr, nid, ntext = cols
+    idx, uniq = _codes(nid, ntext)
+    return {
+        "name": _dictionary(idx, [strings.get(v) or "" for v in uniq]), "start_ns": start, "end_ns": end,
+        "dur_ns": pc.subtract(end, start), "pid": _gtid_part(gtid, 24), "tid": _gtid_part(gtid, 0),
+        "correlation": corr,
+    }
 
 
 def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):

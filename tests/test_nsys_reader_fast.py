@@ -1,0 +1,122 @@
+"""The nsys reader's fast paths (bare ADBC reads filtered in Arrow, a large kernel table read in two
+rowid ranges, dictionary name columns) against plain SQL over the same real export."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import NSYS_L2
+
+from tracekit.readers import nsys_sqlite
+from tracekit.readers.nsys_sqlite import _CUT_ROWS, _cuts, _tables
+
+K = "CUPTI_ACTIVITY_KIND_KERNEL"
+RT = "CUPTI_ACTIVITY_KIND_RUNTIME"
+
+
+def good(t: str = "") -> str:
+    """The reader's documented rule for a usable extent, in SQL (t: table alias with its dot)."""
+    s, e = f"{t}start", f'{t}"end"'
+    return (f"typeof({s}) = 'integer' AND typeof({e}) = 'integer' AND {e} >= {s} "
+            f"AND {s} >= -4611686018427387904 AND {e} <= 4611686018427387904")
+
+
+def _grow(con: sqlite3.Connection, table: str, rows: int) -> None:
+    """Copies of the table's rows, each shifted past the last, until it holds `rows` rows."""
+    cols = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+    shift = con.execute(f'SELECT max("end") - min(start) + 1 FROM {table}').fetchone()[0]
+    while con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] < rows:
+        sel = ", ".join(f'"{c}" + {shift}' if c in ("start", "end") else f'"{c}"' for c in cols)
+        con.execute(f"INSERT INTO {table} SELECT {sel} FROM {table}")
+        shift *= 2
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """The real export grown past the cut size, with gaps in its rowids, ties and bad extents in
+    both halves, and a driver table beside the runtime one (some names shared, some inline text)."""
+    p = tmp_path_factory.mktemp("nsysfast") / "big.sqlite"
+    shutil.copy(NSYS_L2, p)
+    con = sqlite3.connect(p)
+    _grow(con, K, 2 * _CUT_ROWS + 10_000)
+    _grow(con, RT, 2 * _CUT_ROWS)
+    con.execute(f"DELETE FROM {K} WHERE rowid % 5 = 0")
+    # Ties in (start, end) across both halves: kernel ids follow the file's order among them.
+    con.execute(f'UPDATE {K} SET start = 1000, "end" = 2000 WHERE rowid % 1013 = 3')
+    con.execute(f'UPDATE {K} SET "end" = start - 1 WHERE rowid % 997 = 1')
+    con.execute(f'UPDATE {K} SET start = -4611686018427387905 WHERE rowid % 1009 = 2')
+    con.execute(f'UPDATE {RT} SET "end" = start - 3 WHERE rowid % 499 = 0')
+    con.execute(f"CREATE TABLE CUPTI_ACTIVITY_KIND_DRIVER AS SELECT * FROM {RT} WHERE rowid % 4 = 0")
+    con.execute("UPDATE CUPTI_ACTIVITY_KIND_DRIVER SET nameId = 'cuLaunchKernel' WHERE rowid % 3 = 0")
+    con.commit()
+    con.close()
+    return p
+
+
+def test_big_table_is_cut_in_two_rowid_ranges(big):
+    con = sqlite3.connect(big)
+    cuts = _cuts(con, K, _tables(con)[K])
+    assert len(cuts) == 2
+    n = con.execute(f"SELECT count(*) FROM {K}").fetchone()[0]
+    assert sum(con.execute(f"SELECT count(*) FROM {K}{w}").fetchone()[0] for w in cuts) == n
+
+
+def test_kernels_are_the_good_rows_in_start_order(big):
+    con = sqlite3.connect(big)
+    expected = con.execute(f"SELECT start, \"end\", correlationId, gridX FROM {K} WHERE {good()} "
+                           "ORDER BY start, \"end\", rowid").fetchall()
+    skipped = con.execute(f"SELECT count(*) FROM {K} WHERE NOT ({good()})").fetchone()[0]
+    assert skipped > 0
+    data = nsys_sqlite.read(big)
+    k = data.kernels
+    got = list(zip(*(k.column(c).to_pylist() for c in ("start_ns", "end_ns", "correlation", "grid_x")), strict=True))
+    assert got == expected
+    assert f"{K}: {skipped} kernels with missing, non-integer or negative extents (skipped)" in data.absent
+
+
+def test_name_columns_are_dictionaries_of_the_names_used(big):
+    con = sqlite3.connect(big)
+    expected = Counter(v for (v,) in con.execute(
+        f"SELECT s.value FROM {K} k JOIN StringIds s ON s.id = k.demangledName WHERE {good('k.')}"))
+    data = nsys_sqlite.read(big)
+    for table, col in (("kernels", "name"), ("kernels", "short_name"), ("launches", "name"), ("launches", "kind")):
+        arr = data.table(table).column(col)
+        assert arr.type == pa.dictionary(pa.int32(), pa.string()), (table, col)
+        values = [v for chunk in arr.chunks for v in chunk.dictionary.to_pylist()]
+        # Each string once, and only strings some row has: a consumer may key on the codes.
+        assert len(values) == len(set(values)) and set(values) == set(arr.to_pylist()), (table, col)
+    assert Counter(data.kernels.column("name").to_pylist()) == expected
+
+
+def test_launches_of_runtime_and_driver_tables_in_one_column(big):
+    con = sqlite3.connect(big)
+    expected = []
+    for table, kind in ((RT, "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver")):
+        expected += [(n, kind, s, c) for n, s, c in con.execute(
+            f"SELECT coalesce(s.value, r.nameId), r.start, r.correlationId FROM {table} r "
+            f"LEFT JOIN StringIds s ON s.id = r.nameId AND typeof(r.nameId) = 'integer' "
+            f"WHERE {good('r.')} ORDER BY r.rowid")]
+    la = nsys_sqlite.read(big).launches
+    got = list(zip(*(la.column(c).to_pylist() for c in ("name", "kind", "start_ns", "correlation")), strict=True))
+    assert got == expected
+    assert la.column("launch_id").to_pylist() == list(range(len(expected)))
+    assert "cuLaunchKernel" in la.column("name").chunk(0).dictionary.to_pylist()
+
+
+@pytest.mark.parametrize("change", [
+    f"ALTER TABLE {K} RENAME TO k0; CREATE VIEW {K} AS SELECT * FROM k0",
+    f"CREATE TABLE w (a INTEGER PRIMARY KEY, b) WITHOUT ROWID; DROP TABLE {K}; ALTER TABLE w RENAME TO {K}",
+    f"ALTER TABLE {K} ADD COLUMN oid INTEGER",
+])
+def test_tables_without_a_usable_rowid_are_read_whole(tmp_path, change):
+    p = tmp_path / "t.sqlite"
+    shutil.copy(NSYS_L2, p)
+    con = sqlite3.connect(p)
+    _grow(con, K, 2 * _CUT_ROWS + 10_000)
+    con.executescript(change)
+    assert _cuts(con, K, _tables(con)[K]) == [""]
