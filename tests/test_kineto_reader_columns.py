@@ -182,3 +182,38 @@ def test_fallback_to_the_whole_text_stops_the_inflating_thread():
     data = kineto.read(FIXTURES / "variants" / "kineto_ac2g_flows_only.pt.trace.json.gz")
     assert data.kernels.num_rows and data.kernels.column("correlation").null_count == 0
     assert not inflating_threads()
+
+
+def test_unknown_phases_and_categories_fall_back_to_the_open_event_type(tmp_path, monkeypatch):
+    """Phases and categories are decoded as literals from a known list; a slice holding any other
+    value (or a non-string one) is decoded again with the open Event type: the same rows come out,
+    and those events are still skipped as before."""
+    monkeypatch.setattr(kineto, "_CHUNK", 32768)
+    doc = load(KINETO_L2)
+    events = doc["traceEvents"]
+    odd = [{"ph": "X", "cat": "my_extension", "name": "x", "pid": 1, "tid": 1, "ts": 1.0, "dur": 1.0},
+           {"ph": "Z", "cat": "kernel", "name": "not a complete event", "pid": 1, "tid": 1, "ts": 1.0, "dur": 1.0},
+           {"cat": "cpu_op", "name": "no phase", "pid": 1, "tid": 1, "ts": 1.0, "dur": 1.0}]
+    for i, e in enumerate(odd):
+        events.insert(len(events) * (i + 1) // 4, e)
+    seen = []
+    known = kineto._EVENTS.known
+
+    class Spy:
+        def decode(self, text):
+            try:
+                out = known.decode(text)
+            except Exception:
+                seen.append("fallback")
+                raise
+            seen.append("known")
+            return out
+
+    monkeypatch.setattr(kineto._EVENTS, "known", Spy())
+    data = kineto._read_stream(write_kineto(tmp_path / "odd.json", doc))
+    assert got_kernels(data.kernels) == expected_kernels(doc)
+    assert got_ops(data.ops) == expected_ops(doc)
+    # The two slices with an unlisted value fell back (a missing phase is None, no fallback); the
+    # other slices were decoded with the literals.
+    assert seen.count("fallback") == 2
+    assert seen.count("known") > 10
