@@ -203,3 +203,54 @@ def test_derived_short_names_match_nsys_short_names():
             "JOIN StringIds s ON s.id = k.shortName").fetchall())
     assert len(pairs) > 20
     assert {(d, short_name(d)) for d, _ in pairs} == pairs
+
+
+def _store_by_hand(db_path: Path, data, stages: bool) -> dict[str, list]:
+    """Store one linked trace as the importer does (insert, stages unless planned, classify) and
+    return every kernel-side table, as values."""
+    from tracekit.enrich.classify import classify
+    from tracekit.enrich.rules import RuleSet
+    from tracekit.enrich.stages import attribute_stages
+    from tracekit.store import connect, insert_run
+
+    con = connect(db_path)
+    con.execute("BEGIN TRANSACTION")
+    rid = insert_run(con, data, source_path="t", content_hash="h", importer_version="t", meta={}, stages=stages)
+    if not stages:
+        attribute_stages(con, rid)
+    classify(con, [rid], RuleSet.load([]))
+    con.execute("COMMIT")
+    out = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+           for t in ("kernels", "kernel_rows", "kernel_names", "kernel_contexts", "kernel_verdicts", "passes")}
+    out["runs"] = con.execute("SELECT stage_method, iterations, n_kernels, kernel_time_ns FROM runs").fetchall()
+    con.close()
+    return out
+
+
+@pytest.mark.parametrize("path", SHARED_TRACES, ids=lambda p: p.name)
+def test_kernel_insert_paths_agree(tmp_path, path):
+    """The importer's path (name ids from the readers' dictionaries, stages written with the rows)
+    stores exactly what the SQL path (names joined as strings, stages by UPDATE) does, whether the
+    readers' name columns are dictionaries or plain strings."""
+    import pyarrow as pa
+
+    from tracekit.enrich.links import link
+    from tracekit.readers import read
+
+    data = link(read(path))
+    assert pa.types.is_dictionary(data.kernels.schema.field("name").type)
+    fast = _store_by_hand(tmp_path / "fast.duckdb", data, stages=True)
+    assert fast["runs"][0][0] != "none" and len(fast["passes"]) > 1
+    assert {r[-3] for r in fast["kernels"]} >= {"summarization", "generation"}
+
+    n = data.kernels.num_rows
+    # Rows out of kernel_id order: the NumPy path declines and the SQL path stores them.
+    reordered = data.kernels.take(pa.array(range(n - 1, -1, -1)))
+    data.kernels = reordered
+    assert _store_by_hand(tmp_path / "sql.duckdb", data, stages=True) == fast
+
+    plain = reordered.take(pa.array(range(n - 1, -1, -1)))
+    for col in ("name", "short_name"):
+        plain = plain.set_column(plain.schema.get_field_index(col), col, plain.column(col).cast(pa.string()))
+    data.kernels = plain
+    assert _store_by_hand(tmp_path / "plain.duckdb", data, stages=False) == fast

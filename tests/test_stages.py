@@ -303,3 +303,36 @@ def test_default_marker_patterns_match_whole_labels(label, stage):
         "WHEN regexp_full_match(?, ?) THEN 'generation' END",
         [label, _alternation(DEFAULT_SUMMARIZATION), label, _alternation(DEFAULT_GENERATION)]).fetchall()[0][0]
     assert got == stage
+
+
+@pytest.mark.parametrize("path", [NSYS_L2, KINETO_L3], ids=lambda p: p.name)
+def test_stages_planned_at_insert_match_attribution_after(tmp_path, path):
+    """Stages decided while the kernel rows are written (insert_run(stages=True), the importer's
+    path) are those attribute_stages writes into stored rows: with markers, and by inference once
+    the stage markers are gone."""
+    import pyarrow.compute as pc
+
+    from tracekit.enrich.links import link
+    from tracekit.readers import read
+    from tracekit.store import connect, insert_run
+
+    data = link(read(path))
+    unmarked = data.ranges.filter(pc.invert(pc.match_substring_regex(
+        data.ranges.column("name").cast("string"), "summarization|generation")))
+    for ranges, method in ((data.ranges, "markers:"), (unmarked, "inferred:embedding-anchor+kernel-mix")):
+        data.ranges = ranges
+        got = []
+        for planned in (True, False):
+            con = connect(tmp_path / f"{planned}_{len(got)}_{ranges.num_rows}.duckdb")
+            rid = insert_run(con, data, source_path="t", content_hash="h", importer_version="t", meta={},
+                             stages=planned)
+            if not planned:
+                attribute_stages(con, rid)
+            got.append((
+                con.execute("SELECT kernel_id, stage, step, iteration FROM kernel_rows ORDER BY 1").fetchall(),
+                con.execute("SELECT * FROM passes ORDER BY ALL").fetchall(),
+                con.execute("SELECT stage_method, iterations FROM runs").fetchall()))
+        assert got[0] == got[1]
+        rows, passes, ((stage_method, iterations),) = got[0]
+        assert stage_method.startswith(method) and iterations >= 1 and len(passes) > 1
+        assert {r[1] for r in rows} >= {"summarization", "generation"}

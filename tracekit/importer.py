@@ -17,7 +17,6 @@ from tracekit import __version__
 from tracekit.enrich.classify import classify
 from tracekit.enrich.links import link
 from tracekit.enrich.rules import RuleSet
-from tracekit.enrich.stages import attribute_stages
 from tracekit.errors import TraceError, TracekitError
 from tracekit.manifest import read_manifest
 from tracekit.readers import is_trace_name, read
@@ -91,8 +90,8 @@ def _no_phase(path: str, phase: str) -> None:
 
 
 def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phase: Phase, path: str) -> None:
+    # Stages were attributed by insert_run, as the kernel rows were written (one write per row).
     on_phase(path, "stages")
-    attribute_stages(con, run_id)
     on_phase(path, "classifying")
     classify(con, [run_id], rules)
 
@@ -195,7 +194,7 @@ def _store(
         if old is not None:
             delete_run(con, old)
         run_id = insert_run(con, data, source_path=str(f), content_hash=h, importer_version=__version__,
-                            meta=meta)
+                            meta=meta, stages=True)
         _enrich(con, run_id, rules, on_phase, str(f))
         con.execute("COMMIT")
     except BaseException as exc:

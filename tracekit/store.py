@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracekit.errors import TracekitError
@@ -134,8 +136,10 @@ def insert_run(
     content_hash: str,
     importer_version: str,
     meta: dict[str, tuple[str, str]],
+    stages: bool = False,
 ) -> int:
-    """Insert one linked trace as a new run; the caller owns the transaction."""
+    """Insert one linked trace as a new run; the caller owns the transaction. `stages`: also
+    attribute stages (enrich.stages, default StageConfig), written with the kernel rows."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
     k = data.kernels
     kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0
@@ -162,7 +166,10 @@ def insert_run(
         con.register("_tk_in", arrow)
         try:
             if table == "kernels":
-                insert_kernels(con, run_id, "_tk_in")
+                if _insert_kernels_arrow(con, run_id, arrow, stages):
+                    stages = False
+                else:
+                    insert_kernels(con, run_id, "_tk_in")
             else:
                 con.execute(f"INSERT INTO {table} (run_id, {cols}) SELECT {run_id}, {cols} FROM _tk_in")
         finally:
@@ -170,6 +177,10 @@ def insert_run(
                 con.unregister("_tk_in")
             except duckdb.Error:
                 pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
+    if stages:  # not planned while inserting (no kernels, or names the fast path does not take)
+        from tracekit.enrich.stages import attribute_stages  # stages imports this module
+
+        attribute_stages(con, run_id)
     return run_id
 
 
@@ -184,11 +195,7 @@ def insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, source: str,
     gets one unclassified verdict row per context. `keep`: enrichment columns to carry over."""
     r = int(run_id)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_pairs AS SELECT DISTINCT name, short_name FROM {source}")
-    con.execute(
-        "INSERT INTO kernel_names SELECT (SELECT coalesce(max(name_id), 0) FROM kernel_names) "
-        "+ row_number() OVER (ORDER BY p.name, p.short_name), p.name, p.short_name "
-        "FROM _tk_pairs p ANTI JOIN kernel_names n ON n.name = p.name AND n.short_name = p.short_name"
-    )
+    _add_names(con, "_tk_pairs")
     # Kernels with the names' ids and their context's hash, once; both later steps read it. Contexts
     # are matched by a 64-bit hash of their columns (one integer join instead of nine null-aware
     # ones: 0.29 -> 0.1 s at 375k kernels); two distinct contexts of one database colliding is
@@ -221,3 +228,151 @@ def insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, source: str,
                 f"FROM kernel_rows WHERE run_id = {r}")
     con.execute("DROP TABLE _tk_pairs")
     con.execute("DROP TABLE _tk_kx")
+
+
+def _add_names(con: duckdb.DuckDBPyConnection, pairs: str) -> None:
+    """Give the distinct (name, short_name) pairs of relation `pairs` not yet known their ids."""
+    con.execute(
+        "INSERT INTO kernel_names SELECT (SELECT coalesce(max(name_id), 0) FROM kernel_names) "
+        "+ row_number() OVER (ORDER BY p.name, p.short_name), p.name, p.short_name "
+        f"FROM (SELECT DISTINCT name, short_name FROM {pairs}) p "
+        "ANTI JOIN kernel_names n ON n.name = p.name AND n.short_name = p.short_name"
+    )
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array] | None:
+    """A string column as (int64 codes per row, dictionary); None when it has nulls."""
+    if col.null_count:
+        return None
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    if col.num_chunks == 0:
+        return np.zeros(0, np.int64), pa.array([], pa.string())
+    col = col.unify_dictionaries()
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.int64)
+    return codes, col.chunk(0).dictionary
+
+
+def _name_ids(con: duckdb.DuckDBPyConnection, kernels: pa.Table) -> pa.Array | None:
+    """kernel_names ids of every kernel row, new names added. The long names are looked up once per
+    distinct (name, short_name) code pair of the columns' dictionaries (hundreds), not per row:
+    a DISTINCT plus a join over 375k long strings cost ~0.05 s. None when a name is null (the SQL
+    path reports that as the constraint error it is)."""
+    name, short = _codes(kernels.column("name")), _codes(kernels.column("short_name"))
+    if name is None or short is None:
+        return None
+    (ni, nd), (si, sd) = name, short
+    width = max(len(sd), 1)
+    key = ni * width + si
+    if len(nd) * width <= 1 << 22:
+        present = np.zeros(len(nd) * width, bool)
+        present[key] = True
+        pairs = np.flatnonzero(present)
+        inverse = None
+    else:
+        pairs, inverse = np.unique(key, return_inverse=True)
+    # Dictionaries may repeat a value; pairs are matched to ids by their strings, so repeats share one.
+    con.register("_tk_p", pa.table({"k": pairs, "name": nd.take(pairs // width), "short_name": sd.take(pairs % width)}))
+    try:
+        _add_names(con, "_tk_p")
+        got = con.execute(
+            "SELECT p.k, n.name_id FROM _tk_p p JOIN kernel_names n ON n.name = p.name AND n.short_name = p.short_name"
+        ).fetchnumpy()
+    finally:
+        con.unregister("_tk_p")
+    if inverse is None:
+        lut = np.zeros(len(nd) * width, np.int64)
+        lut[got["k"]] = got["name_id"]
+        return pa.array(lut[key])
+    by_pair = np.zeros(len(pairs), np.int64)
+    by_pair[np.searchsorted(pairs, got["k"])] = got["name_id"]
+    return pa.array(by_pair[inverse])
+
+
+def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table, plan: bool) -> bool:
+    """insert_kernels for a reader's Arrow table, every per-row id computed in NumPy so that the
+    rows are written in one plain INSERT (no 375k-row temp table, no joins in it); with `plan`, with
+    their stages (plan_stages). False, having written no rows, when the table is one this path does
+    not take (a null name: the SQL path reports it; kernel ids not 0..n-1; ambiguous op ids)."""
+    n = kernels.num_rows
+    ids = np.asarray(kernels.column("kernel_id").to_numpy())
+    if not np.array_equal(ids, np.arange(n)):
+        return False
+    name_ids = _name_ids(con, kernels)
+    if name_ids is None:
+        return False
+    r = int(run_id)
+    src = kernels.drop_columns(["name", "short_name"]).append_column("name_id", name_ids)
+    con.register("_tk_krows", src)
+    try:
+        # The context hash must stay the one the SQL path (and older imports) computed, so DuckDB
+        # computes it; rows are matched back by kernel_id, not by result order.
+        dims = ", ".join(f"k.{d}" for d in _DIM_COLS)
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW _tk_kh AS SELECT k.kernel_id, k.name_id, o.name AS op_name, "
+            f"o.input_dims, {dims}, hash(k.name_id, o.name, o.input_dims, {dims}) AS _h FROM _tk_krows k "
+            f"LEFT JOIN (SELECT op_id, name, input_dims FROM ops WHERE run_id = {r}) o ON o.op_id = k.op_id"
+        )
+        got = con.execute("SELECT kernel_id, _h FROM _tk_kh").fetchnumpy()
+        if len(got["kernel_id"]) != n:
+            return False  # an op_id naming several ops: the SQL path stores what it always did
+        h = np.empty(n, np.uint64)
+        h[got["kernel_id"]] = got["_h"]
+        firsts = ", ".join(f"any_value({c}) AS {c}" for c in ("name_id", "op_name", "input_dims", *_DIM_COLS))
+        con.execute(
+            f"INSERT INTO kernel_contexts SELECT (SELECT coalesce(max(ctx_id), 0) FROM kernel_contexts) "
+            f"+ row_number() OVER (ORDER BY k._h), k.* EXCLUDE (_h), k._h "
+            f"FROM (SELECT _h, {firsts} FROM _tk_kh GROUP BY _h) k "
+            f"ANTI JOIN kernel_contexts c ON c.ctx_hash = k._h"
+        )
+        known = con.execute("SELECT ctx_hash, ctx_id FROM kernel_contexts ORDER BY ctx_hash").fetchnumpy()
+        ctx = np.asarray(known["ctx_id"])[np.searchsorted(np.asarray(known["ctx_hash"]), h)]
+        src = src.append_column("ctx_id", pa.array(ctx))
+        cols = [c for c in _columns(con, "kernel_rows")
+                if c in src.column_names and c not in ("run_id", "stage", "step", "iteration")]
+        if plan:
+            from tracekit.enrich.stages import drop_plan, plan_stages  # stages imports this module
+
+            plan_stages(con, r, "(SELECT kernel_id, launch_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z "
+                                "FROM _tk_krows)")
+            try:
+                kp = con.execute("SELECT kernel_id, pass_id FROM _tk_kstage").fetchnumpy()
+            finally:
+                drop_plan(con)
+            passes = con.execute(f"SELECT pass_id, stage, step, iteration FROM passes WHERE run_id = {r}").fetchall()
+            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes).items():
+                src = src.append_column(name, column)
+                cols.append(name)
+        con.unregister("_tk_krows")
+        con.register("_tk_krows", src)
+        listed = ", ".join(cols)
+        con.execute(f"INSERT INTO kernel_rows (run_id, {listed}) SELECT {r}, {listed} FROM _tk_krows")
+        con.execute(f"INSERT INTO kernel_verdicts (run_id, ctx_id) SELECT DISTINCT {r}, ctx_id FROM _tk_krows")
+    finally:
+        for name, drop in (("_tk_kh", "DROP VIEW IF EXISTS _tk_kh"), ("_tk_krows", None)):
+            try:
+                con.execute(drop) if drop else con.unregister(name)
+            except duckdb.Error:
+                pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
+    return True
+
+
+def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple]) -> dict[str, pa.Array]:
+    """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids), else
+    'other' and NULL. Per-row work stays in NumPy: 375k stage strings cost more than the rest."""
+    size = max((p[0] for p in passes), default=-1) + 2  # slot 0: no pass
+    of = np.zeros(n, np.int64)
+    of[np.asarray(kernel_ids, np.int64)] = np.asarray(pass_ids, np.int64) + 1
+    words = ["other", *sorted({p[1] for p in passes} - {"other"})]
+    code = np.zeros(size, np.int32)
+    step, iteration = np.zeros(size, np.int32), np.zeros(size, np.int32)
+    step_ok, iteration_ok = np.zeros(size, bool), np.zeros(size, bool)
+    for pass_id, stage, st, it in passes:
+        code[pass_id + 1] = words.index(stage)
+        step[pass_id + 1], step_ok[pass_id + 1] = st or 0, st is not None
+        iteration[pass_id + 1], iteration_ok[pass_id + 1] = it or 0, it is not None
+    return {
+        "stage": pa.DictionaryArray.from_arrays(pa.array(code[of]), pa.array(words, pa.string())),
+        "step": pa.array(step[of], mask=~step_ok[of]),
+        "iteration": pa.array(iteration[of], mask=~iteration_ok[of]),
+    }
