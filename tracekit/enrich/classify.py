@@ -108,7 +108,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_decided")
-        _quietly(con.execute, "DROP TABLE IF EXISTS _tk_new")
+        for table in ("_tk_new", "_tk_follow"):
+            _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
 def _quietly(call, arg: str) -> None:
@@ -127,16 +128,19 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) ->
                 f"WHERE {_run_filter(run_ids, '')} AND follow_evidence IS NOT NULL")
     rows = (f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
             f"WHERE {where_r}")
-    # Few kernels are reduces, so this UPDATE touches a few rows, not the run.
+    # Materialised first, then applied by rowid: one UPDATE ... FROM (the ASOF join) took 2.15 s at
+    # 10M kernels / 415k reduces, the two steps 0.43 + 0.10 s.
     con.execute(
-        f"UPDATE kernel_rows SET follow_category = x.category, follow_evidence = x.evidence "
-        f"FROM (SELECT s.run_id, s.kernel_id, coalesce(p.category, s.category) AS category, "
-        f"             coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
-        f"      FROM (SELECT r.run_id, r.kernel_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category "
-        f"            {rows} AND v.evidence = '{_PENDING}') s "
+        f"CREATE OR REPLACE TEMP TABLE _tk_follow AS "
+        f"SELECT s.rid, coalesce(p.category, s.category) AS category, "
+        f"       coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
+        f"FROM (SELECT r.rowid AS rid, r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category "
+        f"      {rows} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
-        f"      ASOF LEFT JOIN (SELECT r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category, v.evidence "
-        f"                      {rows} AND v.category IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
-        f"      ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns) x "
-        f"WHERE kernel_rows.run_id = x.run_id AND kernel_rows.kernel_id = x.kernel_id"
+        f"ASOF LEFT JOIN (SELECT r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category, v.evidence "
+        f"                {rows} AND v.category IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
+        f"ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns"
     )
+    con.execute("UPDATE kernel_rows SET follow_category = f.category, follow_evidence = f.evidence "
+                "FROM _tk_follow f WHERE kernel_rows.rowid = f.rid")
+    con.execute("DROP TABLE _tk_follow")
