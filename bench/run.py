@@ -404,6 +404,14 @@ def build_kernels_db(db: Path, n_kernels: int) -> int:
     return n
 
 
+def repeat_tracekit(trace: Path, db: Path, n: int, g: dict) -> None:
+    """tracekit's own figures for one input: the reader alone, the importer's steps, the CLI."""
+    repeat("tracekit reader only", lambda: child_cmd("read", trace), n, g)
+    repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", trace, db), n, g,
+           prepare=fresh(db))
+    repeat("tracekit import (CLI, end to end)", lambda: cli_import([trace], db), n, g, prepare=fresh(db))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="tracekit benchmarks")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -444,10 +452,7 @@ def main() -> None:
             g = res["kineto"]
             repeat("gunzip (zlib)", lambda: child_cmd("gunzip", KINETO), n, g)
             repeat("gunzip + msgspec minimal decode (floor)", lambda: child_cmd("decode", KINETO), n, g)
-            repeat("tracekit reader only", lambda: child_cmd("read", KINETO), n, g)
-            repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", KINETO, db), n, g,
-                   prepare=fresh(db))
-            repeat("tracekit import (CLI, end to end)", lambda: cli_import([KINETO], db), n, g, prepare=fresh(db))
+            repeat_tracekit(KINETO, db, n, g)
             if args.hta_python and Path(args.hta_python).exists():
                 hta_dir = tmp / "hta"
                 hta_dir.mkdir(exist_ok=True)
@@ -466,10 +471,7 @@ def main() -> None:
                 repeat("duckdb sqlite scanner: kernels with names",
                        lambda: [args.duckdb_sqlite_python, str(Path(__file__)), "--child", "duckdb_names", str(NSYS)],
                        n, g)
-            repeat("tracekit reader only", lambda: child_cmd("read", NSYS), n, g)
-            repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", NSYS, db), n, g,
-                   prepare=fresh(db))
-            repeat("tracekit import (CLI, end to end)", lambda: cli_import([NSYS], db), n, g, prepare=fresh(db))
+            repeat_tracekit(NSYS, db, n, g)
             if args.nsys and Path(args.nsys).exists():
                 out = tmp / "nsys_stats"
                 nsys = nsys_for_stats(Path(args.nsys), tmp)

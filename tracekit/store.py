@@ -25,7 +25,8 @@ TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
 RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes")
 DERIVED_TABLES = ("passes",)
-_DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
+# Launch dims: part of a kernel context (what rules can see).
+DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -194,26 +195,14 @@ def insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, source: str,
     ops already stored): names and contexts not yet known get ids, rows get theirs, and the run
     gets one unclassified verdict row per context. `keep`: enrichment columns to carry over."""
     r = int(run_id)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_pairs AS SELECT DISTINCT name, short_name FROM {source}")
-    _add_names(con, "_tk_pairs")
-    # Kernels with the names' ids and their context's hash, once; both later steps read it. Contexts
-    # are matched by a 64-bit hash of their columns (one integer join instead of nine null-aware
-    # ones: 0.29 -> 0.1 s at 375k kernels); two distinct contexts of one database colliding is
-    # vanishingly unlikely (~n^2 / 2^65 for n contexts).
-    dims = ", ".join(f"k.{d}" for d in _DIM_COLS)
+    _add_names(con, source)
+    # Kernels with the names' ids and their context's hash, once; both later steps read it.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tk_kx AS SELECT k.* EXCLUDE (name, short_name), n.name_id, "
-        f"o.name AS _op_name, o.input_dims AS _input_dims, hash(n.name_id, o.name, o.input_dims, {dims}) AS _h "
-        f"FROM {source} k JOIN kernel_names n ON n.name = k.name AND n.short_name = k.short_name "
-        f"LEFT JOIN (SELECT op_id, name, input_dims FROM ops WHERE run_id = {r}) o ON o.op_id = k.op_id"
+        f"CREATE OR REPLACE TEMP TABLE _tk_kx AS SELECT k.*, {_context_of('k')} FROM "
+        f"(SELECT k.* EXCLUDE (name, short_name), n.name_id FROM {source} k "
+        f" JOIN kernel_names n ON n.name = k.name AND n.short_name = k.short_name) k {_ops_of('k', r)}"
     )
-    firsts = ", ".join(f"any_value({c}) AS {c}" for c in ("name_id", "_op_name", "_input_dims", *_DIM_COLS))
-    con.execute(
-        f"INSERT INTO kernel_contexts SELECT (SELECT coalesce(max(ctx_id), 0) FROM kernel_contexts) "
-        f"+ row_number() OVER (ORDER BY k._h), k.* EXCLUDE (_h), k._h "
-        f"FROM (SELECT _h, {firsts} FROM _tk_kx GROUP BY _h) k "
-        f"ANTI JOIN kernel_contexts c ON c.ctx_hash = k._h"
-    )
+    _add_contexts(con, "_tk_kx")
     cols = [c for c in _columns(con, "kernel_rows")
             if c not in ("run_id", "name_id", "ctx_id", "follow_category", "follow_evidence")]
     have = set(_columns(con, "_tk_kx"))
@@ -226,8 +215,33 @@ def insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, source: str,
     )
     con.execute(f"INSERT INTO kernel_verdicts (run_id, ctx_id) SELECT DISTINCT {r}, ctx_id "
                 f"FROM kernel_rows WHERE run_id = {r}")
-    con.execute("DROP TABLE _tk_pairs")
     con.execute("DROP TABLE _tk_kx")
+
+
+def _context_of(k: str) -> str:
+    """What makes the context of kernels `k` (which carry name_id and launch dims, joined to their
+    op by _ops_of), and its hash. Contexts are matched by this 64-bit hash (one integer join instead
+    of nine null-aware ones: 0.29 -> 0.1 s at 375k kernels); two distinct contexts of one database
+    colliding is vanishingly unlikely (~n^2 / 2^65 for n contexts). Databases keep the hashes they
+    were written with, so the expression must not change."""
+    dims = ", ".join(f"{k}.{d}" for d in DIM_COLS)
+    return f"o.name AS op_name, o.input_dims, hash({k}.name_id, o.name, o.input_dims, {dims}) AS _h"
+
+
+def _ops_of(k: str, run_id: int) -> str:
+    return f"LEFT JOIN (SELECT op_id, name, input_dims FROM ops WHERE run_id = {int(run_id)}) o ON o.op_id = {k}.op_id"
+
+
+def _add_contexts(con: duckdb.DuckDBPyConnection, kernels: str) -> None:
+    """Give the contexts of relation `kernels` (name_id, op_name, input_dims, launch dims, _h) not
+    yet known their ids."""
+    firsts = ", ".join(f"any_value({c}) AS {c}" for c in ("name_id", "op_name", "input_dims", *DIM_COLS))
+    con.execute(
+        f"INSERT INTO kernel_contexts SELECT (SELECT coalesce(max(ctx_id), 0) FROM kernel_contexts) "
+        f"+ row_number() OVER (ORDER BY k._h), k.* EXCLUDE (_h), k._h "
+        f"FROM (SELECT _h, {firsts} FROM {kernels} GROUP BY _h) k "
+        f"ANTI JOIN kernel_contexts c ON c.ctx_hash = k._h"
+    )
 
 
 def _add_names(con: duckdb.DuckDBPyConnection, pairs: str) -> None:
@@ -307,34 +321,25 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
     try:
         # The context hash must stay the one the SQL path (and older imports) computed, so DuckDB
         # computes it; rows are matched back by kernel_id, not by result order.
-        dims = ", ".join(f"k.{d}" for d in _DIM_COLS)
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW _tk_kh AS SELECT k.kernel_id, k.name_id, o.name AS op_name, "
-            f"o.input_dims, {dims}, hash(k.name_id, o.name, o.input_dims, {dims}) AS _h FROM _tk_krows k "
-            f"LEFT JOIN (SELECT op_id, name, input_dims FROM ops WHERE run_id = {r}) o ON o.op_id = k.op_id"
-        )
+        dims = ", ".join(f"k.{d}" for d in DIM_COLS)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _tk_kh AS SELECT k.kernel_id, k.name_id, {dims}, "
+                    f"{_context_of('k')} FROM _tk_krows k {_ops_of('k', r)}")
         got = con.execute("SELECT kernel_id, _h FROM _tk_kh").fetchnumpy()
         if len(got["kernel_id"]) != n:
             return False  # an op_id naming several ops: the SQL path stores what it always did
         h = np.empty(n, np.uint64)
         h[got["kernel_id"]] = got["_h"]
-        firsts = ", ".join(f"any_value({c}) AS {c}" for c in ("name_id", "op_name", "input_dims", *_DIM_COLS))
-        con.execute(
-            f"INSERT INTO kernel_contexts SELECT (SELECT coalesce(max(ctx_id), 0) FROM kernel_contexts) "
-            f"+ row_number() OVER (ORDER BY k._h), k.* EXCLUDE (_h), k._h "
-            f"FROM (SELECT _h, {firsts} FROM _tk_kh GROUP BY _h) k "
-            f"ANTI JOIN kernel_contexts c ON c.ctx_hash = k._h"
-        )
+        _add_contexts(con, "(SELECT * EXCLUDE (kernel_id) FROM _tk_kh)")
         known = con.execute("SELECT ctx_hash, ctx_id FROM kernel_contexts ORDER BY ctx_hash").fetchnumpy()
         ctx = np.asarray(known["ctx_id"])[np.searchsorted(np.asarray(known["ctx_hash"]), h)]
         src = src.append_column("ctx_id", pa.array(ctx))
         cols = [c for c in _columns(con, "kernel_rows")
                 if c in src.column_names and c not in ("run_id", "stage", "step", "iteration")]
         if plan:
-            from tracekit.enrich.stages import drop_plan, plan_stages  # stages imports this module
+            # Imported here: stages imports this module.
+            from tracekit.enrich.stages import STAGE_INPUT, drop_plan, plan_stages
 
-            plan_stages(con, r, "(SELECT kernel_id, launch_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z "
-                                "FROM _tk_krows)")
+            plan_stages(con, r, f"(SELECT {STAGE_INPUT} FROM _tk_krows)")
             try:
                 kp = con.execute("SELECT kernel_id, pass_id FROM _tk_kstage").fetchnumpy()
             finally:

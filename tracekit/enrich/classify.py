@@ -19,8 +19,8 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, RuleSet, m_from_dims
+from tracekit.store import DIM_COLS
 
-_DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 
 
@@ -33,10 +33,10 @@ def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
 
 def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.Table:
     """(ctx_id, category, rule_id, evidence) for every context used by the selected runs."""
-    dims = [c for c in _DIM_COLS if c in rules.numeric_keys]
+    dims = [c for c in DIM_COLS if c in rules.numeric_keys]
     rows = con.execute(
         f"SELECT c.ctx_id, n.name, n.short_name, c.op_name, c.input_dims, "
-        f"{', '.join(f'c.{d}' for d in _DIM_COLS)} "
+        f"{', '.join(f'c.{d}' for d in DIM_COLS)} "
         f"FROM kernel_contexts c JOIN kernel_names n USING (name_id) "
         f"WHERE c.ctx_id IN (SELECT DISTINCT v.ctx_id FROM kernel_verdicts v WHERE {where_v})"
     ).fetchall()
@@ -50,7 +50,7 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
             if (op_name, input_dims) not in ms:
                 ms[(op_name, input_dims)] = m_from_dims(input_dims, rules.shape_ops[op_name])
             m = ms[(op_name, input_dims)]
-        given = dict(zip(_DIM_COLS, dim_values, strict=True))
+        given = dict(zip(DIM_COLS, dim_values, strict=True))
         seen = tuple(given[d] for d in dims)
         op = op_name if rules.uses_op else None
         # Only what some rule looks at tells contexts apart for the rules.
@@ -58,8 +58,8 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
         if key not in decided:
             ctx = KernelContext(
                 name=name[:MAX_NAME_LEN], short_name=short[:MAX_NAME_LEN], op=op, m=m,
-                grid=tuple(given[c] if c in dims else None for c in _DIM_COLS[:3]),
-                block=tuple(given[c] if c in dims else None for c in _DIM_COLS[3:]),
+                grid=tuple(given[c] if c in dims else None for c in DIM_COLS[:3]),
+                block=tuple(given[c] if c in dims else None for c in DIM_COLS[3:]),
             )
             # Regexes see only the names, so each distinct name is matched against every rule once.
             if (name, short) not in candidates:

@@ -58,6 +58,9 @@ DEFAULT_PASS_ANCHOR = r"gather|index_?select|embedding|lookup"
 DEFAULT_CONTEXT_ATTENTION = r"fmha_v2|context_?fmha|contextfmha"
 DEFAULT_GENERATION_ATTENTION = r"masked_multihead_attention|mmha|xqa"
 
+# The kernel columns stage attribution reads (from kernel_rows, or rows not yet written: plan_stages).
+STAGE_INPUT = "kernel_id, launch_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z"
+
 # Defined in schema.sql with every other table; kept under this name for the views.
 PASSES_DDL = table_ddl("passes")
 
@@ -108,8 +111,7 @@ def attribute_stages(
     Returns the method that decided ('markers:nvtx', 'markers:annotation', 'inferred:<how>', 'none').
     Safe to re-run: the run's previous attribution is replaced.
     """
-    kernels = (f"(SELECT kernel_id, launch_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z "
-               f"FROM kernel_rows WHERE run_id = {int(run_id)})")
+    kernels = f"(SELECT {STAGE_INPUT} FROM kernel_rows WHERE run_id = {int(run_id)})"
     try:
         method = _attribute(con, run_id, kernels, config or StageConfig())
         _write_kernels(con, run_id)
@@ -125,8 +127,8 @@ def plan_stages(
     once with their stage instead of updated (an UPDATE of every row of a fresh import, and the
     checkpoint rewriting those columns, cost 0.05-0.1 s at 375k kernels).
 
-    `kernels`: a relation of the run's kernels with kernel_id, launch_id, name_id, start_ns, end_ns
-    and grid_x/y/z (names, launches and ranges already stored). Fills `passes` and runs.stage_method
+    `kernels`: a relation of the run's kernels with the STAGE_INPUT columns (names, launches and
+    ranges already stored). Fills `passes` and runs.stage_method
     / iterations as attribute_stages does, and leaves temp table `_tk_kstage` (kernel_id, pass_id) of
     the kernels in a pass, which take their pass's stage, step and iteration from `passes`; every
     other kernel is 'other' with NULL step and iteration.
