@@ -65,3 +65,21 @@ def tk(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.
     """Run the real CLI in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", "tracekit.outputs.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
+
+
+# The project's shared traces beside the checkout (`../shared/traces`): real traces recorded on
+# H100/H200s and public traces from other projects (provenance in external/README.md). CI lays
+# them beside its clone; a checkout without them skips the tests that read them, except on CI.
+SHARED_TRACES_DIR = ROOT.parent / "shared" / "traces"
+
+
+def shared_trace(relpath: str) -> Path:
+    """Path of a trace under ../shared/traces; skips (fails on CI) when it is not there."""
+    import os
+
+    path = SHARED_TRACES_DIR / relpath
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path}: shared trace missing on CI")
+        pytest.skip(f"{path}: ../shared/traces not beside this checkout")
+    return path
