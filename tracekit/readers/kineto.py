@@ -190,7 +190,7 @@ class _Notes:
             out.append("invalid UTF-8 in names (replaced with U+FFFD)")
         if self.ignored:
             parts = [f"{f} ({t}) on {n} {c} events" for (c, f, t), n in sorted(self.ignored.items())]
-            shown = "; ".join(parts[:8]) + (f"; and {len(parts) - 8} more" if len(parts) > 8 else "")
+            shown = "; ".join(parts[:16]) + (f"; and {len(parts) - 16} more" if len(parts) > 16 else "")
             out.append(f"fields of unexpected type, ignored: {shown}")
         return out
 

@@ -1,0 +1,147 @@
+"""The Kineto reader's one decode path: invalid UTF-8 is checked and repaired before any decoder
+sees it, and a field of unexpected type is ignored and counted, in both framings (streamed slices
+and whole text). Inputs are a real trace (fixtures/shared) edited by the test itself."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+from conftest import KINETO_L2
+
+from tracekit.readers import kineto
+
+
+def load() -> dict:
+    return json.loads(gzip.decompress(KINETO_L2.read_bytes()))
+
+
+def write_lines(p: Path, doc: dict) -> Path:
+    """Kineto's own layout (one event per line), which the streamed framing reads."""
+    events = doc.pop("traceEvents")
+    body = ",\n".join(json.dumps(e) for e in events)
+    p.write_text(json.dumps(doc)[:-1] + ', "traceEvents": [\n' + body + "\n]}")
+    doc["traceEvents"] = events
+    return p
+
+
+def kernels(doc: dict) -> list[dict]:
+    return [e for e in doc["traceEvents"] if isinstance(e, dict) and e.get("ph") == "X" and e.get("cat") == "kernel"]
+
+
+class Spy:
+    """Wraps a decoder; records whether every text it was given was valid UTF-8."""
+
+    def __init__(self, inner, seen: list[bool]) -> None:
+        self.inner, self.seen = inner, seen
+
+    def decode(self, text):
+        try:
+            codecs.utf_8_decode(bytes(text), "strict", True)
+            self.seen.append(True)
+        except UnicodeDecodeError:
+            self.seen.append(False)
+        return self.inner.decode(text)
+
+
+@pytest.mark.parametrize("layout", ["lines", "one_line"])
+def test_invalid_utf8_is_repaired_before_any_decoder_sees_it(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(kineto, "_CHUNK", 32768)
+    seen: list[bool] = []
+    for attr in ("known", "any", "untyped"):
+        monkeypatch.setattr(kineto._EVENTS, attr, Spy(getattr(kineto._EVENTS, attr), seen))
+    doc = load()
+    target = kernels(doc)[len(kernels(doc)) // 2]["name"]
+    p = tmp_path / "bad.json"
+    if layout == "lines":
+        write_lines(p, doc)
+    else:
+        p.write_text(json.dumps(doc))
+    raw = p.read_bytes()
+    p.write_bytes(raw.replace(target.encode(), target.encode() + b"\xc3\x28\xff", 1))
+    data = kineto.read(p) if layout == "one_line" else kineto._read_stream(p)
+    names = data.kernels.column("name").to_pylist()
+    assert names.count(target + "\ufffd(\ufffd") == 1
+    assert len(names) == len(kernels(doc))
+    assert any("invalid UTF-8" in a for a in data.absent)
+    assert seen and all(seen)
+
+
+ODD = {
+    # (event selector, edit): a value of another type in a field tracekit reads somewhere.
+    "runtime stream string": ("cuda_runtime", lambda e: e["args"].__setitem__("stream", "0x7f00")),
+    "runtime bytes string": ("cuda_runtime", lambda e: e["args"].__setitem__("bytes", "4096")),
+    "op grid string": ("cpu_op", lambda e: e["args"].__setitem__("grid", "(16, 1, 1)")),
+    "op dims not a list": ("cpu_op", lambda e: e["args"].__setitem__("Input Dims", "n/a")),
+    "op name a number": ("cpu_op", lambda e: e.__setitem__("name", 5)),
+    "op args a list": ("cpu_op", lambda e: e.__setitem__("args", [1, 2])),
+    "kernel registers string": ("kernel", lambda e: e["args"].__setitem__("registers per thread", "many")),
+    "kernel grid of strings": ("kernel", lambda e: e["args"].__setitem__("grid", ["1", "2", "3"])),
+    "kernel external id a list": ("kernel", lambda e: e["args"].__setitem__("External id", [1])),
+}
+
+
+@pytest.mark.parametrize("layout", ["lines", "one_line"])
+def test_fields_of_unexpected_type_are_ignored_and_counted(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(kineto, "_CHUNK", 32768)
+    doc = load()
+    evs = doc["traceEvents"]
+    edited = {}
+    for label, (cat, edit) in ODD.items():
+        e = next(e for e in evs[len(evs) // 3:] if e.get("cat") == cat and e.get("ph") == "X"
+                 and isinstance(e.get("args"), dict) and id(e) not in edited.values())
+        edit(e)
+        edited[label] = id(e)
+    evs.insert(len(evs) // 2, 7)  # not an event at all
+    doc["deviceProperties"] = "unknown"
+    p = tmp_path / "odd.json"
+    if layout == "lines":
+        write_lines(p, doc)
+    else:
+        p.write_text(json.dumps(doc))
+    data = kineto.read(p)
+    want = kernels(doc)
+    assert data.kernels.num_rows == len(want)
+    assert sum(data.kernels.column("dur_ns").to_pylist()) == sum(round(e["dur"] * 1000) for e in want)
+    # The kernel whose registers were a string keeps every other value; registers become NULL.
+    regs = data.kernels.column("registers").to_pylist()
+    assert regs.count(None) == 1
+    [line] = [a for a in data.absent if a.startswith("fields of unexpected type")]
+    for words in ("args.stream (string) on 1 cuda_runtime", "args.bytes (string) on 1 cuda_runtime",
+                  "args.grid (string) on 1 cpu_op", "args.Input Dims (not an array) on 1 cpu_op",
+                  "name (number) on 1 cpu_op", "args (array) on 1 cpu_op",
+                  "args.registers per thread (string) on 1 kernel", "args.grid (array) on 1 kernel",
+                  "args.External id (array) on 1 kernel", "traceEvents[] (number) on 1 non-object",
+                  "deviceProperties (string) on 1 envelope"):
+        assert words in line, (words, line)
+
+
+def test_not_json_is_still_an_error_with_its_offset(tmp_path):
+    p = tmp_path / "broken.json"
+    text = json.dumps(load())
+    cut = text.index('"ts": ', len(text) // 2) + 6
+    p.write_text(text[:cut] + "@" + text[cut:])
+    with pytest.raises(Exception, match=r"invalid JSON \(.*byte"):
+        kineto.read(p)
+
+
+def test_decoders_exceptions_carry_no_meaning_beyond_failure(tmp_path, monkeypatch):
+    """The fallbacks are chosen by what the text holds: a typed decoder that fails with an
+    exception of any DecodeError type (as msgspec releases differ) leads to the same tables."""
+    doc = load()
+    p = write_lines(tmp_path / "t.json", doc)
+    ref = kineto.read(p)
+
+    class Refuses:
+        def decode(self, text):
+            raise msgspec.ValidationError("refused")
+
+    monkeypatch.setattr(kineto._EVENTS, "known", Refuses())
+    monkeypatch.setattr(kineto._EVENTS, "any", Refuses())
+    got = kineto.read(p)
+    for name in ("kernels", "launches", "ranges", "ops", "memops"):
+        assert got.table(name).equals(ref.table(name)), name
