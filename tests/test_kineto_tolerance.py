@@ -145,3 +145,74 @@ def test_decoders_exceptions_carry_no_meaning_beyond_failure(tmp_path, monkeypat
     got = kineto.read(p)
     for name in ("kernels", "launches", "ranges", "ops", "memops"):
         assert got.table(name).equals(ref.table(name)), name
+
+
+def _as_begin_end(e: dict) -> list[dict]:
+    b = {k: v for k, v in e.items() if k != "dur"} | {"ph": "B"}
+    end = {"ph": "E", "pid": e["pid"], "tid": e["tid"], "ts": e["ts"] + e["dur"]}
+    return [b, end]
+
+
+@pytest.mark.parametrize("layout", ["lines", "one_line"])
+def test_kernels_written_as_begin_end_pairs_are_read(tmp_path, monkeypatch, layout):
+    """Chrome's B/E form of a duration event: each kernel written as a B and an E is one kernel,
+    with the X form's values (kernels of one stream never overlap, so pairs nest trivially)."""
+    monkeypatch.setattr(kineto, "_CHUNK", 32768)
+    doc = load()
+    ref = kineto.read(write_lines(tmp_path / "x.json", doc))
+    events = []
+    for e in doc["traceEvents"]:
+        events += _as_begin_end(e) if e.get("ph") == "X" and e.get("cat") in ("kernel", "cpu_op") else [e]
+    doc["traceEvents"] = events
+    p = tmp_path / "be.json"
+    if layout == "lines":
+        write_lines(p, doc)
+    else:
+        p.write_text(json.dumps(doc))
+    got = kineto.read(p)
+    for name in ("kernels", "launches", "ops"):
+        assert got.table(name).equals(ref.table(name)), name
+
+
+def test_unpaired_begin_end_events_are_counted(tmp_path):
+    doc = load()
+    k = kernels(doc)[0]
+    doc["traceEvents"] += [{"ph": "B", "cat": "kernel", "name": "never ends", "pid": 0, "tid": 999, "ts": 1.0},
+                           {"ph": "E", "pid": 0, "tid": 998, "ts": 2.0}]
+    data = kineto.read(write_lines(tmp_path / "t.json", doc))
+    assert data.kernels.num_rows == len(kernels(doc))
+    assert any("1 B never closed, 1 E with no open B" in a for a in data.absent), data.absent
+    assert k["name"] in data.kernels.column("name").to_pylist()
+
+
+def test_kernels_without_any_correlation_are_said_to_be_unlinkable(tmp_path):
+    doc = load()
+    for e in doc["traceEvents"]:
+        if isinstance(e.get("args"), dict):
+            e["args"].pop("correlation", None)
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if e.get("cat") != "ac2g"]
+    data = kineto.read(write_lines(tmp_path / "t.json", doc))
+    n = len(kernels(doc))
+    assert any(f"correlation on {n} of {n} kernels" in a for a in data.absent), data.absent
+
+
+@pytest.mark.parametrize("layout", ["lines", "one_line"])
+@pytest.mark.parametrize("second", ["empty", "other"])
+def test_duplicate_trace_events_keys_last_one_wins_in_every_framing(tmp_path, layout, second):
+    """JSON.parse (Chrome's and Perfetto's viewers) and Python's json keep the last of duplicate
+    keys; so does every framing of the reader."""
+    doc = load()
+    evs = doc.pop("traceEvents")
+    other = [] if second == "empty" else [e for e in evs if e.get("cat") != "kernel" or e["ts"] < kernels({"traceEvents": evs})[50]["ts"]]
+    sep = "\n" if layout == "lines" else ""
+    first = f",{sep}".join(json.dumps(e) for e in evs)
+    last = f",{sep}".join(json.dumps(e) for e in other)
+    text = json.dumps(doc)[:-1] + f', "traceEvents": [{sep}{first}{sep}], "traceEvents": [{sep}{last}{sep}]}}'
+    p = tmp_path / "dup.json"
+    p.write_text(text)
+    assert len(kernels(json.loads(text))) == len([e for e in other if e.get("cat") == "kernel"])
+    if second == "empty":
+        with pytest.raises(Exception, match="no GPU kernels"):
+            kineto.read(p)
+    else:
+        assert kineto.read(p).kernels.num_rows == 50

@@ -604,6 +604,12 @@ def _last_cut(buf: bytearray) -> tuple[int, int] | None:
     return None
 
 
+# Stands in for the events array while the envelope around it is decoded. It is not `[]`, so a
+# second top-level traceEvents key after it is told apart: then the last one is the events
+# array, as JSON.parse (Chrome's and Perfetto's trace viewers) and Python's json read it.
+_SLOT = b'"tracekit: events array"'
+
+
 def _close_events(prefix: bytes, rest: bytearray) -> tuple[dict[str, msgspec.Raw], int]:
     """The envelope (decoded around an empty traceEvents) and where the events end in rest."""
     pos = len(rest)
@@ -618,11 +624,11 @@ def _close_events(prefix: bytes, rest: bytearray) -> tuple[dict[str, msgspec.Raw
         if before >= 0 and rest[before] != ord("}"):
             continue
         try:
-            top = msgspec.json.decode(prefix + b"[]" + bytes(rest[close + 1:]), type=dict[str, msgspec.Raw])
+            top = msgspec.json.decode(prefix + _SLOT + bytes(rest[close + 1:]), type=dict[str, msgspec.Raw])
         except msgspec.DecodeError:
             continue
         ev = top.pop("traceEvents", None)
-        if ev is None or bytes(ev) != b"[]":
+        if ev is None or bytes(ev) != _SLOT:  # a later traceEvents key: it is the one read
             break
         return top, close
     raise _SplitWrong()
@@ -741,13 +747,13 @@ def _split_quick(raw: bytes | bytearray) -> tuple[dict[str, msgspec.Raw], tuple[
             before -= 1
         if raw[before] not in b"}[":
             continue
-        head = bytes(raw[:start]) + b"[]" + bytes(raw[close + 1:])
+        head = bytes(raw[:start]) + _SLOT + bytes(raw[close + 1:])
         try:
             top = msgspec.json.decode(head, type=dict[str, msgspec.Raw])
         except msgspec.DecodeError:
             continue
         ev = top.pop("traceEvents", None)
-        if ev is None or bytes(ev) != b"[]":
+        if ev is None or bytes(ev) != _SLOT:  # a later traceEvents key: it is the one read
             return None
         return top, (start, close + 1)
     return None
@@ -895,6 +901,8 @@ class _Tables:
         self.m: list[pa.RecordBatch] = []
         self.bad_ts = 0
         self.notes = _Notes()
+        self.open_b: dict[tuple, list[Event]] = {}  # (pid, tid) -> B events not yet closed
+        self.lone_e = 0
         self.json_text: dict[tuple[int, bytes], str | None] = {}
         self.codes = {
             "k.name": _Codes(""), "la.name": _Codes(""), "la.kind": _Codes(), "o.name": _Codes(""),
@@ -917,10 +925,17 @@ class _Tables:
         route |= dict.fromkeys(_OP_CATS, ops) | dict.fromkeys(_RANGE_CATS, rngs) | dict.fromkeys(_MEM_CATS, mem)
         get = route.get
         for e in events:
-            if e.ph == "X":
+            ph = e.ph
+            if ph == "X":
                 target = get(e.cat)
                 if target is not None:
                     target.append(e)
+            elif ph == "B" or ph == "E":
+                e = self._paired(e)
+                if e is not None:
+                    target = get(e.cat)
+                    if target is not None:
+                        target.append(e)
         if kern:
             self._kernels(kern)
         if launch:
@@ -931,6 +946,28 @@ class _Tables:
             self._ranges(rngs)
         if mem:
             self._memops(mem)
+
+    def _paired(self, e: Event) -> Event | None:
+        """Duration events as B/E pairs (the Chrome format's other way to write an X event): an E
+        closes the latest open B of its thread. Returns the complete event at E, else None."""
+        key = (e.pid, e.tid)
+        if e.ph == "B":
+            a = e.args
+            if a is not None and (a.input_dims or a.input_dims_old or a.input_type):
+                # Raw values are views of the slice's text, which the next slice replaces.
+                a.input_dims, a.input_dims_old, a.input_type = (
+                    msgspec.Raw(bytes(r)) for r in (a.input_dims, a.input_dims_old, a.input_type))
+            self.open_b.setdefault(key, []).append(e)
+            return None
+        stack = self.open_b.get(key)
+        if not stack:
+            self.lone_e += 1
+            return None
+        b = stack.pop()
+        dur = None if b.ts is None or e.ts is None else e.ts - b.ts
+        return Event(ph="X", id=b.id, cat=b.cat if b.cat is not None else e.cat,
+                     name=b.name if b.name is not None else e.name, pid=b.pid, tid=b.tid, ts=b.ts, dur=dur,
+                     args=b.args if b.args is not None else e.args)
 
     def add_flows(self, events: list[Event]) -> None:
         for e in events:
@@ -1127,6 +1164,14 @@ class _Tables:
         absent = []
         if flow_used:
             absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
+        no_corr = kernels.column("correlation").null_count
+        if no_corr:
+            absent.append(f"correlation on {no_corr} of {kernels.num_rows} kernels (neither args nor ac2g flows): "
+                          "those kernels cannot be linked to their launches")
+        unclosed = sum(len(v) for v in self.open_b.values())
+        if unclosed or self.lone_e:
+            absent.append(f"B/E duration events without their pair: {unclosed} B never closed, "
+                          f"{self.lone_e} E with no open B (skipped)")
         if self.bad_ts:
             absent.append(f"{self.bad_ts} events with missing, NaN or negative timestamps (skipped)")
         if not ops.num_rows:
