@@ -151,3 +151,23 @@ def test_every_shared_trace_imports_exactly_or_says_why_not(tmp_path, rel):
     got = db.con.execute("SELECT count(*), sum(dur_ns) FROM kernels WHERE run_id = ?", [r.run_id]).fetchone()
     if expected is not None:
         assert got == expected
+
+
+@pytest.mark.parametrize("rel", [
+    "external/tracelens/inference_sglang_decode_sglang_Qwen3-8B_decode.json.gz",
+    "h200/llama3-8b-4L_tp2_rank0_b8_i64_o8.pt.trace.json.gz",
+    "h200/llama3-8b-4L_tp2_rank1_b8_i64_o8.pt.trace.json.gz",
+])
+def test_trace_meta_keeps_distributed_info_and_device_properties(tmp_path, rel):
+    """runs.trace_meta holds Kineto's distributedInfo (rank, world size, backend) and
+    deviceProperties as the file has them: the multi-GPU and roofline views read them there."""
+    path = shared_trace(rel)
+    doc = _doc(path)
+    db, r = _import(tmp_path, path)
+    meta = db.con.execute("SELECT trace_meta FROM runs WHERE run_id = ?", [r.run_id]).fetchone()[0]
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    want = json.loads(json.dumps(doc, default=float))  # Decimal -> float, as stored
+    for key in ("distributedInfo", "deviceProperties"):
+        if key in doc:
+            assert meta[key] == want[key], key
+    assert "distributedInfo" in doc or "tp2" not in rel
