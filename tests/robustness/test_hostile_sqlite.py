@@ -156,3 +156,18 @@ def test_sizes_are_cut_where_the_old_pattern_cut_them(rest, want):
     old = re.compile(r"sizes = (\[.*?\]\])(?:, input_op_ids|$)", re.S).search(rest)
     assert (old.group(1) if old else None) == want
     assert nsys_sqlite._sizes(rest) == want
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "fifo"])
+def test_devices_and_fifos_are_refused_without_reading(tmp_path, special):
+    import os
+
+    from tracekit.readers import read
+
+    if special == "fifo":
+        special = str(tmp_path / "pipe.json")
+        os.mkfifo(special)
+    elif not Path(special).exists():
+        pytest.skip(f"{special} absent")
+    with pytest.raises(TraceError, match="not a regular file"):
+        read(Path(special))
