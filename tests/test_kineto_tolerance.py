@@ -216,3 +216,14 @@ def test_duplicate_trace_events_keys_last_one_wins_in_every_framing(tmp_path, la
             kineto.read(p)
     else:
         assert kineto.read(p).kernels.num_rows == 50
+
+
+def test_xpu_runtime_events_are_launches(tmp_path):
+    doc = load()
+    ref = kineto.read(write_lines(tmp_path / "cuda.json", doc))
+    for e in doc["traceEvents"]:
+        if e.get("cat") == "cuda_runtime":
+            e["cat"] = "xpu_runtime"
+    got = kineto.read(write_lines(tmp_path / "xpu.json", doc))
+    assert got.launches.num_rows == ref.launches.num_rows > 0
+    assert got.launches.column("correlation").to_pylist() == ref.launches.column("correlation").to_pylist()

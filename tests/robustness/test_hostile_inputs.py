@@ -129,7 +129,6 @@ ERRORS = {
     "gzip with a bad CRC": (corrupt_gzip_crc, "corrupt gzip"),
     "NaN timestamps": (nan_timestamps, "invalid JSON"),
     "only negative durations": (all_negative_durations, "no GPU kernels"),
-    "integer beyond 64 bits": (int_beyond_64_bits, "out of range"),
     "empty traceEvents": (empty_trace, "no GPU kernels"),
     "JSON without traceEvents": (no_events_key, "no traceEvents"),
     "whitespace only": (whitespace_only, "unknown format"),
@@ -211,6 +210,16 @@ def test_invalid_utf8_in_kineto_names_is_replaced(tmp_path):
     assert target + "\ufffd\ufffd" in names
     absent = db.con.execute("SELECT absent FROM runs").fetchone()[0]
     assert any("invalid UTF-8" in a for a in absent)
+
+
+def test_integer_beyond_64_bits_is_ignored_and_counted(tmp_path):
+    # A kernel's stream beyond any column's range: that value is ignored (the stream then comes
+    # from the GPU row, as when the arg is absent); every kernel is kept.
+    p = int_beyond_64_bits(tmp_path)
+    obj = json.loads(p.read_text())
+    data = kineto.read(p)
+    assert data.kernels.num_rows == len(kernels_of(obj))
+    assert any("args.stream (integer out of range) on 1 kernel events" in a for a in data.absent), data.absent
 
 
 def test_kernel_with_a_timestamp_of_the_wrong_type_is_skipped_and_counted(tmp_path):

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -79,34 +79,42 @@ _WS = b" \t\r\n"
 _ABSENT = msgspec.Raw(b"")
 
 
+# Integers as wide as the columns they go to: a value out of that range is a value of
+# unexpected shape, ignored and counted like one of the wrong type (see _Events).
+_I64_RANGE = (-(1 << 63), (1 << 63) - 1)
+_I32_RANGE = (-(1 << 31), (1 << 31) - 1)
+I64 = Annotated[int, msgspec.Meta(ge=_I64_RANGE[0], le=_I64_RANGE[1])]
+I32 = Annotated[int, msgspec.Meta(ge=_I32_RANGE[0], le=_I32_RANGE[1])]
+
+
 class Args(msgspec.Struct, omit_defaults=True, gc=False):
-    external_id: int | str | None = msgspec.field(default=None, name="External id")
+    external_id: I64 | str | None = msgspec.field(default=None, name="External id")
     # PyTorch 1.8-1.9 wrote the key in lower case on GPU events.
-    external_id_old: int | str | None = msgspec.field(default=None, name="external id")
-    correlation: int | None = None
-    device: int | None = None
-    context: int | None = None
-    stream: int | None = None
-    registers: int | None = msgspec.field(default=None, name="registers per thread")
-    shared: int | None = msgspec.field(default=None, name="shared memory")
-    grid: list[int] | None = None
-    block: list[int] | None = None
+    external_id_old: I64 | str | None = msgspec.field(default=None, name="external id")
+    correlation: I64 | None = None
+    device: I32 | None = None
+    context: I64 | None = None
+    stream: I64 | None = None
+    registers: I32 | None = msgspec.field(default=None, name="registers per thread")
+    shared: I64 | None = msgspec.field(default=None, name="shared memory")
+    grid: list[I64] | None = None  # only x, y, z are kept (int32 columns): see _xyz
+    block: list[I64] | None = None
     # Shapes and types are kept as JSON text: left raw, each distinct value is converted once.
     # An absent key is the empty Raw (no JSON value is empty): rows stay Raw, so their lengths
     # and bytes can be gathered in C (see _json_codes).
     input_dims: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input Dims")
     input_dims_old: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input dims")
     input_type: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input type")
-    nbytes: int | None = msgspec.field(default=None, name="bytes")
+    nbytes: I64 | None = msgspec.field(default=None, name="bytes")
 
 
 class Event(msgspec.Struct, gc=False):
     ph: str | None = None
-    id: int | str | None = None  # flow events (ph s/f) carry the correlation id here
+    id: I64 | str | None = None  # flow events (ph s/f) carry the correlation id here
     cat: str | None = None
     name: str | None = None
-    pid: int | str | None = None
-    tid: int | str | None = None
+    pid: I64 | str | None = None
+    tid: I64 | str | None = None
     ts: float | None = None
     dur: float | None = None
     args: Args | None = None
@@ -136,11 +144,11 @@ class _KnownEvent(msgspec.Struct, gc=False):
     """Event, for traces whose phases and categories are all known ones (see _PHASE)."""
 
     ph: _PHASE | None = None
-    id: int | str | None = None
+    id: I64 | str | None = None
     cat: _CAT | None = None
     name: str | None = None
-    pid: int | str | None = None
-    tid: int | str | None = None
+    pid: I64 | str | None = None
+    tid: I64 | str | None = None
     ts: float | None = None
     dur: float | None = None
     args: Args | None = None
@@ -207,8 +215,19 @@ def _json_type(v: object) -> str:
     return "array" if isinstance(v, list) else "object"
 
 
-def _is_int(v: object) -> bool:
+def _is_any_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unexpected(v: object, wants_list: bool = False) -> str:
+    """How a value that an integer field (or list of integers) did not take is named in absent."""
+    if (_is_any_int(v) and not wants_list) or (wants_list and isinstance(v, list) and v and all(map(_is_any_int, v))):
+        return "integer out of range"
+    return _json_type(v)
+
+
+def _is_int(v: object, bounds: tuple[int, int] = _I64_RANGE) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and bounds[0] <= v <= bounds[1]
 
 
 def _is_num(v: object) -> bool:
@@ -226,8 +245,9 @@ _EVENT_FIELDS: dict[str, Callable[[object], bool]] = {
     "pid": lambda v: _is_int(v) or isinstance(v, str), "tid": lambda v: _is_int(v) or isinstance(v, str),
     "ts": _is_num, "dur": _is_num,
 }
-_INT_ARGS = {"correlation": "correlation", "device": "device", "context": "context", "stream": "stream",
-             "registers per thread": "registers", "shared memory": "shared", "bytes": "nbytes"}
+_INT_ARGS = {"correlation": "correlation", "context": "context", "stream": "stream",
+             "shared memory": "shared", "bytes": "nbytes"}
+_INT32_ARGS = {"device": "device", "registers per thread": "registers"}
 _ID_ARGS = {"External id": "external_id", "external id": "external_id_old"}
 _LIST_ARGS = {"grid": "grid", "block": "block"}
 _RAW_ARGS = {"Input Dims": "input_dims", "Input dims": "input_dims_old", "Input type": "input_type"}
@@ -254,7 +274,7 @@ def _checked_events(values: object, notes: _Notes) -> list[Event]:
             if ok(x):
                 kw[key] = float(x) if key in ("ts", "dur") else x
             else:
-                ignored[(where, key, _json_type(x))] += 1
+                ignored[(where, key, _unexpected(x) if key in ("id", "pid", "tid") else _json_type(x))] += 1
         a = v.get("args")
         if isinstance(a, dict):
             kw["args"] = _checked_args(a, where, ignored)
@@ -266,8 +286,8 @@ def _checked_events(values: object, notes: _Notes) -> list[Event]:
 
 def _checked_args(a: dict, where: str, ignored: Counter) -> Args:
     kw: dict[str, object] = {}
-    for table, ok in ((_INT_ARGS, _is_int), (_ID_ARGS, lambda x: _is_int(x) or isinstance(x, str)),
-                      (_LIST_ARGS, _is_int_list)):
+    for table, ok in ((_INT_ARGS, _is_int), (_INT32_ARGS, lambda x: _is_int(x, _I32_RANGE)),
+                      (_ID_ARGS, lambda x: _is_int(x) or isinstance(x, str)), (_LIST_ARGS, _is_int_list)):
         for key, field_ in table.items():
             x = a.get(key)
             if x is None:
@@ -275,7 +295,7 @@ def _checked_args(a: dict, where: str, ignored: Counter) -> Args:
             if ok(x):
                 kw[field_] = x
             else:
-                ignored[(where, f"args.{key}", _json_type(x))] += 1
+                ignored[(where, f"args.{key}", _unexpected(x, table is _LIST_ARGS))] += 1
     for key, field_ in _RAW_ARGS.items():
         if key in a:
             kw[field_] = msgspec.Raw(msgspec.json.encode(a[key]))
@@ -285,7 +305,11 @@ def _checked_args(a: dict, where: str, ignored: Counter) -> Args:
 _NO_ARGS = Args()
 _EVENTS = _Events()
 _KERNEL_CATS = {"kernel", "Kernel"}
-_RUNTIME_CATS = {"cuda_runtime": "runtime", "Runtime": "runtime", "cuda_driver": "driver"}
+# CUDA and ROCm builds both write cuda_runtime/cuda_driver (hip* calls included); Intel XPU and
+# out-of-tree (PrivateUse1) backends write their own launches the same way under their names.
+_RUNTIME_CATS = {"cuda_runtime": "runtime", "Runtime": "runtime", "cuda_driver": "driver",
+                 "xpu_runtime": "runtime", "xpu_driver": "driver", "privateuse1_runtime": "runtime",
+                 "privateuse1_driver": "driver", "mtia_runtime": "runtime"}
 _MEM_CATS = {"gpu_memcpy": "memcpy", "Memcpy": "memcpy", "gpu_memset": "memset", "Memset": "memset"}
 _OP_CATS = {"cpu_op", "Operator", "operator"}
 _RANGE_CATS = {"user_annotation", "gpu_user_annotation"}
@@ -1027,7 +1051,10 @@ class _Tables:
             "shared_dynamic": null64, "graph_node_id": null64,
         }
         for key, vals in (("grid", [a.grid for a in args]), ("block", [a.block for a in args])):
-            cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), _xyz(vals), strict=True))
+            xyz, wide = _xyz(vals)
+            cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), xyz, strict=True))
+            if wide:
+                self.notes.ignored[("kernel", f"args.{key}", "integer out of range")] += wide
         self.k.append(_batch(cols, _K_BATCH))
 
     def _launches(self, evs: list[Event]) -> None:
@@ -1225,8 +1252,9 @@ def _json_text(text: bytes, style: int) -> str | None | type[_NotAList]:
     return json.dumps(val, separators=(",", ":")) if style == 0 else json.dumps(val)
 
 
-def _xyz(vals: list[list[int] | None]) -> tuple[pa.Array | list, pa.Array | list, pa.Array | list]:
-    """grid/block lists as three int32 columns; a missing or short list leaves nulls."""
+def _xyz(vals: list[list[int] | None]) -> tuple[tuple, int]:
+    """grid/block lists as three int32 columns, and how many x/y/z values were beyond int32
+    (left NULL, as a missing or short list leaves them)."""
     try:
         lists = pa.array(vals, pa.list_(pa.int32()))
     except (pa.ArrowInvalid, OverflowError):
@@ -1235,10 +1263,12 @@ def _xyz(vals: list[list[int] | None]) -> tuple[pa.Array | list, pa.Array | list
         lens = lists.value_lengths().to_numpy()
         if (lens == 3).all():  # the usual [x, y, z]: split the flat values, no Python per row
             flat = lists.flatten().to_numpy().reshape(-1, 3)
-            return pa.array(flat[:, 0]), pa.array(flat[:, 1]), pa.array(flat[:, 2])
+            return (pa.array(flat[:, 0]), pa.array(flat[:, 1]), pa.array(flat[:, 2])), 0
     seqs = [v or () for v in vals]
-    # Lists, converted by _batch in column order: an out-of-range value is reported as before.
-    return tuple([s[i] if i < len(s) else None for s in seqs] for i in range(3))
+    lo, hi = _I32_RANGE
+    axes = tuple([s[i] if i < len(s) and lo <= s[i] <= hi else None for s in seqs] for i in range(3))
+    wide = sum(1 for s in seqs for x in s[:3] if not lo <= x <= hi)
+    return axes, wide
 
 
 def _floats(vals: list[float | None]) -> np.ndarray:
