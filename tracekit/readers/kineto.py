@@ -802,6 +802,10 @@ def _split_envelope(path: Path, raw: bytes | bytearray) -> tuple[dict[str, msgsp
         raise _canonical_error(path, raw) from None
     ev = top.pop("traceEvents", None)
     if ev is None or (len(memoryview(ev)) == 4 and bytes(ev) == b"null"):
+        if "nodes" in top and "schema" in top:
+            # torch.profiler.ExecutionTraceObserver writes operators and their inputs, no GPU activity.
+            raise TraceError(path, "JSON has no traceEvents: a PyTorch execution trace (operator graph, no GPU "
+                                   "kernels), not a Chrome/Kineto trace; import the Kineto trace recorded with it")
         raise TraceError(path, "JSON has no traceEvents: not a Chrome/Kineto trace")
     view = memoryview(ev)
     if not len(view) or view[0] != ord("["):
