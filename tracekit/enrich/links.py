@@ -93,28 +93,33 @@ def _link_general(rows: pa.Table, launches: pa.Table) -> tuple[pa.Array, int]:
     pair_row = np.repeat(np.arange(n), count)
     starts = np.cumsum(count) - count
     pair_cand = keep[lo[pair_row] + (np.arange(pair_row.size) - starts[pair_row])]
-    agree = (~r_has_pid[pair_row] | ~l_has_pid[pair_cand]
-             | (r_pid[pair_row] == l_pid[pair_cand]))
-    pr, pc = pair_row[agree], pair_cand[agree]
-    lp = np.where(l_has_pid[pc], l_pid[pc], -1)
-    # Rows whose candidates span several processes.
+    exact = r_has_pid[pair_row] & l_has_pid[pair_cand] & (r_pid[pair_row] == l_pid[pair_cand])
+    agree = exact | ~r_has_pid[pair_row] | ~l_has_pid[pair_cand]
+    pr, pc, rank = pair_row[agree], pair_cand[agree], np.where(exact[agree], 0, 1)
     big = np.iinfo(np.int64).max
-    pmin = np.full(n, big, np.int64)
-    pmax = np.full(n, -big, np.int64)
-    np.minimum.at(pmin, pr, lp)
-    np.maximum.at(pmax, pr, lp)
-    multi = (pmin != pmax) & (pmin != big)
-    if multi.any():
+
+    def spanning(pr: np.ndarray, pc: np.ndarray) -> np.ndarray:
+        """Rows of unknown process whose candidates' known processes are more than one."""
+        sel = ~r_has_pid[pr] & l_has_pid[pc]
+        pmin = np.full(n, big, np.int64)
+        pmax = np.full(n, -big, np.int64)
+        np.minimum.at(pmin, pr[sel], l_pid[pc[sel]])
+        np.maximum.at(pmax, pr[sel], l_pid[pc[sel]])
+        return (pmin != pmax) & (pmin != big)
+
+    multi = spanning(pr, pc)
+    if multi.any() and "start_ns" in rows.column_names and "start_ns" in launches.column_names:
         # A launch cannot start after the kernel it launched did.
         r_start = _ints(rows, "start_ns")[0]
         l_start = _ints(launches, "start_ns")[0]
-        drop = multi[pr] & (l_start[pc] > r_start[pr])
-        pr, pc, lp = pr[~drop], pc[~drop], lp[~drop]
-        pmin = np.full(n, big, np.int64)
-        pmax = np.full(n, -big, np.int64)
-        np.minimum.at(pmin, pr, lp)
-        np.maximum.at(pmax, pr, lp)
-        multi = (pmin != pmax) & (pmin != big)
+        keep_ = ~(multi[pr] & (l_start[pc] > r_start[pr]))
+        pr, pc, rank = pr[keep_], pc[keep_], rank[keep_]
+        multi = spanning(pr, pc)
+    lp = np.where(l_has_pid[pc], l_pid[pc], -1)
+    # The first candidate per row: of the row's own process if any, else of an unknown one;
+    # then in launch order (pairs are in launch order within a row).
+    order = np.lexsort((np.arange(pr.size), rank, pr))
+    pr, pc, lp = pr[order], pc[order], lp[order]
     ok_rows, first = np.unique(pr, return_index=True)
     out = np.zeros(n, np.int64)
     found = np.zeros(n, bool)
