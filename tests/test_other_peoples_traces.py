@@ -173,3 +173,18 @@ def test_trace_meta_keeps_distributed_info_and_device_properties(tmp_path, rel):
         if key in doc:
             assert meta[key] == want[key], key
     assert "distributedInfo" in doc or "tp2" not in rel
+
+
+def test_kernels_whose_launch_is_not_in_the_trace_are_counted(tmp_path):
+    """TraceLens's test traces were trimmed of some CPU events: kernels whose correlation id no
+    runtime event carries cannot be linked, and absent says how many."""
+    path = shared_trace("external/tracelens/h100_Qwen_Qwen1.5-0.5B-Chat__1016005.json.gz")
+    events = _events(_doc(path))
+    have = {(e.get("args") or {}).get("correlation") for e in events
+            if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATS}
+    n = sum(1 for e in events if e.get("ph") == "X" and e.get("cat") in KERNEL_CATS
+            and (e.get("args") or {}).get("correlation") not in have)
+    assert n > 0
+    db, r = _import(tmp_path, path)
+    absent = db.con.execute("SELECT absent FROM runs WHERE run_id = ?", [r.run_id]).fetchone()[0]
+    assert f"launch of {n} kernels: no launch event with their correlation id in the trace" in " ".join(absent)

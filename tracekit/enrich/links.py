@@ -168,6 +168,12 @@ def link(data: TraceData) -> TraceData:
     kernels = data.kernels.append_column("launch_id", launch_id)
     m_launch, m_unresolved = _link_to_launch(data.memops, data.launches)
     memops = data.memops.append_column("launch_id", m_launch)
+    if data.launches.num_rows:
+        no_launch = int((launch_id.is_null().to_numpy(zero_copy_only=False)
+                         & data.kernels.column("correlation").is_valid().to_numpy(zero_copy_only=False)).sum()) - k_unresolved
+        if no_launch:
+            data.absent.append(f"launch of {no_launch} kernels: no launch event with their correlation id in the trace "
+                               "(recorded outside the profiled window, or removed)")
     if k_unresolved or m_unresolved:
         data.absent.append(f"launch of {k_unresolved} kernels and {m_unresolved} memory operations: their correlation "
                            "ids are used by several processes and nothing in the trace tells which launched them "
