@@ -1,5 +1,13 @@
 """Reader for PyTorch profiler / Kineto Chrome traces (`.json`, `.json.gz`, `.pt.trace.json`).
 
+One path (see read): frame the text into slices of whole events -> check each slice's UTF-8 and
+repair it (_utf8) -> decode it (_Events.decode: typed fast paths, then an untyped decode whose
+values are checked field by field) -> route the events into Arrow columns (_Tables). Each
+fallback is chosen by what the input holds, never by which exception a decoder raises: framing
+streams when the file is laid out as Kineto writes it and parses the whole text otherwise;
+decoding falls back from typed to checked values when a typed decoder does not take the text.
+What was tolerated on the way (odd fields, repaired UTF-8, unpaired B/E) goes to runs.absent.
+
 Speed and memory on traces of hundreds of MB come from these choices:
 - The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
   small typed msgspec structs that are turned into Arrow columns and dropped before the next
