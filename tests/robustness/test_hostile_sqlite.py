@@ -171,3 +171,25 @@ def test_devices_and_fifos_are_refused_without_reading(tmp_path, special):
         pytest.skip(f"{special} absent")
     with pytest.raises(TraceError, match="not a regular file"):
         read(Path(special))
+
+
+def test_ctrl_c_stops_a_long_sqlite_statement(tmp_path):
+    """SQLite runs a statement in C, where Python cannot deliver Ctrl-C; the reader's progress
+    handler runs Python code, so the signal arrives there, stops the statement, and comes out as
+    KeyboardInterrupt (not as one file's SQLite error)."""
+    import os
+    import signal
+    import threading
+
+    p = copy(tmp_path)
+    budget = nsys_sqlite._Budget(p)
+    con = sqlite3.connect(":memory:")
+    con.set_progress_handler(budget.progress, nsys_sqlite._PROGRESS_EVERY)
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    t = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            con.execute("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r")
+        except sqlite3.OperationalError as exc:
+            raise nsys_sqlite._failed(p, exc, budget, "reading") from None
+    assert time.monotonic() - t < 10
