@@ -188,3 +188,23 @@ def test_kernels_whose_launch_is_not_in_the_trace_are_counted(tmp_path):
     db, r = _import(tmp_path, path)
     absent = db.con.execute("SELECT absent FROM runs WHERE run_id = ?", [r.run_id]).fetchone()[0]
     assert f"launch of {n} kernels: no launch event with their correlation id in the trace" in " ".join(absent)
+
+
+@pytest.mark.parametrize("rel", [
+    "external/hta/amd_trace_mi250_minitoy_train_ROCm6_2_kineto.json.gz",
+    "external/tracelens/inference_vllm_decode_full_graph_execution.json.gz",
+])
+def test_hip_memcpy_calls_link_to_their_copies(tmp_path, rel):
+    """ROCm gpu_memcpy events link to their hipMemcpy* call by correlation, as the file says."""
+    path = shared_trace(rel)
+    events = _events(_doc(path))
+    calls = {(e.get("args") or {}).get("correlation"): e["name"] for e in events
+             if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATS}
+    want = sorted(calls.get((e.get("args") or {}).get("correlation")) or "" for e in events
+                  if e.get("ph") == "X" and e.get("cat") in ("gpu_memcpy", "gpu_memset"))
+    assert want and all(w.startswith("hipMemcpy") for w in want)
+    db, r = _import(tmp_path, path)
+    got = sorted(n or "" for (n,) in db.con.execute(
+        "SELECT l.name FROM memops m LEFT JOIN launches l ON l.run_id = m.run_id AND l.launch_id = m.launch_id "
+        "WHERE m.run_id = ?", [r.run_id]).fetchall())
+    assert got == want
