@@ -86,6 +86,7 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
+from tracekit.readers.nsys_sqlite import WHOLE_GRAPH_SHORT_NAME
 from tracekit.store import table_ddl
 
 # The kernel-row columns that separate independent streams of forward passes within one run
@@ -839,11 +840,6 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig, eng
         SELECT coalesce(max(n), 0) FROM per
         """
     ).fetchall()[0][0]
-
-
-# How the nsys reader names a CUDA graph traced whole (one GPU activity row per graph launch);
-# kept here so that stage attribution and the views recognise those rows.
-WHOLE_GRAPH_SHORT_NAME = "CUDA graph (whole)"
 
 
 def _write_kernels(con: duckdb.DuckDBPyConnection, run_id: int) -> None:

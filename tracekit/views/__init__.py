@@ -6,11 +6,12 @@ always match the installed code (an old database never carries stale view defini
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import duckdb
 
-from tracekit.enrich.stages import PASSES_DDL
+from tracekit.enrich.stages import PARTITION, PASSES_DDL
 from tracekit.errors import TracekitError
 
 # Tables the views read (besides `passes`, which create_views supplies when missing).
@@ -50,6 +51,16 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
         raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
 
 
+def _with_partition(sql: str) -> str:
+    """The view text with stages.PARTITION (the columns that separate processes and GPUs) written
+    in: `{{partition}}` -> `pid, device`, `{{partition:k}}` -> `k.pid, k.device`,
+    `{{partition_eq:a:b}}` -> `a.pid IS NOT DISTINCT FROM b.pid AND ...` (NULL equals NULL)."""
+    sql = re.sub(r"\{\{partition_eq:(\w+):(\w+)\}\}", lambda m: " AND ".join(
+        f"{m[1]}.{c} IS NOT DISTINCT FROM {m[2]}.{c}" for c in PARTITION), sql)
+    sql = re.sub(r"\{\{partition:(\w+)\}\}", lambda m: ", ".join(f"{m[1]}.{c}" for c in PARTITION), sql)
+    return sql.replace("{{partition}}", ", ".join(PARTITION))
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """Create (or replace) every analysis view on this connection.
 
@@ -58,7 +69,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     _ensure_passes(con)
     root = resources.files(__package__)
     for name in sql_files():
-        con.execute(root.joinpath(name).read_text())
+        con.execute(_with_partition(root.joinpath(name).read_text()))
 
 
 def view_names() -> list[str]:
