@@ -37,12 +37,10 @@ Method, in order of trust:
    HF `generate` itself records no markers; its traces are marked by tracekit's capture or inferred.
 2. **Inference** (`inferred:<how>`), when no marker matches. Every forward pass of a decoder
    starts with the token-embedding lookup of the input ids (a gather / index-select / embedding
-   kernel, launched by `aten::embedding` where the trace has operators), so each such kernel
+   kernel; HF eager prefill opens with a gather), so each such kernel
    opens a pass that runs until the next one. Kernels that repeat once per layer never open a
    pass: names of rotary embeddings, KV-cache writes and attention kernels are excluded
-   (`StageConfig.not_anchor`); where kernels link to operators and some candidate is an embedding
-   operator's kernel, candidates of other operators are dropped (graph-replayed candidates, with
-   no operator, stay); a "pass" with fewer kernels than `min_pass_fraction` of the largest pass
+   (`StageConfig.not_anchor`); a "pass" with fewer kernels than `min_pass_fraction` of the largest pass
    (an encoder's position / token-type embedding, a sampling gather) is merged into the one
    before it. Limitation: a per-layer kernel whose name looks like a lookup and is not in
    `not_anchor` would still make every layer a pass; record markers. Without any candidate, the
@@ -111,8 +109,6 @@ DEFAULT_PASS_ANCHOR = r"gather|index_?select|embedding|lookup"
 # Names that match the anchor pattern but run once per decoder layer (rotary position
 # embeddings, KV-cache writes, CK FMHA's `KVCacheLookupTable`) or are attention: never anchors.
 DEFAULT_NOT_ANCHOR = r"rotary|rope|kv_?cache|cache_kernel|fmha|attn|attention|moe|expert|topk"
-# Operators that do the token-embedding lookup, when the trace links kernels to operators.
-DEFAULT_ANCHOR_OPS = r"aten::embedding|aten::index_select|aten::embedding_bag"
 # Attention kernels that only serve one side (TensorRT-LLM; FlashInfer; vLLM / ROCm paged decode).
 DEFAULT_CONTEXT_ATTENTION = r"fmha_v2|context_?fmha|contextfmha|BatchPrefill|prefill_attention|_prefill_kernel"
 DEFAULT_GENERATION_ATTENTION = (
@@ -144,7 +140,6 @@ class StageConfig:
     infer: bool = True
     pass_anchor: str = DEFAULT_PASS_ANCHOR
     not_anchor: str = DEFAULT_NOT_ANCHOR
-    anchor_ops: str = DEFAULT_ANCHOR_OPS
     context_attention: str = DEFAULT_CONTEXT_ATTENTION
     generation_attention: str = DEFAULT_GENERATION_ATTENTION
     training_kernels: str = DEFAULT_TRAINING
@@ -221,7 +216,8 @@ def engine_step(label: str) -> EngineStep | None:
     if m := _VLLM_NEW_CACHED.fullmatch(t):
         c, g = int(m["c"]), int(m["g"])
         stage = _stage_of(c, g)
-        return None if stage is None else EngineStep("vllm", stage, None if c else 0, None if c else g)
+        # Request counts only: the tokens of a prefill are unknown, a decode request is one token.
+        return None if stage is None else EngineStep("vllm", stage, None if c else 0, 0 if not g else None if c else g)
     if m := _SGLANG_STEP.fullmatch(t):
         mode, bs = m["mode"], int(m["bs"])
         if mode in _SGLANG_PREFILL:
@@ -234,7 +230,7 @@ def engine_step(label: str) -> EngineStep | None:
     if m := _TRTLLM_STEP.fullmatch(t):
         c, g = int(m["c"]), int(m["g"])
         stage = _stage_of(c, g)
-        return None if stage is None else EngineStep("trtllm", stage, None if c else 0, None if c else g)
+        return None if stage is None else EngineStep("trtllm", stage, None if c else 0, 0 if not g else None if c else g)
     return None
 
 
@@ -565,9 +561,7 @@ def _marker_confidence(con: duckdb.DuckDBPyConnection, run_id: int, method: str,
 def _inferred_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig
                      ) -> tuple[str | None, str, str | None]:
     """Passes from the kernel sequence alone, per partition. (method or None, confidence, reason)."""
-    has_ops = bool(_scalar(con, "SELECT count(*) > 0 FROM ops WHERE run_id = ?", [run_id]))
-    # Anchor candidates: names matching the pattern but not a per-layer kernel; where the trace
-    # links kernels to operators, only kernels of an embedding operator (when there are any).
+    # Anchor candidates: names matching the pattern but not a per-layer kernel.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _tk_k AS
@@ -586,23 +580,6 @@ def _inferred_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConf
         {"anchor": "(?i)" + cfg.pass_anchor, "not": "(?i)" + cfg.not_anchor},
     )
     how = "embedding-anchor"
-    if has_ops:
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _tk_kop AS
-            SELECT c.kernel_id FROM _tk_k c JOIN _tk_kin k USING (kernel_id)
-            JOIN ops o ON o.run_id = $r AND o.op_id = k.op_id
-            WHERE c.cand AND NOT regexp_matches(o.name, $ops)
-            """,
-            {"r": run_id, "ops": "(?i)" + cfg.anchor_ops},
-        )
-        # Where some candidate is an embedding operator's kernel, candidates of other operators
-        # are not the lookup; candidates without an operator (CUDA-graph replays) stay.
-        if _scalar(con, "SELECT count(*) FROM _tk_k c JOIN _tk_kin k USING (kernel_id) JOIN ops o "
-                        "ON o.run_id = $r AND o.op_id = k.op_id WHERE c.cand AND regexp_matches(o.name, $ops)",
-                   {"r": run_id, "ops": "(?i)" + cfg.anchor_ops}):
-            con.execute("UPDATE _tk_k SET cand = false WHERE kernel_id IN (SELECT kernel_id FROM _tk_kop)")
-        con.execute("DROP TABLE _tk_kop")
     if not _scalar(con, "SELECT count(*) FROM _tk_k WHERE cand"):
         # No lookup kernel: the first kernel of each CUDA-graph launch (a replayed forward pass).
         con.execute(
