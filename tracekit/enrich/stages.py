@@ -84,7 +84,7 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from tracekit.readers.nsys_sqlite import WHOLE_GRAPH_SHORT_NAME
+from tracekit.readers.common import WHOLE_GRAPH_SHORT_NAME
 from tracekit.store import table_ddl
 
 # The kernel-row columns that separate independent streams of forward passes within one run
@@ -535,8 +535,9 @@ def _marker_confidence(con: duckdb.DuckDBPyConnection, run_id: int, method: str,
         """,
         {"g": WHOLE_GRAPH_SHORT_NAME},
     ).fetchall()[0]
-    what = {"markers:nvtx": "NVTX stage ranges", "markers:annotation": "record_function stage labels"}.get(
-        method, f"stage markers ({method.removeprefix('markers:')})")
+    words = {"nvtx": "NVTX stage ranges", "annotation": "record_function stage labels",
+             "vllm": "vLLM step annotations", "sglang": "SGLang step spans", "trtllm": "TensorRT-LLM step ranges"}
+    what = " and ".join(words.get(k, k) for k in method.removeprefix("markers:").split("+"))
     notes = []
     confidence = "high"
     if n_unlinked:
@@ -552,7 +553,7 @@ def _marker_confidence(con: duckdb.DuckDBPyConnection, run_id: int, method: str,
                      "the gaps between its kernels")
         confidence = "medium"
     if engine:
-        head = f"the serving engine's own step annotations ({what}) give each step's prefill/decode work"
+        head = f"{what} give each serving step's prefill / decode work"
     else:
         head = f"{what} mark every forward pass"
     return confidence, head + ("; " + "; ".join(notes) if notes else "") + "."

@@ -26,6 +26,7 @@ from tracekit.readers.common import (
     MEMOP_SCHEMA,
     OP_SCHEMA,
     RANGE_SCHEMA,
+    WHOLE_GRAPH_SHORT_NAME,
     TraceData,
     short_name,
     to_table,
@@ -424,9 +425,6 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
     )
 
 
-# Short name of a CUDA graph traced whole (see _with_whole_graphs); the views and stage
-# attribution recognise those rows by it.
-WHOLE_GRAPH_SHORT_NAME = "CUDA graph (whole)"
 GRAPH_TABLE = "CUPTI_ACTIVITY_KIND_GRAPH_TRACE"
 
 
