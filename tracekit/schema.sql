@@ -197,3 +197,14 @@ CREATE TABLE IF NOT EXISTS passes (
     gen_tokens BIGINT,               -- decode tokens of the step, where an engine's marker says
     evidence   VARCHAR               -- mixed passes: 'split:tokens=C/G' (shared kernels apportioned so) or 'split:unknown ...'
 );
+
+-- Columns added after databases were first written: added in place on the next writable open
+-- (stage attribution writes them; the views read them).
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS stage_confidence VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS stage_reason VARCHAR;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS pid BIGINT;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS device INTEGER;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS grammar VARCHAR;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS ctx_tokens BIGINT;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS gen_tokens BIGINT;
+ALTER TABLE passes ADD COLUMN IF NOT EXISTS evidence VARCHAR;

@@ -42,6 +42,28 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(PASSES_DDL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
 
 
+_ADDED = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (\w+);", re.M)
+
+
+def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Columns schema.sql adds to existing tables (its ALTER TABLE ... ADD COLUMN IF NOT EXISTS
+    lines) are added by every writable open; a read-only connection to a database written before
+    gets a temporary view per such table with the missing columns as NULL, so that the views bind."""
+    from tracekit.store import _schema_sql
+
+    missing: dict[str, list[tuple[str, str]]] = {}
+    for table, col, typ in _ADDED.findall(_schema_sql()):
+        have = con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+                           "AND database_name = current_database() AND schema_name = 'main'", [table, col]).fetchall()[0][0]
+        exists = _has_table(con, table)
+        if exists and not have:
+            missing.setdefault(table, []).append((col, typ))
+    db = con.execute("SELECT current_database()").fetchall()[0][0]
+    for table, cols in missing.items():
+        extra = ", ".join(f"NULL::{typ} AS {col}" for col, typ in cols)
+        con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
+
+
 def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
     missing = [t for t in _NEEDED if not _has_table(con, t)]
     if missing:
@@ -67,6 +89,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
     _ensure_passes(con)
+    _added_columns(con)
     root = resources.files(__package__)
     for name in sql_files():
         con.execute(_with_partition(root.joinpath(name).read_text()))
