@@ -350,3 +350,76 @@ def test_mixed_pass_splits_shared_kernels_by_tokens(tmp_path):
     assert row["gen_ratio"] == pytest.approx(4 / 64, rel=1e-6)
     ev = db.con.execute("SELECT DISTINCT stage, evidence FROM passes WHERE run_id = ?", [rid]).fetchall()
     assert ev == [("mixed", "split:tokens=60/4")]
+
+
+@pytest.mark.parametrize("rel", ["external/tracelens/inference_vllm_decode_full_graph_execution.json.gz",
+                                 "external/tracelens/inference_sglang_decode_sglang_Qwen3-8B_decode.json.gz"])
+def test_serving_window_without_its_markers_gets_no_ratio(tmp_path, rel):
+    """The same traces with the engines' step annotations removed: a decode window with no prompt
+    pass, and per-layer kernels (`rotary_embedding_kernel`, 24 / 36 of them: once per layer) that
+    must not become passes. No split, and the reason says why."""
+    src = shared_trace(rel)
+    ev = _kineto_events(src)
+    rotary = sum(1 for e in ev if e.get("cat") == "kernel" and "rotary_embedding" in e["name"])
+    assert rotary in (24, 36)
+    path = _clean_copy(src, tmp_path / src.name)
+    with gzip.open(path, "rt") as f:
+        doc = json.load(f)
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if e.get("cat") != "user_annotation"]
+    with gzip.open(path, "wt") as f:
+        json.dump(doc, f)
+    db = _import(tmp_path, path)
+    rid = _rid(db, path)
+    method, conf, reason = db.con.execute("SELECT stage_method, stage_confidence, stage_reason FROM runs "
+                                          "WHERE run_id = ?", [rid]).fetchall()[0]
+    assert (method, conf) == ("none", "none") and reason
+    assert db.con.execute("SELECT count(*) FROM passes WHERE run_id = ?", [rid]).fetchall()[0][0] <= 1
+    assert db.query("SELECT gen_ratio FROM stage_ratio WHERE run_id = ?", [rid])["gen_ratio"][0] is None
+
+
+def test_unmarked_cuda_graph_trace_gets_the_marked_stages(tmp_path):
+    """The same script recorded with and without markers: the unmarked run's inferred stage of
+    each kernel (in launch order) is the one the marked trace's `stage:*` annotations give."""
+    marked = shared_trace("h200/llama3-8b-2L-cudagraph_marked_b1_i64_o16.pt.trace.json.gz")
+    unmarked = shared_trace("h200/llama3-8b-2L-cudagraph_unmarked_b1_i64_o16.pt.trace.json.gz")
+    k = _kineto_stage_kernels(marked)
+    stage_at = {}
+    for st in ("summarization", "generation"):
+        for b, _e in k[st]:
+            stage_at[b] = st
+    starts = sorted(_ns(e["ts"]) for e in _kineto_events(marked) if e.get("cat") == "kernel")
+    expected = [stage_at.get(t, "other") for t in starts]
+    names_m = [e["name"] for e in sorted((e for e in _kineto_events(marked) if e.get("cat") == "kernel"),
+                                         key=lambda e: Decimal(str(e["ts"])))]
+    names_u = [e["name"] for e in sorted((e for e in _kineto_events(unmarked) if e.get("cat") == "kernel"),
+                                         key=lambda e: Decimal(str(e["ts"])))]
+    assert names_m == names_u   # one kernel sequence: position i is the same kernel in both
+    db = _import(tmp_path, unmarked)
+    got = [s for (s,) in db.con.execute("SELECT stage FROM kernels WHERE run_id = ? ORDER BY start_ns, kernel_id",
+                                        [_rid(db, unmarked)]).fetchall()]
+    # Same number of kernels in each stage; a kernel may differ only at a pass boundary (the
+    # marker opens before the position-ids kernel, inference at the embedding lookup after it).
+    from collections import Counter
+
+    assert Counter(got) == Counter(expected)
+    diff = [i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e]
+    assert len(diff) <= 3
+    assert all(len(set(expected[max(i - 1, 0):i + 2])) > 1 for i in diff)
+    assert db.con.execute("SELECT stage_method FROM runs").fetchall()[0][0].startswith("inferred:")
+
+
+def test_read_only_open_of_a_database_without_the_new_columns(tmp_path):
+    """A database written before runs.stage_confidence / passes.pid existed: read-only commands
+    still work (NULL stand-ins); the next writable open adds the columns."""
+    from conftest import tk
+
+    db = _import(tmp_path, TWO_PROCS)
+    for t, c in (("runs", "stage_confidence"), ("runs", "stage_reason"), ("passes", "pid"), ("passes", "device"),
+                 ("passes", "grammar"), ("passes", "ctx_tokens"), ("passes", "gen_tokens"), ("passes", "evidence")):
+        db.con.execute(f"ALTER TABLE {t} DROP COLUMN {c}")
+    db.close()
+    out = tk("stages", "--db", str(tmp_path / "t.duckdb"), "--format", "csv")
+    assert out.returncode == 0 and "nsys_two_processes_two_gpus" in out.stdout, out.stderr
+    db = tracekit.open(tmp_path / "t.duckdb")
+    assert db.con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'passes' "
+                          "AND column_name = 'pid'").fetchall()[0][0] == 1

@@ -652,6 +652,11 @@ def _inferred_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConf
         """
     ).fetchall()[0]
     method = f"inferred:{how}+" + ("attention-names" if by_names else "kernel-mix")
+    if n_sum == 0:
+        # Decode passes only (told by decode attention kernels): a window of a serving run with
+        # no prompt pass in it. Which requests' prefill these decode steps belong to is unknown.
+        return None, "none", (f"{n_gen} decode pass(es) (decode attention kernels) and no prefill pass in the "
+                              "trace, and no stage markers: a window of serving, no split")
     if n_gen == 0:
         # One forward pass (or several alike) and nothing decoded after it: an encoder, a vision
         # model, a benchmark of one forward, a prefill-only step. Not a generate loop: no ratio.
