@@ -320,10 +320,17 @@ def _attribute(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, cfg: S
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _tk_kin AS
-        SELECT k.*, dense_rank() OVER (ORDER BY {_part_cols('k.')})::INTEGER AS part,
-               CASE WHEN regexp_matches(n.name, $ctx) THEN 'summarization'
-                    WHEN regexp_matches(n.name, $gen) THEN 'generation' END AS side
-        FROM {kernels} k JOIN kernel_names n USING (name_id)
+        WITH k AS (SELECT * FROM {kernels}),
+        -- Name patterns once per distinct name (hundreds), not per kernel (millions).
+        n AS (
+            SELECT name_id, CASE WHEN regexp_matches(name, $ctx) THEN 'summarization'
+                                 WHEN regexp_matches(name, $gen) THEN 'generation' END AS side
+            FROM kernel_names WHERE name_id IN (SELECT DISTINCT name_id FROM k)),
+        parts AS (SELECT {_part_cols()}, row_number() OVER (ORDER BY {_part_cols()})::INTEGER AS part
+                  FROM (SELECT DISTINCT {_part_cols()} FROM k))
+        SELECT k.*, parts.part, n.side
+        FROM k JOIN n USING (name_id)
+        JOIN parts ON {" AND ".join(f"parts.{c} IS NOT DISTINCT FROM k.{c}" for c in PARTITION)}
         """,
         {"ctx": "(?i)" + cfg.context_attention, "gen": "(?i)" + cfg.generation_attention},
     )
@@ -595,9 +602,7 @@ def _inferred_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConf
         how = "graph-launch-anchor"
     if not _scalar(con, "SELECT count(*) FROM _tk_k WHERE cand"):
         return None, "none", "no stage markers, no token-embedding lookup and no CUDA-graph launch opening passes"
-    con.execute("ALTER TABLE _tk_k ADD COLUMN is_anchor BOOLEAN")
-    con.execute("ALTER TABLE _tk_k ADD COLUMN seg INTEGER")
-    con.execute("UPDATE _tk_k SET is_anchor = cand")
+    con.execute("CREATE OR REPLACE TEMP TABLE _tk_k AS SELECT *, cand AS is_anchor, NULL::INTEGER AS seg FROM _tk_k")
     _number_segments(con)
     _drop_minor_anchors(con, cfg.min_pass_fraction)
     # Per partition: the generation passes are the most numerous group of passes launching the
@@ -674,21 +679,21 @@ def _inferred_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConf
 
 def _number_segments(con: duckdb.DuckDBPyConnection) -> None:
     """_tk_k.seg: per partition, the number of anchors at or before each kernel, minus one, made
-    unique across partitions (segment ids order by partition, then start)."""
+    unique across partitions (segment ids order by partition, then start). The table is rebuilt
+    rather than updated: an UPDATE of every row costs more than writing it anew."""
     con.execute(
         """
-        UPDATE _tk_k SET seg = x.seg
-        FROM (
-            WITH l AS (
-                SELECT kernel_id, part, sum(is_anchor::INTEGER) OVER (PARTITION BY part ORDER BY start_ns, kernel_id
-                           ROWS UNBOUNDED PRECEDING)::INTEGER - 1 AS s
-                FROM _tk_k),
-            off AS (SELECT part, coalesce(sum(max(s) + 1) OVER (ORDER BY part ROWS BETWEEN UNBOUNDED PRECEDING
-                                                                 AND 1 PRECEDING), 0) AS base
-                    FROM l GROUP BY part)
-            SELECT l.kernel_id, CASE WHEN l.s < 0 THEN -1 ELSE (l.s + off.base)::INTEGER END AS seg
-            FROM l JOIN off USING (part)) x
-        WHERE _tk_k.kernel_id = x.kernel_id
+        CREATE OR REPLACE TEMP TABLE _tk_k AS
+        WITH l AS (
+            SELECT * EXCLUDE (seg),
+                   sum(is_anchor::INTEGER) OVER (PARTITION BY part ORDER BY start_ns, kernel_id
+                       ROWS UNBOUNDED PRECEDING)::INTEGER - 1 AS s
+            FROM _tk_k),
+        off AS (SELECT part, coalesce(sum(max(s) + 1) OVER (ORDER BY part ROWS BETWEEN UNBOUNDED PRECEDING
+                                                             AND 1 PRECEDING), 0) AS base
+                FROM l GROUP BY part)
+        SELECT l.* EXCLUDE (s), CASE WHEN l.s < 0 THEN -1 ELSE (l.s + off.base)::INTEGER END AS seg
+        FROM l JOIN off USING (part)
         """
     )
 
