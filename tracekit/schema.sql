@@ -198,13 +198,14 @@ CREATE TABLE IF NOT EXISTS passes (
     evidence   VARCHAR               -- mixed passes: 'split:tokens=C/G' (shared kernels apportioned so) or 'split:unknown ...'
 );
 
--- Columns added after databases were first written: added in place on the next writable open
--- (stage attribution writes them; the views read them).
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS stage_confidence VARCHAR;
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS stage_reason VARCHAR;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS pid BIGINT;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS device INTEGER;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS grammar VARCHAR;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS ctx_tokens BIGINT;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS gen_tokens BIGINT;
-ALTER TABLE passes ADD COLUMN IF NOT EXISTS evidence VARCHAR;
+-- Columns added after databases were first written. tracekit/views/__init__.py adds them to a
+-- tracekit database on a writable open, and stands NULLs in for them on a read-only one (never to
+-- a foreign database: only where `runs` has tracekit's own columns).
+-- @added runs stage_confidence VARCHAR
+-- @added runs stage_reason VARCHAR
+-- @added passes pid BIGINT
+-- @added passes device INTEGER
+-- @added passes grammar VARCHAR
+-- @added passes ctx_tokens BIGINT
+-- @added passes gen_tokens BIGINT
+-- @added passes evidence VARCHAR

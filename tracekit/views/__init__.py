@@ -42,26 +42,37 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(PASSES_DDL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
 
 
-_ADDED = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (\w+);", re.M)
+_ADDED = re.compile(r"^-- @added (\w+) (\w+) (\w+)$", re.M)
+
+
+def _main_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database() "
+        "AND schema_name = 'main'", [table]).fetchall()}
 
 
 def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
-    """Columns schema.sql adds to existing tables (its ALTER TABLE ... ADD COLUMN IF NOT EXISTS
-    lines) are added by every writable open; a read-only connection to a database written before
-    gets a temporary view per such table with the missing columns as NULL, so that the views bind."""
+    """Columns schema.sql lists as added later (`-- @added TABLE COLUMN TYPE`): added to a
+    database written before them on a writable open; on a read-only one each such table gets a
+    temporary view with the missing columns as NULL, so that the views bind. Only in a tracekit
+    database (its `runs` has content_hash): a foreign file is left exactly as it was."""
     from tracekit.store import _schema_sql
 
+    if "content_hash" not in _main_columns(con, "runs"):
+        return
     missing: dict[str, list[tuple[str, str]]] = {}
     for table, col, typ in _ADDED.findall(_schema_sql()):
-        have = con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
-                           "AND database_name = current_database() AND schema_name = 'main'", [table, col]).fetchall()[0][0]
-        exists = _has_table(con, table)
-        if exists and not have:
+        have = _main_columns(con, table)
+        if have and col not in have:
             missing.setdefault(table, []).append((col, typ))
     db = con.execute("SELECT current_database()").fetchall()[0][0]
     for table, cols in missing.items():
-        extra = ", ".join(f"NULL::{typ} AS {col}" for col, typ in cols)
-        con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
+        try:
+            for col, typ in cols:
+                con.execute(f"ALTER TABLE main.{table} ADD COLUMN IF NOT EXISTS {col} {typ}")
+        except (duckdb.InvalidInputException, duckdb.PermissionException, duckdb.CatalogException):
+            extra = ", ".join(f"NULL::{typ} AS {col}" for col, typ in cols)
+            con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
 
 
 def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
