@@ -560,6 +560,12 @@ def _marker_confidence(con: duckdb.DuckDBPyConnection, run_id: int, method: str,
                      "the gaps between its kernels")
         confidence = "medium"
     if engine:
+        kinds = {r[0] for r in con.execute("SELECT DISTINCT stage FROM _tk_final").fetchall()}
+        if len(kinds & {"summarization", "generation", "mixed"}) == 1 and "mixed" not in kinds:
+            only = "decode" if "generation" in kinds else "prefill"
+            notes.append(f"the trace holds {only} steps only: gen_ratio describes this window of serving, "
+                         "not the whole of a request's life")
+            confidence = "medium"
         head = f"{what} give each serving step's prefill / decode work"
     else:
         head = f"{what} mark every forward pass"
