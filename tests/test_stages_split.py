@@ -449,3 +449,18 @@ def test_hpc_traces_get_no_split_and_a_whole_run_composition(tmp_path, rel):
     assert (method, conf) == ("none", "none") and "no stage markers" in reason
     comp = db.query("SELECT scope, time_ns FROM composition WHERE run_id = ?", [rid])
     assert set(comp["scope"]) == {"whole run"} and comp["time_ns"].sum() == total
+
+
+def test_stages_cli_by_process_and_steps_reason(tmp_path):
+    from conftest import tk
+
+    truth = _per_process_truth(TWO_PROCS)
+    bert = shared_trace("external/tracelens/h100_gaunernst_bert-small-uncased__1016001.json.gz")
+    _import(tmp_path, TWO_PROCS, bert).close()
+    out = tk("stages", "--db", str(tmp_path / "t.duckdb"), "--by-process", "--run", "1", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {(r["pid"], r["device"]): r["gen_ratio"] for r in rows} == {
+        k: round(_ratio(v), 4) for k, v in truth.items()}
+    out = tk("steps", "--db", str(tmp_path / "t.duckdb"), "--run", "2")
+    assert out.returncode == 0 and "not autoregressive generation" in out.stderr
