@@ -14,12 +14,14 @@ Method, in order of trust:
    - stage labels (`StageConfig` patterns): `summarization` / `prefill` / `context` and
      `generation` / `decode`, with `stage:` prefixes and `step K` suffixes (tracekit's capture
      scripts, and anyone's own `record_function` / NVTX ranges);
-   - vLLM's per-step model-runner annotation (`ENGINE_GRAMMARS['vllm']`):
+   - vLLM's per-step annotation (`ENGINE_GRAMMARS['vllm']`):
      `execute_<reqs>_context_<n>(sq<T>sk..)_generation_<m>(sq<T>sk..)`, the numbers of prefill
-     (context) and decode requests and, in `sq<T>`, their query tokens; and vLLM v1's older
-     `execute_new_<n>_cached_<m>` (new = requests scheduled for the first time, i.e. prefill;
-     cached = requests already running, decode unless a chunked prefill continues);
-   - SGLang's forward-step span (`build_step_span_name` in its model runner):
+     (context) and decode requests and, in `sq<T>`, their query tokens (the grammar as recorded
+     in the public vLLM and SGLang traces of AMD-AGI/TraceLens, `external/tracelens/`); and
+     `execute_new_<n>_cached_<m>` of vLLM v1's worker (`annotate_profile`: new = requests
+     scheduled for the first time, i.e. prefill; cached = requests already running, decode
+     unless a chunked prefill continues, so `mixed` without token counts);
+   - SGLang's forward-step span (`_build_step_span_name(forward_batch)` in its model runner):
      `step[EXTEND bs=<n> toks=<T>]` (prefill/extend), `step[DECODE bs=<n>]`, `step[MIXED bs=<n>]`,
      other `ForwardMode`s (IDLE, speculative draft/verify) are not passes;
    - TensorRT-LLM's NVTX step ranges: `executeStep: <c> ctx reqs, <g> gen reqs` (C++ batch
@@ -51,10 +53,11 @@ Method, in order of trust:
    of passes launching the same kernel names (`+kernel-mix`); the first pass is always
    summarization. Limitation: with a one-token prompt, prefill and decode launch the same
    kernels, so a warm-up run and the measured run cannot be told apart; record markers.
-3. `none`, with the reason in runs.stage_reason: no marker and no pass anchor; or the trace is
-   not autoregressive inference — backward / optimizer kernels (training), or no generation
-   pass after the first forward pass (an encoder, a vision model, a single forward): every
-   kernel is `other` and no ratio is given.
+3. `none`, with the reason in runs.stage_reason: no marker and no pass anchor (HPC codes); or
+   the trace is not autoregressive inference — backward / optimizer kernels above
+   `StageConfig.training_share` of GPU time (training), no generation pass after the first
+   forward pass (an encoder, a vision model, a single forward), or decode passes with no prompt
+   pass (a window of serving without its markers): every kernel is `other` and no ratio is given.
 
 Everything is decided per **partition** (`PARTITION`: the kernel-row columns that separate
 independent streams of forward passes — processes and GPUs): passes are numbered, iterations
@@ -162,7 +165,7 @@ class StageConfig:
 # Serving engines' step annotations: engine -> [(whole-label regex, how to read the groups)].
 # Each regex is matched against the whole (stripped) label; the reader turns the groups into
 # (stage, ctx_tokens, gen_tokens). Grammars as the engines write them (see the module docstring
-# for where); tests/test_stages_engines.py checks them on real traces.
+# for where); tests/test_stages_split.py checks them, on real traces where there are some.
 _VLLM_CTX_GEN = re.compile(
     r"execute_\d+_context_(?P<c>\d+)(?:\((?P<cd>[^)]*)\))?_generation_(?P<g>\d+)(?:\((?P<gd>[^)]*)\))?")
 _VLLM_NEW_CACHED = re.compile(r"execute_new_(?P<c>\d+)_cached_(?P<g>\d+)")
