@@ -117,9 +117,9 @@ DEFAULT_CONTEXT_ATTENTION = r"fmha_v2|context_?fmha|contextfmha|BatchPrefill|pre
 DEFAULT_GENERATION_ATTENTION = (
     r"masked_multihead_attention|mmha|xqa|BatchDecode|paged_attention_v[12]|paged_attention_ll4mi|decode_attention"
 )
-# Training: backward and optimizer kernels.
-DEFAULT_TRAINING = (r"backward|_bwd|bwd_|Backward|wgrad|dgrad|optimizer|adam|_sgd|sgd_|multi_tensor_apply"
-                    r"|lamb_|zero_grad")
+# Training: backward and optimizer kernels. (Not `multi_tensor_apply`: foreach ops run in
+# inference too, e.g. SGLang's decode.)
+DEFAULT_TRAINING = r"backward|_bwd|bwd_|Backward|wgrad|dgrad|optimizer|adam|_sgd|sgd_|lamb_|zero_grad"
 
 # The kernel columns stage attribution reads (from kernel_rows, or rows not yet written: plan_stages).
 STAGE_INPUT = ("kernel_id, launch_id, op_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z, "
