@@ -136,6 +136,10 @@ def test_every_shared_trace_imports_exactly_or_says_why_not(tmp_path, rel):
         has = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'CUPTI_ACTIVITY_KIND_KERNEL'").fetchone()[0]
         expected = con.execute('SELECT count(*), sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone() \
             if has else (0, None)
+        # CUDA graphs traced whole: one kernel-like row per graph execution (docs/SUPPORTED.md).
+        if con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'CUPTI_ACTIVITY_KIND_GRAPH_TRACE'").fetchone()[0]:
+            g = con.execute('SELECT count(*), sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_GRAPH_TRACE').fetchone()
+            expected = (expected[0] + g[0], (expected[1] or 0) + (g[1] or 0) if expected[0] + g[0] else None)
         con.close()
     else:
         doc = _doc(path)
