@@ -2,6 +2,9 @@
 
 Views are created as TEMP views on every connection, so they work on read-only databases and
 always match the installed code (an old database never carries stale view definitions).
+Files run in name order; a view may read only views of files before it (work_roofline.sql, last,
+reads step_totals). The roofline views also need the op-work SQL function and the GPU peak
+tables, which `create_views` installs on the connection first (tracekit.work, tracekit.peaks).
 """
 
 from __future__ import annotations
@@ -50,12 +53,20 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
         raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
 
 
+def _roofline_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    from tracekit import peaks, work
+
+    work.register(con)
+    peaks.install(con)
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """Create (or replace) every analysis view on this connection.
 
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
     _ensure_passes(con)
+    _roofline_inputs(con)
     root = resources.files(__package__)
     for name in sql_files():
         con.execute(root.joinpath(name).read_text())
