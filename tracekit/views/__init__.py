@@ -3,8 +3,8 @@
 Views are created as TEMP views on every connection, so they work on read-only databases and
 always match the installed code (an old database never carries stale view definitions).
 Files run in name order; a view may read only views of files before it (work_roofline.sql, last,
-reads step_totals). The roofline views also need the op-work SQL function and the GPU peak
-tables, which `create_views` installs on the connection first (tracekit.work, tracekit.peaks).
+reads step_totals). The roofline views also read the GPU peak tables, which `create_views`
+installs on the connection first (tracekit.peaks).
 """
 
 from __future__ import annotations
@@ -54,9 +54,8 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _roofline_inputs(con: duckdb.DuckDBPyConnection) -> None:
-    from tracekit import peaks, work
+    from tracekit import peaks
 
-    work.register(con)
     peaks.install(con)
 
 

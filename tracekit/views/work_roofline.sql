@@ -37,6 +37,345 @@ JOIN m USING (run_id)
 JOIN gpu_peaks g ON g.ord = m.ord
 CROSS JOIN peak_override o;
 
+-- The op work model (what tracekit/work.py was): macros, then the view over distinct op contexts.
+-- TEMP macros and views live on the connection, like every view here (a Python UDF would be
+-- shared by every connection of the process to the same file, and is unsafe once its own closes).
+CREATE OR REPLACE TEMP MACRO tk_itemsize(ty) AS CASE ty
+    WHEN 'c10::BFloat16' THEN 2 WHEN 'c10::Half' THEN 2 WHEN 'float' THEN 4 WHEN 'double' THEN 8
+    WHEN 'long int' THEN 8 WHEN 'int' THEN 4 WHEN 'short int' THEN 2 WHEN 'signed char' THEN 1
+    WHEN 'unsigned char' THEN 1 WHEN 'bool' THEN 1 WHEN 'c10::Float8_e4m3fn' THEN 1
+    WHEN 'c10::Float8_e5m2' THEN 1 WHEN 'c10::Float8_e4m3fnuz' THEN 1 WHEN 'c10::Float8_e5m2fnuz' THEN 1
+    WHEN 'c10::Float8_e8m0fnu' THEN 1 WHEN 'c10::complex<float>' THEN 8 WHEN 'c10::complex<double>' THEN 16
+    ELSE NULL END;
+-- The tensor-core roof a matmul in that dtype runs against (fp32 matmuls: the TF32 roof, a ceiling).
+CREATE OR REPLACE TEMP MACRO tk_compute(ty) AS CASE ty
+    WHEN 'c10::BFloat16' THEN 'bf16' WHEN 'c10::Half' THEN 'fp16' WHEN 'float' THEN 'tf32'
+    WHEN 'double' THEN 'fp64' WHEN 'c10::Float8_e4m3fn' THEN 'fp8' WHEN 'c10::Float8_e5m2' THEN 'fp8'
+    WHEN 'c10::Float8_e4m3fnuz' THEN 'fp8' WHEN 'c10::Float8_e5m2fnuz' THEN 'fp8' ELSE NULL END;
+-- Run metadata `dtype` spellings (capture manifests, --meta) -> the trace's type name.
+CREATE OR REPLACE TEMP MACRO tk_meta_type(dt) AS CASE lower(trim(dt))
+    WHEN 'bfloat16' THEN 'c10::BFloat16' WHEN 'bf16' THEN 'c10::BFloat16' WHEN 'torch.bfloat16' THEN 'c10::BFloat16'
+    WHEN 'float16' THEN 'c10::Half' WHEN 'fp16' THEN 'c10::Half' WHEN 'half' THEN 'c10::Half'
+    WHEN 'torch.float16' THEN 'c10::Half' WHEN 'float32' THEN 'float' WHEN 'fp32' THEN 'float'
+    WHEN 'float' THEN 'float' WHEN 'torch.float32' THEN 'float' WHEN 'float8_e4m3fn' THEN 'c10::Float8_e4m3fn'
+    WHEN 'fp8' THEN 'c10::Float8_e4m3fn' ELSE NULL END;
+CREATE OR REPLACE TEMP MACRO tk_nontensor(ty) AS
+    ty IN ('Scalar', 'ScalarList', 'TensorList', '', 'GenericList', 'None', 'Device', 'Layout', 'str');
+-- A JSON shape [d0, d1, ...] as BIGINT[]; NULL for anything else (a tensor list, a scalar).
+CREATE OR REPLACE TEMP MACRO tk_shape(j) AS CASE
+    WHEN json_type(j) = 'ARRAY' AND (json_array_length(j) = 0 OR json_type(j, '$[0]') IN ('UBIGINT', 'BIGINT'))
+    THEN TRY_CAST(j AS BIGINT[]) END;
+CREATE OR REPLACE TEMP MACRO tk_numel(s) AS CASE
+    WHEN s IS NULL THEN NULL WHEN len(s) = 0 THEN 1.0 ELSE list_aggregate(s, 'product')::DOUBLE END;
+-- Argument k (1-based) of an op: its shape when it is a tensor, and its dtype name. Kineto types
+-- every argument; nsys emit_nvtx ranges type none (d = dims list, t = types list or NULL, fb = the
+-- run's dtype); there a [] may be a scalar and is not taken as a tensor.
+CREATE OR REPLACE TEMP MACRO tk_arg_shape(d, t, k) AS CASE
+    WHEN t IS NOT NULL AND (t[k] IS NULL OR tk_nontensor(t[k])) THEN NULL
+    WHEN t IS NULL AND len(tk_shape(d[k])) = 0 THEN NULL
+    ELSE tk_shape(d[k]) END;
+CREATE OR REPLACE TEMP MACRO tk_arg_type(t, fb, k) AS CASE
+    WHEN t IS NOT NULL THEN CASE WHEN tk_nontensor(t[k]) THEN NULL ELSE t[k] END ELSE fb END;
+CREATE OR REPLACE TEMP MACRO tk_arg_bytes(d, t, fb, k) AS
+    tk_numel(tk_arg_shape(d, t, k)) * tk_itemsize(tk_arg_type(t, fb, k));
+
+-- @view op_work
+-- Work of each distinct CPU op (name, recorded shapes and dtypes, the run's dtype metadata):
+-- FLOPs and the fewest bytes it must move, each input read once and each output written once.
+--   matmuls (mm, addmm, bmm, baddbmm, linear, matmul, mv, _grouped_mm, _scaled_mm): 2*M*N*K
+--     (over the batch or the groups); bytes A + B + C (+ bias); weight_bytes = the B operand of a
+--     linear-layer product (2-D B), i.e. what a decode pass streams.
+--   attention (SDPA and its flash / efficient / cuDNN forward ops): 2*B*Hq*pairs*(D + Dv), pairs
+--     = Lq*Lk, or Lq*(Lk-Lq) + Lq*(Lq+1)/2 under the causal mask, which a query longer than one
+--     token is taken to have (the traces do not keep is_causal; decoder prefill is causal);
+--     bytes q + k + v + out; kv_bytes = k + v.
+--   elementwise / activations / norms / softmax / reductions / copies / cat / embedding / gather:
+--     bytes from their tensors (out-of-place output: the broadcast of the inputs), 1 FLOP per
+--     element (0 for data movement), a convention that only places them on a roofline chart.
+-- Anything else, or shapes that do not fit, gives NULL and the reason in `evidence`.
+--
+-- @column name          VARCHAR  op name
+-- @column input_dims    VARCHAR  ops.input_dims
+-- @column input_types   VARCHAR  ops.input_types
+-- @column meta_dtype    VARCHAR  the run's dtype metadata (stands in where the trace has no dtypes)
+-- @column flops         DOUBLE   floating-point operations
+-- @column bytes         DOUBLE   fewest bytes moved
+-- @column weight_bytes  DOUBLE   of which linear-layer weights
+-- @column kv_bytes      DOUBLE   of which attention keys and values
+-- @column compute       VARCHAR  bf16 | fp16 | fp8 | tf32 | fp64 | int8 for matmul/attention (the tensor roof), NULL otherwise
+-- @column kind          VARCHAR  matmul | attention | elementwise | norm | reduce | copy (NULL: no model)
+-- @column evidence      VARCHAR  how it was counted, or why not
+CREATE OR REPLACE TEMP VIEW op_work AS
+WITH run_dtype AS (
+    SELECT r.run_id,
+           (SELECT max(m.value) FROM run_meta m WHERE m.run_id = r.run_id AND m.key = 'dtype') AS meta_dtype
+    FROM runs r
+),
+ctx AS (
+    SELECT DISTINCT o.name, o.input_dims, o.input_types, d.meta_dtype
+    FROM ops o JOIN run_dtype d ON d.run_id = o.run_id
+),
+p AS (
+    SELECT c.*,
+           try(from_json(c.input_dims, '["JSON"]')) AS d,
+           try(from_json(c.input_types, '["VARCHAR"]')) AS t,
+           tk_meta_type(c.meta_dtype) AS fb,
+           regexp_replace(c.name, '^aten::', '') AS op
+    FROM ctx c
+),
+f AS (
+    SELECT p.*,
+           (p.name LIKE 'aten::%' AND p.op LIKE '%\_' ESCAPE '\' AND p.op NOT LIKE '\_%' ESCAPE '\') AS inplace,
+           CASE WHEN p.name LIKE 'aten::%' AND p.op LIKE '%\_' ESCAPE '\' AND p.op NOT LIKE '\_%' ESCAPE '\'
+                THEN p.op[1:-2] ELSE p.op END AS base
+    FROM p
+),
+fam AS (
+    SELECT f.*,
+           CASE
+             WHEN f.name IN ('aten::mm', 'aten::addmm', 'aten::_addmm_activation', 'aten::bmm', 'aten::baddbmm',
+                             'aten::linear', 'aten::matmul', 'aten::mv', 'aten::addmv', 'aten::_grouped_mm',
+                             'aten::_scaled_mm', 'aten::_scaled_grouped_mm', 'aten::_int_mm') THEN 'matmul'
+             WHEN f.name IN ('aten::scaled_dot_product_attention', 'aten::_scaled_dot_product_flash_attention',
+                             'aten::_scaled_dot_product_efficient_attention',
+                             'aten::_scaled_dot_product_cudnn_attention',
+                             'aten::_scaled_dot_product_fused_attention_overrideable',
+                             'aten::_cudnn_attention_forward') THEN 'attn_bhld'
+             WHEN f.name IN ('aten::_flash_attention_forward', 'aten::_efficient_attention_forward',
+                             'flash_attn::_flash_attn_forward') THEN 'attn_blhd'
+             WHEN f.name NOT LIKE 'aten::%' THEN NULL
+             WHEN f.base IN ('copy', 'clone', 'contiguous', '_to_copy', 'to') THEN 'copy'
+             WHEN f.base = 'cat' THEN 'cat'
+             WHEN f.base IN ('fill', 'zero') THEN 'fill'
+             WHEN f.base IN ('index_select', 'embedding', 'gather') THEN f.base
+             WHEN f.base IN ('mean', 'sum', 'amax', 'amin', 'max', 'min', 'argmax', 'argmin', 'var', 'std', 'norm',
+                             'linalg_vector_norm', 'prod', 'all', 'any', 'var_mean', 'std_mean', 'logsumexp')
+                  THEN 'reduce'
+             WHEN f.base IN ('_softmax', 'softmax', '_log_softmax', 'log_softmax', 'cumsum', 'cumprod') THEN 'same'
+             WHEN f.base IN ('rms_norm', '_fused_rms_norm', 'native_layer_norm', 'layer_norm', 'group_norm',
+                             'native_group_norm') THEN 'norm'
+             WHEN f.base IN ('abs', 'neg', 'exp', 'log', 'sqrt', 'rsqrt', 'reciprocal', 'sin', 'cos', 'tanh', 'sigmoid',
+                             'relu', 'silu', 'gelu', 'erf', 'pow', 'add', 'sub', 'mul', 'div', 'floor_divide',
+                             'remainder', 'clamp', 'clamp_min', 'clamp_max', 'maximum', 'minimum', 'where',
+                             'masked_fill', 'lerp', 'addcmul', 'addcdiv', 'eq', 'ne', 'lt', 'le', 'gt', 'ge',
+                             'logical_and', 'logical_or', 'logical_not', 'bitwise_and', 'bitwise_or', 'bitwise_not',
+                             'sign', 'square', 'hardtanh', 'leaky_relu', 'mish', 'softplus', 'elu', 'fmod', 'round',
+                             'floor', 'ceil', 'trunc', 'exp2', 'log1p', 'expm1', 'isnan', 'isinf', 'nan_to_num', 'sgn')
+                  THEN 'elementwise'
+           END AS fam
+    FROM f
+),
+-- matmuls -------------------------------------------------------------------------------------
+mm0 AS (
+    SELECT fam.*,
+           CASE WHEN op IN ('addmm', '_addmm_activation', 'baddbmm', 'addmv') THEN 2 ELSE 1 END AS ia,
+           CASE WHEN op IN ('addmm', '_addmm_activation', 'baddbmm', 'addmv') THEN 1 WHEN op = 'linear' THEN 3 END AS ibias
+    FROM fam WHERE fam = 'matmul' AND d IS NOT NULL
+),
+mm1 AS (
+    SELECT mm0.*,
+           tk_arg_shape(d, t, ia) AS sa, tk_arg_shape(d, t, ia + 1) AS sb,
+           tk_arg_type(t, fb, ia) AS ta, tk_arg_type(t, fb, ia + 1) AS tb
+    FROM mm0
+),
+mm2 AS (
+    SELECT mm1.*,
+           CASE WHEN op IN ('mm', 'addmm', '_addmm_activation', '_scaled_mm', '_int_mm') AND len(sa) = 2 AND len(sb) = 2 THEN 'mm'
+                WHEN op IN ('bmm', 'baddbmm', 'matmul') AND len(sa) >= 2 AND len(sb) >= 2 THEN 'bmm'
+                WHEN op = 'linear' AND len(sa) >= 1 AND len(sb) = 2 THEN 'linear'
+                WHEN op IN ('mv', 'addmv') AND len(sa) = 2 AND len(sb) = 1 THEN 'mv'
+                WHEN op IN ('_grouped_mm', '_scaled_grouped_mm') AND len(sa) = 2 AND len(sb) = 3 THEN 'g2'
+                WHEN op IN ('_grouped_mm', '_scaled_grouped_mm') AND len(sa) = 3 AND len(sb) = 3 AND sa[1] = sb[1] THEN 'g3'
+           END AS sub
+    FROM mm1
+),
+mm3 AS (
+    SELECT mm2.*,
+           CASE sub WHEN 'mm' THEN sa[1] WHEN 'bmm' THEN sa[-2] WHEN 'linear' THEN tk_numel(sa[1:len(sa) - 1])
+                    WHEN 'mv' THEN 1 WHEN 'g2' THEN sa[1] WHEN 'g3' THEN sa[2] END AS m,
+           CASE sub WHEN 'mm' THEN sa[2] WHEN 'bmm' THEN sa[-1] WHEN 'linear' THEN sa[-1] WHEN 'mv' THEN sa[2]
+                    WHEN 'g2' THEN sa[2] WHEN 'g3' THEN sa[3] END AS k,
+           CASE sub WHEN 'mm' THEN sb[1] WHEN 'bmm' THEN sb[-2] WHEN 'linear' THEN sb[2] WHEN 'mv' THEN sb[1]
+                    WHEN 'g2' THEN sb[2] WHEN 'g3' THEN sb[2] END AS k_b,
+           CASE sub WHEN 'mm' THEN sb[2] WHEN 'bmm' THEN sb[-1] WHEN 'linear' THEN sb[1] WHEN 'mv' THEN sa[1]
+                    WHEN 'g2' THEN sb[3] WHEN 'g3' THEN sb[3] END AS n,
+           CASE sub WHEN 'bmm' THEN greatest(tk_numel(sa[1:len(sa) - 2]), tk_numel(sb[1:len(sb) - 2]))
+                    WHEN 'g2' THEN sb[1] WHEN 'g3' THEN sa[1] ELSE 1 END AS g,
+           tk_itemsize(ta) AS ia_b, tk_itemsize(tb) AS ib_b
+    FROM mm2
+),
+mm AS (
+    SELECT name, input_dims, input_types, meta_dtype,
+           CASE WHEN sub IS NOT NULL AND k = k_b THEN 2.0 * (CASE WHEN sub = 'g2' THEN 1 ELSE g END) * m * n * k END AS flops,
+           CASE WHEN sub IS NOT NULL AND k = k_b
+                THEN tk_numel(sa) * ia_b + tk_numel(sb) * ib_b
+                     + (CASE WHEN sub = 'g2' THEN m ELSE g * m END) * n
+                       * (CASE WHEN op IN ('_scaled_mm', '_scaled_grouped_mm') THEN 2 WHEN op = '_int_mm' THEN 4 ELSE ia_b END)
+                     + coalesce(tk_arg_bytes(d, t, fb, ibias), 0) END AS bytes,
+           CASE WHEN sub = 'mv' THEN tk_numel(sa) * ia_b
+                WHEN sub = 'bmm' AND len(sb) > 2 THEN 0.0   -- a batched B is an activation (scores, KV), not a weight
+                ELSE tk_numel(sb) * ib_b END AS weight_bytes,
+           0.0 AS kv_bytes,
+           CASE WHEN op LIKE '\_scaled%' ESCAPE '\' THEN 'fp8' WHEN op = '_int_mm' THEN 'int8' ELSE tk_compute(ta) END AS compute,
+           'matmul' AS kind,
+           CASE WHEN sa IS NULL OR sb IS NULL THEN name || ': operand shapes not recorded'
+                WHEN sub IS NULL OR k <> k_b THEN name || ': shapes ' || sa::VARCHAR || ' x ' || sb::VARCHAR || ' not modelled'
+                WHEN ia_b IS NULL OR ib_b IS NULL THEN name || ': no dtype recorded (set --meta dtype=...)'
+                ELSE 'matmul:M=' || m::BIGINT || ',N=' || n || ',K=' || k || CASE WHEN g <> 1 THEN ',groups=' || g::BIGINT ELSE '' END
+                     || CASE WHEN sub = 'g2' THEN ';all group weights counted (offsets not recorded)' ELSE '' END
+                     || CASE WHEN op = '_scaled_mm' THEN ';output dtype taken as bf16' ELSE '' END
+                     || CASE WHEN t IS NULL THEN ';dtype:run meta ' || fb ELSE '' END END AS evidence
+    FROM mm3
+),
+-- attention -----------------------------------------------------------------------------------
+at0 AS (
+    SELECT fam.*,
+           tk_arg_shape(d, t, 1) AS q, tk_arg_shape(d, t, 2) AS kk, tk_arg_shape(d, t, 3) AS v,
+           CASE WHEN name IN ('aten::_scaled_dot_product_flash_attention', 'aten::_flash_attention_forward',
+                              'flash_attn::_flash_attn_forward') THEN NULL ELSE 4 END AS imask
+    FROM fam WHERE fam IN ('attn_bhld', 'attn_blhd') AND d IS NOT NULL
+),
+at1 AS (
+    SELECT at0.*,
+           q[1] AS b,
+           CASE fam WHEN 'attn_bhld' THEN q[2] ELSE q[3] END AS hq,
+           CASE fam WHEN 'attn_bhld' THEN q[3] ELSE q[2] END AS lq,
+           q[4] AS dq,
+           CASE fam WHEN 'attn_bhld' THEN kk[2] ELSE kk[3] END AS hk,
+           CASE fam WHEN 'attn_bhld' THEN kk[3] ELSE kk[2] END AS lk,
+           v[4] AS dv,
+           len(q) = 4 AND len(kk) = 4 AND len(v) = 4 AS ok4,
+           tk_itemsize(tk_arg_type(t, fb, 1)) AS iq,
+           tk_arg_shape(d, t, imask) AS mask
+    FROM at0
+),
+at2 AS (
+    SELECT at1.*,
+           ok4 AND hk > 0 AND hq % hk = 0 AS ok,
+           CASE WHEN lq > 1 AND lq <= lk THEN lq * (lk - lq) + lq * (lq + 1) // 2 ELSE lq * lk END AS pairs,
+           tk_arg_bytes(d, t, fb, 1) AS qb, tk_arg_bytes(d, t, fb, 2) AS kb, tk_arg_bytes(d, t, fb, 3) AS vb
+    FROM at1
+),
+att AS (
+    SELECT name, input_dims, input_types, meta_dtype,
+           CASE WHEN ok THEN 2.0 * b * hq * pairs * (dq + dv) END AS flops,
+           CASE WHEN ok THEN qb + kb + vb + 1.0 * b * hq * lq * dv * iq
+                             + coalesce(tk_arg_bytes(d, t, fb, imask), 0) END AS bytes,
+           0.0 AS weight_bytes,
+           CASE WHEN ok THEN kb + vb END AS kv_bytes,
+           tk_compute(tk_arg_type(t, fb, 1)) AS compute,
+           'attention' AS kind,
+           CASE WHEN q IS NULL OR kk IS NULL OR v IS NULL THEN name || ': q/k/v shapes not recorded'
+                WHEN NOT ok4 THEN name || ': q/k/v of rank ' || len(q) || ' (variable-length batch: lengths not recorded)'
+                WHEN NOT ok THEN name || ': ' || hq || ' query heads over ' || hk || ' KV heads'
+                WHEN iq IS NULL THEN name || ': no dtype recorded (set --meta dtype=...)'
+                ELSE 'attention:B=' || b || ',Hq=' || hq || ',Hkv=' || hk || ',Lq=' || lq || ',Lk=' || lk || ',D=' || dq
+                     || CASE WHEN lq > 1 AND lq <= lk THEN ';causal:assumed (is_causal is not recorded)'
+                             WHEN lq = 1 THEN ';one query token' ELSE ';full' END
+                     || CASE WHEN mask IS NOT NULL THEN ';mask tensor ' || mask::VARCHAR ELSE '' END
+                     || CASE WHEN t IS NULL THEN ';dtype:run meta ' || fb ELSE '' END END AS evidence
+    FROM at2
+),
+-- everything else: bytes from the tensors --------------------------------------------------------
+ew0 AS (
+    SELECT fam.*,
+           list_filter(range(1, coalesce(len(d), 0) + 1), lambda i: tk_arg_shape(d, t, i) IS NOT NULL) AS idx
+    FROM fam WHERE fam IN ('copy', 'cat', 'fill', 'index_select', 'embedding', 'gather', 'reduce', 'same', 'norm',
+                           'elementwise') AND d IS NOT NULL
+),
+ew1 AS (
+    SELECT ew0.*,
+           list_transform(idx, lambda i: tk_arg_shape(d, t, i)) AS shapes,
+           list_transform(idx, lambda i: tk_itemsize(tk_arg_type(t, fb, i))) AS sizes,
+           list_transform(idx, lambda i: tk_arg_bytes(d, t, fb, i)) AS tbytes
+    FROM ew0
+),
+ew2 AS (
+    SELECT ew1.*,
+           len(idx) > 0 AS any_t,
+           len(list_filter(sizes, lambda x: x IS NULL)) = 0 AS typed,
+           tbytes[1] AS b0, tk_numel(shapes[1]) AS n0,
+           list_max(list_transform(shapes, lambda s: len(s))) AS nd,
+           list_sum(tbytes) AS in_bytes,
+           -- result dtype: 0-dim tensors (recorded Python numbers) do not promote it
+           coalesce(list_max(list_filter(list_transform(idx, lambda i: CASE WHEN len(tk_arg_shape(d, t, i)) > 0
+                THEN tk_itemsize(tk_arg_type(t, fb, i)) END), lambda x: x IS NOT NULL)), list_max(sizes)) AS out_item
+    FROM ew1
+),
+ew3 AS (
+    SELECT ew2.*,
+           tk_numel(list_transform(range(1, coalesce(nd, 0) + 1), lambda j: list_max(list_transform(shapes,
+               lambda s: CASE WHEN len(s) - nd + j >= 1 THEN s[len(s) - nd + j] ELSE 1 END))))
+             AS out_numel
+    FROM ew2
+),
+ew AS (
+    SELECT name, input_dims, input_types, meta_dtype,
+           CASE WHEN fam IN ('copy', 'cat', 'fill', 'index_select', 'embedding', 'gather') THEN 0.0
+                WHEN fam IN ('reduce', 'same', 'norm') THEN n0
+                ELSE CASE WHEN inplace THEN n0 ELSE out_numel END END AS flops_raw,
+           CASE fam
+             WHEN 'copy' THEN CASE WHEN base = 'copy' THEN tk_arg_bytes(d, t, fb, 1) + tk_arg_bytes(d, t, fb, 2)
+                                   ELSE 2 * b0 END
+             -- Kineto records the tensor list as one nested argument, nsys as one argument per tensor
+             WHEN 'cat' THEN 2.0 * tk_itemsize(fb) * CASE WHEN json_type(d[1], '$[0]') = 'ARRAY'
+                    THEN list_sum(list_transform(TRY_CAST(d[1] AS BIGINT[][]), lambda s: tk_numel(s)))
+                    ELSE list_sum(list_transform(shapes, lambda s: tk_numel(s))) END
+             WHEN 'fill' THEN tk_arg_bytes(d, t, fb, 1)
+             WHEN 'index_select' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 3)) * tk_numel(tk_arg_shape(d, t, 1)[2:])
+                                      * tk_itemsize(tk_arg_type(t, fb, 1)) + 8.0 * tk_numel(tk_arg_shape(d, t, 3))
+             WHEN 'embedding' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 2)) * tk_arg_shape(d, t, 1)[-1]
+                                   * tk_itemsize(tk_arg_type(t, fb, 1)) + 8.0 * tk_numel(tk_arg_shape(d, t, 2))
+             -- a gather's index is often a broadcast (stride-0) view: left out of the floor
+             WHEN 'gather' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 3)) * tk_itemsize(tk_arg_type(t, fb, 1))
+             WHEN 'reduce' THEN b0
+             WHEN 'same' THEN 2 * b0
+             WHEN 'norm' THEN b0 + in_bytes
+             ELSE in_bytes + CASE WHEN inplace THEN b0
+                                  ELSE out_numel * CASE WHEN base IN ('eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logical_and',
+                                       'logical_or', 'logical_not', 'isnan', 'isinf') THEN 1 ELSE out_item END END
+           END AS bytes_raw,
+           CASE WHEN fam = 'cat' THEN fb IS NOT NULL ELSE any_t AND typed END AS usable,
+           CASE fam WHEN 'reduce' THEN 'reduce' WHEN 'norm' THEN 'norm'
+                    WHEN 'elementwise' THEN 'elementwise' WHEN 'same' THEN 'elementwise' ELSE 'copy' END AS kind,
+           CASE fam WHEN 'copy' THEN 'copy:read+write' WHEN 'cat' THEN 'cat:read+write' WHEN 'fill' THEN 'fill:write'
+                    WHEN 'gather' THEN 'gather:selected elements read+written;index not counted'
+                    WHEN 'reduce' THEN 'reduce:input read once (output not counted)'
+                    WHEN 'norm' THEN 'norm:x read+written, params read'
+                    WHEN 'same' THEN base || ':read+write'
+                    WHEN 'elementwise' THEN 'elementwise:1 flop/element'
+                    ELSE base || ':selected rows read+written' END
+             || CASE WHEN t IS NULL OR fam = 'cat' THEN ';dtype:run meta ' || coalesce(fb, '?') ELSE '' END AS how,
+           fam, any_t, fb, t
+    FROM ew3
+),
+ew_out AS (
+    SELECT name, input_dims, input_types, meta_dtype,
+           CASE WHEN usable AND bytes_raw IS NOT NULL THEN flops_raw END AS flops,
+           CASE WHEN usable THEN bytes_raw END AS bytes,
+           0.0 AS weight_bytes, 0.0 AS kv_bytes, NULL::VARCHAR AS compute, kind,
+           CASE WHEN fam = 'cat' AND fb IS NULL
+                    THEN name || ': dtype of a tensor list is not recorded (set --meta dtype=...)'
+                WHEN NOT any_t THEN name || ': no tensor shapes recorded'
+                WHEN NOT usable THEN name || ': no dtype recorded (set --meta dtype=...)'
+                WHEN bytes_raw IS NULL THEN name || ': shapes not understood'
+                ELSE how END AS evidence
+    FROM ew
+),
+none AS (
+    SELECT name, input_dims, input_types, meta_dtype, NULL::DOUBLE AS flops, NULL::DOUBLE AS bytes,
+           NULL::DOUBLE AS weight_bytes, NULL::DOUBLE AS kv_bytes, NULL::VARCHAR AS compute, NULL::VARCHAR AS kind,
+           CASE WHEN input_dims IS NULL
+                THEN name || ': no input shapes recorded (record_shapes / emit_nvtx(record_shapes=True) off)'
+                WHEN d IS NULL THEN name || ': input shapes not readable'
+                ELSE name || ': no work model for this op' END AS evidence
+    FROM fam WHERE fam IS NULL OR d IS NULL
+)
+SELECT * FROM mm
+UNION ALL SELECT * FROM att
+UNION ALL SELECT * FROM ew_out
+UNION ALL SELECT * FROM none;
+
 -- @view kernel_work
 -- Work per kernel from its linked CPU op's recorded shapes and dtypes (tracekit.work: matmuls
 -- 2*M*N*K, attention from q/k/v and KV length, elementwise/norm/copy from tensor bytes; bytes are
@@ -71,7 +410,7 @@ CROSS JOIN peak_override o;
 -- @column peak_bytes_per_s      DOUBLE   memory bandwidth roof
 -- @column bound_ns              DOUBLE   time at the roof: max(flops / peak FLOP/s, hbm_bytes / bandwidth)
 -- @column roof_share            DOUBLE   bound_ns / dur_ns: 1 = at the roof
--- @column limit_by              VARCHAR  'memory' | 'compute': which roof bounds it
+-- @column limit_by              VARCHAR  'memory' | 'compute': which roof bounds it (bytes counted in full)
 -- @column evidence              VARCHAR  how the work was counted, or why it is NULL
 CREATE OR REPLACE TEMP VIEW kernel_work AS
 WITH k AS (
@@ -92,28 +431,21 @@ ops_used AS (
     JOIN op_kernels ok ON ok.run_id = o.run_id AND ok.op_id = o.op_id
     JOIN run_dtype d ON d.run_id = o.run_id
 ),
-ctx AS (
-    SELECT DISTINCT name, input_dims, input_types, meta_dtype FROM ops_used
-),
-ctx_work AS (
-    SELECT name, input_dims, input_types, meta_dtype,
-           tk_op_work(name, input_dims, input_types, meta_dtype) AS w
-    FROM ctx
-),
 linked AS (
     SELECT k.*, u.name AS op_name, u.n AS op_kernels,
            CASE WHEN u.op_ns > 0 THEN k.dur_ns / u.op_ns ELSE 1.0 / u.n END AS share,
-           c.w
+           w.flops AS w_flops, w.bytes AS w_bytes, w.weight_bytes AS w_weight, w.kv_bytes AS w_kv,
+           w.compute, w.kind, w.evidence AS w_evidence
     FROM k
     JOIN ops_used u ON u.run_id = k.run_id AND u.op_id = k.op_id
-    JOIN ctx_work c ON c.name = u.name AND c.input_dims IS NOT DISTINCT FROM u.input_dims
-        AND c.input_types IS NOT DISTINCT FROM u.input_types AND c.meta_dtype IS NOT DISTINCT FROM u.meta_dtype
+    JOIN op_work w ON w.name = u.name AND w.input_dims IS NOT DISTINCT FROM u.input_dims
+        AND w.input_types IS NOT DISTINCT FROM u.input_types AND w.meta_dtype IS NOT DISTINCT FROM u.meta_dtype
 ),
 unlinked AS (
     SELECT k.*, NULL::VARCHAR AS op_name, NULL::BIGINT AS op_kernels, 1.0::DOUBLE AS share,
-           {'flops': NULL::DOUBLE, 'bytes': NULL::DOUBLE, 'weight_bytes': NULL::DOUBLE,
-            'kv_bytes': NULL::DOUBLE, 'compute': NULL::VARCHAR, 'kind': NULL::VARCHAR,
-            'evidence': 'kernel has no linked CPU op (no op records, or a CUDA-graph replay)'} AS w
+           NULL::DOUBLE AS w_flops, NULL::DOUBLE AS w_bytes, NULL::DOUBLE AS w_weight, NULL::DOUBLE AS w_kv,
+           NULL::VARCHAR AS compute, NULL::VARCHAR AS kind,
+           'kernel has no linked CPU op (no op records, or a CUDA-graph replay)' AS w_evidence
     FROM k
     WHERE NOT EXISTS (SELECT 1 FROM ops o WHERE o.run_id = k.run_id AND o.op_id = k.op_id)
 ),
@@ -122,23 +454,23 @@ allk AS (
 ),
 rated AS (
     SELECT a.run_id, a.kernel_id, a.short_name, a.category, a.stage, a.step, a.iteration, a.dur_ns,
-           a.op_id, a.op_name, a.w.kind AS kind, a.w.compute AS compute, a.share,
-           a.w.flops * a.share AS flops, a.w.bytes * a.share AS bytes,
-           a.w.weight_bytes * a.share AS weight_bytes, a.w.kv_bytes * a.share AS kv_bytes,
-           CASE a.w.compute WHEN 'bf16' THEN p.bf16_flops_per_s WHEN 'fp16' THEN p.fp16_flops_per_s
+           a.op_id, a.op_name, a.kind, a.compute, a.share,
+           a.w_flops * a.share AS flops, a.w_bytes * a.share AS bytes,
+           a.w_weight * a.share AS weight_bytes, a.w_kv * a.share AS kv_bytes,
+           CASE a.compute WHEN 'bf16' THEN p.bf16_flops_per_s WHEN 'fp16' THEN p.fp16_flops_per_s
                             WHEN 'fp8' THEN p.fp8_flops_per_s WHEN 'tf32' THEN p.tf32_flops_per_s
                             WHEN 'fp32' THEN p.fp32_flops_per_s
                             WHEN 'fp64' THEN NULL WHEN 'int8' THEN NULL
-                            ELSE CASE WHEN a.w.kind IN ('matmul', 'attention') THEN NULL  -- dtype unknown
+                            ELSE CASE WHEN a.kind IN ('matmul', 'attention') THEN NULL  -- dtype unknown
                                       ELSE p.fp32_flops_per_s END END AS peak_flops_per_s,
            p.bytes_per_s AS peak_bytes_per_s,
            -- Up to the last-level cache's size of a kernel's other (activation) bytes may be
            -- served from it or absorbed by it (reading what the kernel before wrote, writing what
            -- the next reads): only weights, KV and the rest are sure to cross HBM.
-           (a.w.weight_bytes + a.w.kv_bytes) * a.share
-             + greatest((a.w.bytes - a.w.weight_bytes - a.w.kv_bytes) * a.share - coalesce(p.l2_bytes, 0), 0)
+           (a.w_weight + a.w_kv) * a.share
+             + greatest((a.w_bytes - a.w_weight - a.w_kv) * a.share - coalesce(p.l2_bytes, 0), 0)
              AS hbm_bytes,
-           a.w.evidence || CASE WHEN a.op_kernels > 1
+           a.w_evidence || CASE WHEN a.op_kernels > 1
                                 THEN ';op work split over its ' || a.op_kernels || ' kernels by duration'
                                 ELSE '' END AS evidence
     FROM allk a
@@ -156,7 +488,7 @@ SELECT run_id, kernel_id, short_name, category, stage, step, iteration, dur_ns, 
             THEN greatest(flops / peak_flops_per_s, hbm_bytes / peak_bytes_per_s) * 1e9 / nullif(dur_ns, 0)
             END AS roof_share,
        CASE WHEN bytes IS NULL OR peak_bytes_per_s IS NULL THEN NULL
-            WHEN coalesce(flops / peak_flops_per_s, 0) > hbm_bytes / peak_bytes_per_s THEN 'compute'
+            WHEN coalesce(flops / peak_flops_per_s, 0) > bytes / peak_bytes_per_s THEN 'compute'
             ELSE 'memory' END AS limit_by,
        evidence
 FROM rated;
