@@ -67,17 +67,10 @@ CREATE OR REPLACE TEMP MACRO tk_shape(j) AS CASE
     THEN TRY_CAST(j AS BIGINT[]) END;
 CREATE OR REPLACE TEMP MACRO tk_numel(s) AS CASE
     WHEN s IS NULL THEN NULL WHEN len(s) = 0 THEN 1.0 ELSE list_aggregate(s, 'product')::DOUBLE END;
--- Argument k (1-based) of an op: its shape when it is a tensor, and its dtype name. Kineto types
--- every argument; nsys emit_nvtx ranges type none (d = dims list, t = types list or NULL, fb = the
--- run's dtype); there a [] may be a scalar and is not taken as a tensor.
-CREATE OR REPLACE TEMP MACRO tk_arg_shape(d, t, k) AS CASE
-    WHEN t IS NOT NULL AND (t[k] IS NULL OR tk_nontensor(t[k])) THEN NULL
-    WHEN t IS NULL AND len(tk_shape(d[k])) = 0 THEN NULL
-    ELSE tk_shape(d[k]) END;
+-- Argument k (1-based) of an op: its dtype name. Kineto types every argument; nsys emit_nvtx
+-- ranges type none (t = types list or NULL, fb = the run's dtype), and there a [] may be a scalar.
 CREATE OR REPLACE TEMP MACRO tk_arg_type(t, fb, k) AS CASE
     WHEN t IS NOT NULL THEN CASE WHEN tk_nontensor(t[k]) THEN NULL ELSE t[k] END ELSE fb END;
-CREATE OR REPLACE TEMP MACRO tk_arg_bytes(d, t, fb, k) AS
-    tk_numel(tk_arg_shape(d, t, k)) * tk_itemsize(tk_arg_type(t, fb, k));
 
 -- @view op_work
 -- Work of each distinct CPU op (name, recorded shapes and dtypes, the run's dtype metadata):
@@ -123,12 +116,30 @@ p AS (
            regexp_replace(c.name, '^aten::', '') AS op
     FROM ctx c
 ),
+-- Each argument's shape, dtype, element count and item size, once per op (the macros expand inline:
+-- writing them out per use makes the view slow to create).
+a0 AS (
+    SELECT p.*, list_transform(p.d, lambda j: tk_shape(j)) AS rs FROM p
+),
+a AS (
+    SELECT a0.*,
+           list_transform(range(1, coalesce(len(a0.d), 0) + 1), lambda i: CASE
+               WHEN a0.t IS NOT NULL AND (a0.t[i] IS NULL OR tk_nontensor(a0.t[i])) THEN NULL
+               WHEN a0.t IS NULL AND len(a0.rs[i]) = 0 THEN NULL
+               ELSE a0.rs[i] END) AS sh,
+           list_transform(range(1, coalesce(len(a0.d), 0) + 1), lambda i: tk_arg_type(a0.t, a0.fb, i)) AS ty
+    FROM a0
+),
+a2 AS (
+    SELECT a.*, list_transform(a.sh, lambda x: tk_numel(x)) AS ne, list_transform(a.ty, lambda x: tk_itemsize(x)) AS sz
+    FROM a
+),
 f AS (
     SELECT p.*,
            (p.name LIKE 'aten::%' AND p.op LIKE '%\_' ESCAPE '\' AND p.op NOT LIKE '\_%' ESCAPE '\') AS inplace,
            CASE WHEN p.name LIKE 'aten::%' AND p.op LIKE '%\_' ESCAPE '\' AND p.op NOT LIKE '\_%' ESCAPE '\'
                 THEN p.op[1:-2] ELSE p.op END AS base
-    FROM p
+    FROM a2 p
 ),
 fam AS (
     SELECT f.*,
@@ -174,8 +185,8 @@ mm0 AS (
 ),
 mm1 AS (
     SELECT mm0.*,
-           tk_arg_shape(d, t, ia) AS sa, tk_arg_shape(d, t, ia + 1) AS sb,
-           tk_arg_type(t, fb, ia) AS ta, tk_arg_type(t, fb, ia + 1) AS tb
+           sh[ia] AS sa, sh[ia + 1] AS sb,
+           ty[ia] AS ta, ty[ia + 1] AS tb
     FROM mm0
 ),
 mm2 AS (
@@ -211,7 +222,7 @@ mm AS (
                 THEN tk_numel(sa) * ia_b + tk_numel(sb) * ib_b
                      + (CASE WHEN sub = 'g2' THEN m ELSE g * m END) * n
                        * (CASE WHEN op IN ('_scaled_mm', '_scaled_grouped_mm') THEN 2 WHEN op = '_int_mm' THEN 4 ELSE ia_b END)
-                     + coalesce(tk_arg_bytes(d, t, fb, ibias), 0) END AS bytes,
+                     + coalesce((ne[ibias] * sz[ibias]), 0) END AS bytes,
            CASE WHEN sub = 'mv' THEN tk_numel(sa) * ia_b
                 WHEN sub = 'bmm' AND len(sb) > 2 THEN 0.0   -- a batched B is an activation (scores, KV), not a weight
                 ELSE tk_numel(sb) * ib_b END AS weight_bytes,
@@ -230,7 +241,7 @@ mm AS (
 -- attention -----------------------------------------------------------------------------------
 at0 AS (
     SELECT fam.*,
-           tk_arg_shape(d, t, 1) AS q, tk_arg_shape(d, t, 2) AS kk, tk_arg_shape(d, t, 3) AS v,
+           sh[1] AS q, sh[2] AS kk, sh[3] AS v,
            CASE WHEN name IN ('aten::_scaled_dot_product_flash_attention', 'aten::_flash_attention_forward',
                               'flash_attn::_flash_attn_forward') THEN NULL ELSE 4 END AS imask
     FROM fam WHERE fam IN ('attn_bhld', 'attn_blhd') AND d IS NOT NULL
@@ -245,25 +256,25 @@ at1 AS (
            CASE fam WHEN 'attn_bhld' THEN kk[3] ELSE kk[2] END AS lk,
            v[4] AS dv,
            len(q) = 4 AND len(kk) = 4 AND len(v) = 4 AS ok4,
-           tk_itemsize(tk_arg_type(t, fb, 1)) AS iq,
-           tk_arg_shape(d, t, imask) AS mask
+           sz[1] AS iq,
+           sh[imask] AS mask
     FROM at0
 ),
 at2 AS (
     SELECT at1.*,
            ok4 AND hk > 0 AND hq % hk = 0 AS ok,
            CASE WHEN lq > 1 AND lq <= lk THEN lq * (lk - lq) + lq * (lq + 1) // 2 ELSE lq * lk END AS pairs,
-           tk_arg_bytes(d, t, fb, 1) AS qb, tk_arg_bytes(d, t, fb, 2) AS kb, tk_arg_bytes(d, t, fb, 3) AS vb
+           (ne[1] * sz[1]) AS qb, (ne[2] * sz[2]) AS kb, (ne[3] * sz[3]) AS vb
     FROM at1
 ),
 att AS (
     SELECT name, input_dims, input_types, meta_dtype,
            CASE WHEN ok THEN 2.0 * b * hq * pairs * (dq + dv) END AS flops,
            CASE WHEN ok THEN qb + kb + vb + 1.0 * b * hq * lq * dv * iq
-                             + coalesce(tk_arg_bytes(d, t, fb, imask), 0) END AS bytes,
+                             + coalesce((ne[imask] * sz[imask]), 0) END AS bytes,
            0.0 AS weight_bytes,
            CASE WHEN ok THEN kb + vb END AS kv_bytes,
-           tk_compute(tk_arg_type(t, fb, 1)) AS compute,
+           tk_compute(ty[1]) AS compute,
            'attention' AS kind,
            CASE WHEN q IS NULL OR kk IS NULL OR v IS NULL THEN name || ': q/k/v shapes not recorded'
                 WHEN NOT ok4 THEN name || ': q/k/v of rank ' || len(q) || ' (variable-length batch: lengths not recorded)'
@@ -279,15 +290,15 @@ att AS (
 -- everything else: bytes from the tensors --------------------------------------------------------
 ew0 AS (
     SELECT fam.*,
-           list_filter(range(1, coalesce(len(d), 0) + 1), lambda i: tk_arg_shape(d, t, i) IS NOT NULL) AS idx
+           list_filter(range(1, coalesce(len(d), 0) + 1), lambda i: sh[i] IS NOT NULL) AS idx
     FROM fam WHERE fam IN ('copy', 'cat', 'fill', 'index_select', 'embedding', 'gather', 'reduce', 'same', 'norm',
                            'elementwise') AND d IS NOT NULL
 ),
 ew1 AS (
     SELECT ew0.*,
-           list_transform(idx, lambda i: tk_arg_shape(d, t, i)) AS shapes,
-           list_transform(idx, lambda i: tk_itemsize(tk_arg_type(t, fb, i))) AS sizes,
-           list_transform(idx, lambda i: tk_arg_bytes(d, t, fb, i)) AS tbytes
+           list_transform(idx, lambda i: sh[i]) AS shapes,
+           list_transform(idx, lambda i: sz[i]) AS sizes,
+           list_transform(idx, lambda i: (ne[i] * sz[i])) AS tbytes
     FROM ew0
 ),
 ew2 AS (
@@ -298,8 +309,8 @@ ew2 AS (
            list_max(list_transform(shapes, lambda s: len(s))) AS nd,
            list_sum(tbytes) AS in_bytes,
            -- result dtype: 0-dim tensors (recorded Python numbers) do not promote it
-           coalesce(list_max(list_filter(list_transform(idx, lambda i: CASE WHEN len(tk_arg_shape(d, t, i)) > 0
-                THEN tk_itemsize(tk_arg_type(t, fb, i)) END), lambda x: x IS NOT NULL)), list_max(sizes)) AS out_item
+           coalesce(list_max(list_filter(list_transform(idx, lambda i: CASE WHEN len(sh[i]) > 0
+                THEN sz[i] END), lambda x: x IS NOT NULL)), list_max(sizes)) AS out_item
     FROM ew1
 ),
 ew3 AS (
@@ -315,19 +326,19 @@ ew AS (
                 WHEN fam IN ('reduce', 'same', 'norm') THEN n0
                 ELSE CASE WHEN inplace THEN n0 ELSE out_numel END END AS flops_raw,
            CASE fam
-             WHEN 'copy' THEN CASE WHEN base = 'copy' THEN tk_arg_bytes(d, t, fb, 1) + tk_arg_bytes(d, t, fb, 2)
+             WHEN 'copy' THEN CASE WHEN base = 'copy' THEN (ne[1] * sz[1]) + (ne[2] * sz[2])
                                    ELSE 2 * b0 END
              -- Kineto records the tensor list as one nested argument, nsys as one argument per tensor
              WHEN 'cat' THEN 2.0 * tk_itemsize(fb) * CASE WHEN json_type(d[1], '$[0]') = 'ARRAY'
                     THEN list_sum(list_transform(TRY_CAST(d[1] AS BIGINT[][]), lambda s: tk_numel(s)))
                     ELSE list_sum(list_transform(shapes, lambda s: tk_numel(s))) END
-             WHEN 'fill' THEN tk_arg_bytes(d, t, fb, 1)
-             WHEN 'index_select' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 3)) * tk_numel(tk_arg_shape(d, t, 1)[2:])
-                                      * tk_itemsize(tk_arg_type(t, fb, 1)) + 8.0 * tk_numel(tk_arg_shape(d, t, 3))
-             WHEN 'embedding' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 2)) * tk_arg_shape(d, t, 1)[-1]
-                                   * tk_itemsize(tk_arg_type(t, fb, 1)) + 8.0 * tk_numel(tk_arg_shape(d, t, 2))
+             WHEN 'fill' THEN (ne[1] * sz[1])
+             WHEN 'index_select' THEN 2.0 * ne[3] * tk_numel(sh[1][2:])
+                                      * sz[1] + 8.0 * ne[3]
+             WHEN 'embedding' THEN 2.0 * ne[2] * sh[1][-1]
+                                   * sz[1] + 8.0 * ne[2]
              -- a gather's index is often a broadcast (stride-0) view: left out of the floor
-             WHEN 'gather' THEN 2.0 * tk_numel(tk_arg_shape(d, t, 3)) * tk_itemsize(tk_arg_type(t, fb, 1))
+             WHEN 'gather' THEN 2.0 * ne[3] * sz[1]
              WHEN 'reduce' THEN b0
              WHEN 'same' THEN 2 * b0
              WHEN 'norm' THEN b0 + in_bytes
