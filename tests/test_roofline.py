@@ -429,3 +429,17 @@ def test_roofline_chart_and_report_pieces(db_path, tmp_path):
     tables = roofline_tables(db)
     assert {"roofline", "decode_ideal"} <= set(tables)
     assert tables["roofline"].height > 0 and math.isfinite(tables["decode_ideal"]["hbm_share"].drop_nulls()[0])
+
+
+def test_memop_work_device_copies_mixtral(tmp_path):
+    """Mixtral's device-to-device copies: bytes from the trace's own memcpy events, read + written."""
+    trace = shared_trace("h200/mixtral-8x7b-2L_b8_i64_o8.pt.trace.json.gz")
+    with gzip.open(trace, "rt") as f:
+        copies = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "gpu_memcpy" and "DtoD" in e["name"]]
+    db = tracekit.open(tmp_path / "m.duckdb")
+    db.import_paths([trace])
+    rows = db.con.execute("SELECT count(*), sum(bytes), max(roof_share), count(*) FILTER (WHERE stage = 'other') "
+                          "FROM memop_work WHERE copy_kind = 'DtoD'").fetchall()[0]
+    assert rows[0] == len(copies) > 0
+    assert rows[1] == 2 * sum(e["args"]["bytes"] for e in copies)
+    assert 0 < rows[2] <= 1.0 and rows[3] == 0

@@ -614,3 +614,52 @@ SELECT b.run_id, b.iteration, b.step,
 FROM b
 JOIN step_totals t ON t.run_id = b.run_id AND t.iteration = b.iteration AND t.step = b.step
 ORDER BY b.run_id, b.iteration, b.step;
+
+-- @view memop_work
+-- Copies and memsets the CUDA runtime ran outside kernels (memops), with their bytes and the
+-- memory roof: a device-to-device copy reads and writes its bytes in HBM (2 x bytes), a memset
+-- writes them; copies to or from the host cross the host link, for which the peaks table has no
+-- roof (NULL). The stage is that of the forward pass whose marker encloses the copy's launch on
+-- the CPU (its GPU start when passes were inferred), 'other' outside every pass.
+--
+-- @column run_id                INTEGER  the run
+-- @column memop_id              BIGINT   the memop
+-- @column kind                  VARCHAR  memcpy | memset
+-- @column copy_kind             VARCHAR  HtoD, DtoH, DtoD, ... as the trace names it
+-- @column stage                 VARCHAR  summarization | generation | warmup | other
+-- @column step                  INTEGER  forward pass (NULL outside passes)
+-- @column dur_ns                BIGINT   duration
+-- @column bytes                 DOUBLE   bytes moved through device memory (DtoD: read + written)
+-- @column achieved_bytes_per_s  DOUBLE   bytes / dur
+-- @column peak_bytes_per_s      DOUBLE   the HBM roof (NULL for host copies)
+-- @column roof_share            DOUBLE   (bytes / peak) / dur
+CREATE OR REPLACE TEMP VIEW memop_work AS
+WITH m AS (
+    SELECT m.run_id, m.memop_id, m.kind, m.copy_kind, m.dur_ns, m.bytes, m.start_ns,
+           (SELECT l.start_ns FROM launches l WHERE l.run_id = m.run_id AND l.launch_id = m.launch_id) AS launch_ns,
+           CASE WHEN m.kind = 'memset' THEN 'device'
+                WHEN lower(replace(coalesce(m.copy_kind, ''), '-', '')) IN ('dtod', 'devicetodevice') THEN 'dtod'
+                ELSE 'host' END AS path
+    FROM memops m
+),
+staged AS (
+    SELECT m.*,
+           (SELECT arg_max(p.stage, p.start_ns) FROM passes p WHERE p.run_id = m.run_id
+                AND CASE WHEN p.source = 'inferred' THEN m.start_ns ELSE m.launch_ns END BETWEEN p.start_ns AND p.end_ns)
+             AS pass_stage,
+           (SELECT arg_max(p.step, p.start_ns) FROM passes p WHERE p.run_id = m.run_id
+                AND CASE WHEN p.source = 'inferred' THEN m.start_ns ELSE m.launch_ns END BETWEEN p.start_ns AND p.end_ns)
+             AS pass_step
+    FROM m
+)
+SELECT s.run_id, s.memop_id, s.kind, s.copy_kind, coalesce(s.pass_stage, 'other') AS stage, s.pass_step AS step,
+       s.dur_ns,
+       CASE s.path WHEN 'dtod' THEN 2.0 * s.bytes ELSE s.bytes::DOUBLE END AS bytes,
+       CASE s.path WHEN 'dtod' THEN 2.0 * s.bytes ELSE s.bytes::DOUBLE END / nullif(s.dur_ns * 1e-9, 0)
+           AS achieved_bytes_per_s,
+       CASE WHEN s.path <> 'host' THEN p.bytes_per_s END AS peak_bytes_per_s,
+       CASE WHEN s.path <> 'host'
+            THEN CASE s.path WHEN 'dtod' THEN 2.0 * s.bytes ELSE s.bytes::DOUBLE END / p.bytes_per_s * 1e9
+                 / nullif(s.dur_ns, 0) END AS roof_share
+FROM staged s
+JOIN run_peaks p ON p.run_id = s.run_id;
