@@ -160,9 +160,9 @@ def roofline_chart(data: ChartData, title: str = "Roofline: kernels against the 
             x=x, y=y, strokeDash=alt.StrokeDash("roof:N", title="roof"))
         panels.append(alt.layer(lines, points).properties(title=stage, width=360, height=300))
     chart = alt.hconcat(*panels) if len(panels) > 1 else panels[0]
-    subtitle = data.subtitle()
-    return chart.properties(title=alt.Title(title, subtitle=subtitle) if subtitle else title).resolve_scale(
-        x="shared", y="shared")
+    subtitle = ["intensity = FLOPs / bytes each kernel must move; points above the memory slope were served "
+                "in part by the L2 cache (kernel_work.hbm_bytes)"] + data.subtitle()
+    return chart.properties(title=alt.Title(title, subtitle=subtitle)).resolve_scale(x="shared", y="shared")
 
 
 def roofline_figures(db: Queryable, max_points: int = 20000) -> dict[str, alt.TopLevelMixin]:
