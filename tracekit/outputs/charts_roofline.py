@@ -59,14 +59,15 @@ def roofline_frame(db: Queryable, run_id: int | None = None, stage: str | None =
 
 
 def decode_frame(db: Queryable, run_id: int | None = None) -> pl.DataFrame:
-    """Each decode pass: bytes it must read over HBM bandwidth, against its kernel and wall time."""
+    """Each decode pass: bytes it must read over HBM bandwidth, against its kernel, GPU-span and host time."""
     where, params = ("d.run_id = ?", [run_id]) if run_id is not None else ("true", [])
     sql = f"""
         SELECT d.run_id, i.source_name, i.model, i.batch, d.iteration, d.step,
                round(d.weight_bytes / 1e9, 4) AS weight_gb, round(d.kv_bytes / 1e6, 3) AS kv_mb,
                round(d.ideal_ns / 1e6, 4) AS ideal_ms, round(d.time_ns / 1e6, 4) AS kernel_ms,
-               round(d.wall_ns / 1e6, 4) AS wall_ms,
-               round(d.kernel_hbm_share, 3) AS hbm_share, round(d.wall_hbm_share, 3) AS wall_hbm_share,
+               round(d.gpu_span_ns / 1e6, 4) AS gpu_span_ms, round(d.host_ns / 1e6, 4) AS host_ms,
+               round(d.kernel_hbm_share, 3) AS hbm_share, round(d.span_hbm_share, 3) AS span_hbm_share,
+               round(d.host_hbm_share, 3) AS host_hbm_share,
                d.n_missing
         FROM decode_ideal d JOIN run_info i USING (run_id)
         WHERE {where}

@@ -571,7 +571,7 @@ ORDER BY run_id, stage, time_ns DESC;
 -- @view decode_ideal
 -- Per generation pass: the bytes one decode pass must read, all linear-layer weights once plus the
 -- keys and values its attention reads (the KV cache, growing with each step), over the memory
--- bandwidth, against the measured pass: kernel time and wall time (the stage marker's extent).
+-- bandwidth, against the measured pass: kernel time, GPU span and host time (step_totals).
 -- NULL bytes where a matmul or attention kernel of the pass has no work count (no shapes).
 --
 -- @column run_id             INTEGER  the run
@@ -582,10 +582,12 @@ ORDER BY run_id, stage, time_ns DESC;
 -- @column ideal_bytes        DOUBLE   weight_bytes + kv_bytes
 -- @column peak_bytes_per_s   DOUBLE   the memory roof
 -- @column ideal_ns           DOUBLE   ideal_bytes / peak_bytes_per_s: the pass at the HBM limit
--- @column time_ns            BIGINT   the pass's kernel time
--- @column wall_ns            BIGINT   the pass's wall time (NULL when passes were inferred)
+-- @column time_ns            BIGINT   the pass's kernel time (summed)
+-- @column gpu_span_ns        BIGINT   first kernel start to last kernel end of the pass
+-- @column host_ns            BIGINT   the pass's stage-marker extent on the host (NULL when passes were inferred)
 -- @column kernel_hbm_share   DOUBLE   ideal_ns / time_ns: how close the kernels come to the limit
--- @column wall_hbm_share     DOUBLE   ideal_ns / wall_ns
+-- @column span_hbm_share     DOUBLE   ideal_ns / gpu_span_ns: the same, gaps between kernels included
+-- @column host_hbm_share     DOUBLE   ideal_ns / host_ns: what a user waiting on the pass sees
 -- @column n_missing          BIGINT   matmul / attention kernels of the pass without a work count
 CREATE OR REPLACE TEMP VIEW decode_ideal AS
 WITH s AS (
@@ -601,18 +603,26 @@ WITH s AS (
 b AS (
     SELECT s.*, CASE WHEN n_missing = 0 THEN weight_bytes + kv_bytes END AS ideal_bytes
     FROM s
+),
+-- step_totals has a row per pass and process/GPU partition: one pass's figures over its partitions.
+t AS (
+    SELECT run_id, iteration, step, sum(time_ns)::BIGINT AS time_ns, max(gpu_span_ns) AS gpu_span_ns,
+           max(host_ns) AS host_ns
+    FROM step_totals
+    GROUP BY run_id, iteration, step
 )
 SELECT b.run_id, b.iteration, b.step,
        CASE WHEN b.n_missing = 0 THEN b.weight_bytes END AS weight_bytes,
        CASE WHEN b.n_missing = 0 THEN b.kv_bytes END AS kv_bytes,
        b.ideal_bytes, b.peak_bytes_per_s,
        b.ideal_bytes / b.peak_bytes_per_s * 1e9 AS ideal_ns,
-       t.time_ns, t.wall_ns,
+       t.time_ns, t.gpu_span_ns, t.host_ns,
        b.ideal_bytes / b.peak_bytes_per_s * 1e9 / nullif(t.time_ns, 0) AS kernel_hbm_share,
-       b.ideal_bytes / b.peak_bytes_per_s * 1e9 / nullif(t.wall_ns, 0) AS wall_hbm_share,
+       b.ideal_bytes / b.peak_bytes_per_s * 1e9 / nullif(t.gpu_span_ns, 0) AS span_hbm_share,
+       b.ideal_bytes / b.peak_bytes_per_s * 1e9 / nullif(t.host_ns, 0) AS host_hbm_share,
        b.n_missing
 FROM b
-JOIN step_totals t ON t.run_id = b.run_id AND t.iteration = b.iteration AND t.step = b.step
+JOIN t ON t.run_id = b.run_id AND t.iteration = b.iteration AND t.step = b.step
 ORDER BY b.run_id, b.iteration, b.step;
 
 -- @view memop_work
