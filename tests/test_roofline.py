@@ -443,3 +443,27 @@ def test_memop_work_device_copies_mixtral(tmp_path):
     assert rows[0] == len(copies) > 0
     assert rows[1] == 2 * sum(e["args"]["bytes"] for e in copies)
     assert 0 < rows[2] <= 1.0 and rows[3] == 0
+
+
+def test_odd_op_shapes_never_break_the_views(db_path, tmp_path):
+    """Shapes a trace should not hold (zero heads, negative or huge sizes, objects, non-JSON) give
+    NULL work with a reason or a plain number; they never make the views fail (a division by zero
+    in one op would fail every query over kernel_work)."""
+    copy = tmp_path / "odd.duckdb"
+    shutil.copy(db_path, copy)
+    db = tracekit.open(copy)
+    odd = [("aten::_cudnn_attention_forward", "[[1,0,1,8],[1,0,4,8],[1,0,4,8]]", None),
+           ("aten::mm", "[[-1,4096],[4096,-5]]", '["c10::BFloat16","c10::BFloat16"]'),
+           ("aten::mm", "[[99999999999,99999999999],[99999999999,99999999999]]", '["c10::BFloat16","c10::BFloat16"]'),
+           ("aten::mm", '{"a":1}', None), ("aten::mm", "not json", None), ("aten::linear", "[[],[4,4]]", None),
+           ("aten::add", '[["x"],[1,2]]', '["float","float"]'), ("aten::cat", "[5]", None)]
+    for i, (name, dims, types) in enumerate(odd):
+        db.con.execute("INSERT INTO ops (run_id, op_id, name, source, start_ns, end_ns, dur_ns, input_dims, input_types) "
+                       "VALUES (1, ?, ?, 'kineto', 0, 1, 1, ?, ?)", [10**9 + i, name, dims, types])
+    rows = {(r[0], r[1]): r[2:] for r in db.con.execute(
+        "SELECT name, input_dims, flops, bytes, evidence FROM op_work").fetchall()}
+    assert rows[odd[0][:2]][0] is None and "0 query heads" in rows[odd[0][:2]][2]
+    assert rows[odd[1][:2]][0] is None
+    assert rows[odd[2][:2]][0] == pytest.approx(2.0 * 99999999999 ** 3)
+    assert "not readable" in rows[odd[3][:2]][2] and "not readable" in rows[odd[4][:2]][2]
+    assert db.con.execute("SELECT count(*) FROM roofline").fetchall()[0][0] > 0

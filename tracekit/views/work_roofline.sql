@@ -63,10 +63,12 @@ CREATE OR REPLACE TEMP MACRO tk_nontensor(ty) AS
     ty IN ('Scalar', 'ScalarList', 'TensorList', '', 'GenericList', 'None', 'Device', 'Layout', 'str');
 -- A JSON shape [d0, d1, ...] as BIGINT[]; NULL for anything else (a tensor list, a scalar).
 CREATE OR REPLACE TEMP MACRO tk_shape(j) AS CASE
-    WHEN json_type(j) = 'ARRAY' AND (json_array_length(j) = 0 OR json_type(j, '$[0]') IN ('UBIGINT', 'BIGINT'))
+    WHEN json_type(j) = 'ARRAY' AND (json_array_length(j) = 0 OR json_type(j, '$[0]') = 'UBIGINT')
+         AND coalesce(list_min(TRY_CAST(j AS BIGINT[])), 0) >= 0
     THEN TRY_CAST(j AS BIGINT[]) END;
 CREATE OR REPLACE TEMP MACRO tk_numel(s) AS CASE
-    WHEN s IS NULL THEN NULL WHEN len(s) = 0 THEN 1.0 ELSE list_aggregate(s, 'product')::DOUBLE END;
+    WHEN s IS NULL THEN NULL WHEN len(s) = 0 THEN 1.0
+    ELSE list_aggregate(list_transform(s, lambda x: x::DOUBLE), 'product') END;
 -- Argument k (1-based) of an op: its dtype name. Kineto types every argument; nsys emit_nvtx
 -- ranges type none (t = types list or NULL, fb = the run's dtype), and there a [] may be a scalar.
 CREATE OR REPLACE TEMP MACRO tk_arg_type(t, fb, k) AS CASE
@@ -262,7 +264,7 @@ at1 AS (
 ),
 at2 AS (
     SELECT at1.*,
-           ok4 AND hk > 0 AND hq % hk = 0 AS ok,
+           coalesce(ok4 AND CASE WHEN hk > 0 THEN hq % hk = 0 ELSE false END, false) AS ok,
            CASE WHEN lq > 1 AND lq <= lk THEN lq * (lk - lq) + lq * (lq + 1) // 2 ELSE lq * lk END AS pairs,
            (ne[1] * sz[1]) AS qb, (ne[2] * sz[2]) AS kb, (ne[3] * sz[3]) AS vb
     FROM at1
@@ -367,7 +369,7 @@ ew_out AS (
            0.0 AS weight_bytes, 0.0 AS kv_bytes, NULL::VARCHAR AS compute, kind,
            CASE WHEN fam = 'cat' AND fb IS NULL
                     THEN name || ': dtype of a tensor list is not recorded (set --meta dtype=...)'
-                WHEN NOT any_t THEN name || ': no tensor shapes recorded'
+                WHEN fam <> 'cat' AND NOT any_t THEN name || ': no tensor shapes recorded'
                 WHEN NOT usable THEN name || ': no dtype recorded (set --meta dtype=...)'
                 WHEN bytes_raw IS NULL THEN name || ': shapes not understood'
                 ELSE how END AS evidence
