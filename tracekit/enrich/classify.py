@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, RuleSet, m_from_dims
+from tracekit.enrich.rules import GEMM_FAMILY, KernelContext, RuleSet, m_from_dims
 from tracekit.store import DIM_COLS
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
@@ -57,13 +57,13 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
         key = (name, short, op, m, seen)
         if key not in decided:
             ctx = KernelContext(
-                name=name[:MAX_NAME_LEN], short_name=short[:MAX_NAME_LEN], op=op, m=m,
+                name=name, short_name=short, op=op, m=m,
                 grid=tuple(given[c] if c in dims else None for c in DIM_COLS[:3]),
                 block=tuple(given[c] if c in dims else None for c in DIM_COLS[3:]),
             )
-            # Regexes see only the names, so each distinct name is matched against every rule once.
+            # Regexes see only the names: each distinct name goes through the rules' RE2 sets once.
             if (name, short) not in candidates:
-                candidates[(name, short)] = [r for r in rules.rules if r.regex_matches(ctx)]
+                candidates[(name, short)] = rules.candidates(ctx)
             d = rules.decide(ctx, candidates[(name, short)])
             decided[key] = (d.category, d.rule_id, _PENDING if d.follows_gemm else d.evidence)
         category, rule_id, evidence = decided[key]

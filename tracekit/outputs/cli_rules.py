@@ -13,6 +13,8 @@ from tracekit.enrich.rules import (
     RuleError,
     RuleSet,
     display_path,
+    real_path,
+    rule_files,
 )
 from tracekit.outputs.cli_core import db_option, fail, open_db
 
@@ -48,20 +50,22 @@ def rules_group() -> None:
 @rules_group.command("check")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path, exists=True))
 def check_cmd(paths: tuple[Path, ...]) -> None:
-    """Check rule files: TOML and schema, invalid or unsafe regexes, duplicate ids, failing
-    examples, rules shadowed by earlier ones. PATHS (dirs or files) are checked layered over the
-    user and built-in packs; with no PATHS, every loaded pack is checked."""
+    """Check rule files: TOML and schema, regexes that are not RE2, duplicate ids, failing
+    examples, rules shadowed by earlier ones. PATHS (files, or directories searched with their
+    subdirectories) are checked layered over the user and built-in packs; with no PATHS, every
+    loaded pack is checked. A directory with no rule file below it is an error."""
     ruleset = RuleSet.load(list(paths), strict=False)
     only = None
     if paths:
         only = set()
         for p in paths:
-            only |= {f.resolve() for f in ([p] if p.is_file() else p.glob("*.toml"))}
+            # The path itself too: "no rule files here" is reported against the directory.
+            only |= {real_path(f) for f in [p, *rule_files(p)]}
     issues = ruleset.check(only)
     checked = [r for r in ruleset.rules if only is None or r.path.resolve() in only]
     for issue in issues:
         click.echo(str(issue))
-    files = len(only) if only is not None else len(ruleset.packs)
+    files = len({r.path for r in checked} | {i.path for i in issues}) if only is not None else len(ruleset.packs)
     if issues:
         click.echo(f"{len(issues)} problem(s) in {len(checked)} rules from {files} file(s)", err=True)
         raise SystemExit(1)
