@@ -273,3 +273,44 @@ def test_split_k_reduce_edge_cases_and_reclassification():
     disabled.rules = [r for r in disabled.rules if r.id != "cublas.nvjet-skinny"]
     classify(con, [1], disabled)
     assert verdicts()[1] == (1, "GEMM", "name") and verdicts()[3] == (3, "GEMM", "prev_gemm:name")
+
+
+def test_split_k_reduce_follows_a_gemm_of_its_own_gpu(tmp_path):
+    """Issue 11: the follow join ignored the device, so a reduce could take the class (and
+    evidence) of a GEMM on another GPU. In this export two processes on GPUs 0 and 1 both use
+    stream 7; the predecessor of each reduce is read here from the SQLite file itself."""
+    import sqlite3
+
+    import tracekit
+
+    src = ROOT / "fixtures" / "variants" / "nsys_two_processes_two_gpus.sqlite"
+    lite = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    rows = lite.execute(
+        "SELECT k.deviceId, k.streamId, k.start, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL k "
+        "JOIN StringIds s ON s.id = k.shortName ORDER BY k.deviceId, k.streamId, k.start").fetchall()
+    # For each reduce: the (device, ordinal among that queue's kernels) of the latest cuBLAS GEMM before it.
+    want: list[tuple[int, int, int]] = []  # (device, reduce ordinal, gemm ordinal)
+    queue: tuple | None = None
+    for device, stream, _start, name in rows:
+        if (device, stream) != queue:
+            queue, ordinal, last_gemm = (device, stream), -1, None
+        ordinal += 1
+        if name.startswith("nvjet_"):
+            last_gemm = ordinal
+        elif name == "splitKreduce_kernel" and last_gemm is not None:
+            want.append((device, ordinal, last_gemm))
+    assert {d for d, _, _ in want} == {0, 1}
+
+    with tracekit.open(tmp_path / "two.duckdb") as db:
+        [result] = db.import_paths([src])
+        assert result.status == "imported", result.error
+        got = db.con.execute(
+            "SELECT device, category, evidence FROM kernels ORDER BY device, stream, start_ns, kernel_id").fetchall()
+    by_device: dict[int, list] = {}
+    for device, category, evidence in got:
+        by_device.setdefault(device, []).append((category, evidence))
+    for device, reduce_at, gemm_at in want:
+        category, evidence = by_device[device][reduce_at]
+        gemm_category, gemm_evidence = by_device[device][gemm_at]
+        if evidence.startswith("prev_gemm:"):
+            assert (category, evidence) == (gemm_category, "prev_gemm:" + gemm_evidence), (device, reduce_at)

@@ -21,7 +21,10 @@ import pyarrow as pa
 from tracekit.enrich.rules import GEMM_FAMILY, KernelContext, RuleSet, m_from_dims
 from tracekit.store import DIM_COLS
 
-_PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
+_PENDING = "prev_gemm?"
+# One GPU work queue: a stream of one device in one process (NULLs compare as equal here).
+_QUEUE = ("coalesce(r.pid, -1) AS pid, coalesce(r.device, -1) AS device, "
+          "coalesce(r.stream, -1) AS stream")  # verdict evidence of kernels that take the preceding GEMM's class
 
 
 def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
@@ -121,7 +124,9 @@ def _quietly(call, arg: str) -> None:
 
 def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
     """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
-    latest GEMM-family kernel that started before it on the same stream of the same run."""
+    latest GEMM-family kernel that started before it on the same stream of the same process and
+    device of the same run (stream ids repeat across GPUs and processes: stream 7 of GPU 0 is not
+    stream 7 of GPU 1)."""
     family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
     where_r = _run_filter(run_ids, "r.")
     con.execute(f"UPDATE kernel_rows SET follow_category = NULL, follow_evidence = NULL "
@@ -134,12 +139,13 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) ->
         f"CREATE OR REPLACE TEMP TABLE _tk_follow AS "
         f"SELECT s.rid, coalesce(p.category, s.category) AS category, "
         f"       coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
-        f"FROM (SELECT r.rowid AS rid, r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category "
+        f"FROM (SELECT r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns, v.category "
         f"      {rows} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
-        f"ASOF LEFT JOIN (SELECT r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category, v.evidence "
+        f"ASOF LEFT JOIN (SELECT r.run_id, {_QUEUE}, r.start_ns, v.category, v.evidence "
         f"                {rows} AND v.category IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
-        f"ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns"
+        f"ON s.run_id = p.run_id AND s.pid = p.pid AND s.device = p.device AND s.stream = p.stream "
+        f"AND s.start_ns >= p.start_ns"
     )
     con.execute("UPDATE kernel_rows SET follow_category = f.category, follow_evidence = f.evidence "
                 "FROM _tk_follow f WHERE kernel_rows.rowid = f.rid")
