@@ -314,3 +314,63 @@ def test_split_k_reduce_follows_a_gemm_of_its_own_gpu(tmp_path):
         gemm_category, gemm_evidence = by_device[device][gemm_at]
         if evidence.startswith("prev_gemm:"):
             assert (category, evidence) == (gemm_category, "prev_gemm:" + gemm_evidence), (device, reduce_at)
+
+
+@pytest.mark.parametrize(("name", "op", "dims", "category"), [
+    # Real names: nvjet from the shared H100 traces; FBGEMM's from its own source (fbgemm_gpu),
+    # which name "gemm" but are no matrix product.
+    ("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", "aten::mm", "[[8, 4096], [4096, 4096]]", "GEMV"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "aten::mm", "[[1024, 4096], [4096, 4096]]", "GEMM"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+     "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
+     "aten::_softmax", "[[8, 128256], [], []]", "SAMPLING"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+     "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
+     "aten::_softmax", "[[16, 12, 5185, 5185], [], []]", "ATTN"),
+    ("void fbgemm_gpu::split_embedding_codegen_forward_unweighted_kernel<float, float>(...)", None, None, "EMBED"),
+    ("void fbgemm_gpu::_float_to_FP8rowwise_cuda_kernel<float>(float const*, int, int, unsigned char*, bool)",
+     None, None, "MEMCPY"),
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)", None, None, "COMM"),
+])
+def test_suggest_proposes_a_category_from_the_evidence(name, op, dims, category):
+    """Issue 16: every draft was `category = "OTHER"  # TODO`."""
+    from tracekit.outputs.cli_rules import suggest_category, suggest_rule
+
+    rules = RuleSet.load(include_user=False)
+    got, reason = suggest_category(name, name, op, dims, rules.gemv_max_m, rules.shape_ops)
+    assert got == category, reason
+    draft = tomllib.loads(suggest_rule(name, name, 0.1, 3, op, dims, rules))["rule"][0]
+    assert draft["category"] == category
+    assert reason and reason.split()[0] in ("op", "name", "no")
+
+
+def test_suggest_drafts_gemv_and_gemm_from_op_shapes(db, tmp_path):
+    """With the cuBLAS rules disabled, the drafts for the nvjet kernels say GEMV or GEMM as the
+    aten::mm shapes recorded in the trace say (read here with plain json)."""
+    con, path = db
+    con.close()
+    pack = tmp_path / "nocublas"
+    pack.mkdir()
+    (pack / "off.toml").write_text('[pack]\nname = "off"\ndisable = ["cublas.nvjet", "cublas.nvjet-skinny", '
+                                   '"cublas.splitk-reduce", "gemm.generic"]\n')
+    assert cli("classify", "--db", str(path), "--rules", str(pack)).exit_code == 0
+    with duckdb.connect(str(path), read_only=True) as con2:
+        run = run_id(con2, KINETO_L3)
+    result = cli("rules", "suggest", "--db", str(path), "--run", str(run), "--top", "40")
+    assert result.exit_code == 0, result.output
+    # Independent reading: every M of an aten::mm / aten::addmm activation in the trace.
+    import gzip
+    events = json.loads(gzip.decompress(KINETO_L3.read_bytes()))["traceEvents"]
+    ms = set()
+    for e in events:
+        if e.get("cat") == "cpu_op" and e.get("name") in ("aten::mm", "aten::addmm"):
+            dims = e["args"].get("Input Dims") or []
+            act = dims[1] if e["name"] == "aten::addmm" else dims[0]
+            if act:
+                ms.add(math.prod(act[:-1]))
+    drafted = re.findall(r'^category = "(\w+)"  # from the evidence: op aten::(?:mm|addmm) with M=(\d+)',
+                         result.stdout, re.M)
+    assert len(drafted) >= 2 and {c for c, _ in drafted} == {"GEMV", "GEMM"}, result.stdout
+    for category, m in drafted:
+        assert int(m) in ms
+        assert category == ("GEMV" if int(m) <= GEMV_MAX_M else "GEMM")
