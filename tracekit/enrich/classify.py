@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.enrich.rules import GEMM_FAMILY, KernelContext, RuleSet, m_from_dims
+from tracekit.readers.common import demangle
 from tracekit.store import DIM_COLS
 
 _PENDING = "prev_gemm?"
@@ -60,7 +61,7 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
         key = (name, short, op, m, seen)
         if key not in decided:
             ctx = KernelContext(
-                name=name, short_name=short, op=op, m=m,
+                name=demangle(name), short_name=short, op=op, m=m,
                 grid=tuple(given[c] if c in dims else None for c in DIM_COLS[:3]),
                 block=tuple(given[c] if c in dims else None for c in DIM_COLS[3:]),
             )

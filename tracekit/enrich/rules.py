@@ -21,6 +21,7 @@ from pathlib import Path
 import re2
 
 from tracekit.errors import TracekitError
+from tracekit.readers.common import demangle, short_name
 
 Regex = re2._Regexp  # a compiled RE2 pattern
 
@@ -372,7 +373,11 @@ def _parse_dims(value: object) -> tuple[int | None, int | None, int | None]:
 
 
 def _example(raw: object, on: str) -> KernelContext:
+    # Examples are kernel names as traces give them; rules see them as classification does
+    # (mangled `_Z...` names demangled, with the short name derived from them).
     if isinstance(raw, str):
+        if raw.startswith("_Z"):
+            return KernelContext(name=demangle(raw), short_name=short_name(raw))
         return KernelContext(name=raw, short_name=raw)
     if not isinstance(raw, dict):
         raise ValueError("an example is a string or a table {name = ..., op = ..., m = ...}")
@@ -387,7 +392,7 @@ def _example(raw: object, on: str) -> KernelContext:
     if m is not None and not isinstance(m, int):
         raise ValueError("example m must be an integer")
     return KernelContext(
-        name=name, short_name=short, op=raw.get("op"), m=m,
+        name=demangle(name), short_name=short, op=raw.get("op"), m=m,
         grid=_parse_dims(raw["grid"]) if "grid" in raw else (None, None, None),
         block=_parse_dims(raw["block"]) if "block" in raw else (None, None, None),
     )

@@ -20,6 +20,7 @@ from tracekit.enrich.rules import (
     rule_files,
 )
 from tracekit.outputs.cli_core import db_option, fail, open_db
+from tracekit.readers.common import demangle
 
 rules_option = click.option(
     "--rules", "rules_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
@@ -95,7 +96,7 @@ def list_cmd(rules_dirs: tuple[Path, ...]) -> None:
 def explain_cmd(name, short_name, op, m, grid, block, rules_dirs) -> None:
     """Which rule classifies kernel NAME and why, and which others would match."""
     ruleset = _load(rules_dirs)
-    ctx = KernelContext(name=name, short_name=short_name, op=op, m=m,
+    ctx = KernelContext(name=demangle(name), short_name=short_name, op=op, m=m,
                         grid=_dims(grid, "--grid"), block=_dims(block, "--block"))
     decision = ruleset.decide(ctx)
     matches = ruleset.explain(ctx)
