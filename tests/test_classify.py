@@ -122,8 +122,10 @@ def test_decode_without_shapes_is_gemv_by_name_and_agrees_with_the_shaped_twin(d
             "SELECT k.name, o.input_dims FROM kernels k JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
             "WHERE k.run_id = ? AND k.name LIKE 'nvjet%'", [run_id(con, KINETO_L2)]).fetchall():
         twin_m.setdefault(name, set()).add(activation_rows(dims))
+    batch = SHARED_META[NSYS_L2.name]["batch"]
     for name, category, evidence in unshaped:
-        assert evidence == "name"
+        # The run's metadata gives the batch, so the decode pass decides (issue 12 item 5).
+        assert evidence == f"pass:decode,batch={batch}"
         assert category == "GEMV"
         assert max(twin_m[name]) <= GEMV_MAX_M, name
     prefill = con.execute(

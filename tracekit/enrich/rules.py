@@ -133,10 +133,14 @@ class KernelContext:
     m: int | None = None        # activation rows of the linked GEMM op, when its shapes are known
     grid: tuple[int | None, int | None, int | None] = (None, None, None)
     block: tuple[int | None, int | None, int | None] = (None, None, None)
+    last_dim: int | None = None  # last dim of the op's first input (a softmax's row length)
+    experts: int | None = None  # groups of a grouped (MoE expert) GEMM op, from its shapes
 
     def value(self, key: str) -> int | None:
         if key == "m":
             return self.m
+        if key == "last_dim":
+            return self.last_dim
         dims = self.grid if key.startswith("grid") else self.block
         return dims["xyz".index(key[-1])]
 
@@ -147,6 +151,7 @@ class ShapeOp:
 
     arg: int                    # index of the activation input in input_dims
     batched: bool | None = False  # rows per matrix (bmm); None: batched when the other operand is >= 3-D
+    groups: int | None = None   # grouped GEMM (MoE experts): the input whose first dim is the group count
 
 
 DEFAULT_SHAPE_OPS: dict[str, ShapeOp] = {
@@ -160,7 +165,44 @@ DEFAULT_SHAPE_OPS: dict[str, ShapeOp] = {
     "aten::mv": ShapeOp(1),
     "aten::addmv": ShapeOp(2),
     "aten::_scaled_mm": ShapeOp(0),
+    # torch._grouped_mm(tokens [T, K], weights [E, K, N], offs [E]): T routed tokens over E experts.
+    "aten::_grouped_mm": ShapeOp(0, groups=1),
+    "aten::_scaled_grouped_mm": ShapeOp(0, groups=1),
 }
+
+
+def _dims(input_dims: str | Sequence | None) -> list | None:
+    if input_dims is None:
+        return None
+    try:
+        dims = json.loads(input_dims) if isinstance(input_dims, str) else input_dims
+    except (ValueError, TypeError):
+        return None
+    return dims if isinstance(dims, list) else None
+
+
+def groups_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
+    """Number of groups (experts) of a grouped GEMM op: dim 0 of its 3-D weight input, else the
+    length of the offsets that follow it (2-D weights)."""
+    dims = _dims(input_dims)
+    if spec.groups is None or dims is None:
+        return None
+    for index in (spec.groups, spec.groups + 1):
+        shape = dims[index] if index < len(dims) else None
+        if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
+            if index == spec.groups and len(shape) < 3:
+                continue
+            return shape[0] if shape[0] > 0 else None
+    return None
+
+
+def last_dim_from_dims(input_dims: str | Sequence | None) -> int | None:
+    """Last dim of an op's first input: the row length of a softmax (vocabulary or keys)."""
+    dims = _dims(input_dims)
+    first = dims[0] if dims else None
+    if isinstance(first, list) and first and isinstance(first[-1], int):
+        return first[-1]
+    return None
 
 
 def m_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
@@ -190,15 +232,15 @@ def m_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Rules.
 
-_NUMERIC_KEYS = ("m", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
+_NUMERIC_KEYS = ("m", "last_dim", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 _CMP = re.compile(r"^\s*(<=|>=|==|!=|<|>)?\s*(\d+)\s*$")
 _OPS = {
     "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
 }
-_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm",
+_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm", "moe", "after_last_gemm",
               "examples", "not_examples"}
-_EXAMPLE_KEYS = {"name", "short_name", "op", "m", "grid", "block"}
+_EXAMPLE_KEYS = {"name", "short_name", "op", "m", "last_dim", "grid", "block"}
 
 
 @dataclass(frozen=True)
@@ -234,6 +276,8 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
     shape: bool = True          # GEMM/GEMV rules: op shapes (M) override the name's class
     follows_gemm: bool = False  # takes the class of the GEMM it completes (splitK reduce)
+    moe: bool = False           # an expert GEMM of a mixture of experts: tokens per expert decide
+    after_last_gemm: str | None = None  # without shapes: this category when no GEMM follows in its pass
     examples: tuple[KernelContext, ...] = ()
     not_examples: tuple[KernelContext, ...] = ()
     lines: dict[str, int] = field(default_factory=dict)
@@ -280,6 +324,15 @@ class Decision:
     rule_id: str | None
     evidence: str
     follows_gemm: bool = False
+    # What classification settles per kernel, where the name alone cannot say: 'pass' (a GEMM
+    # without shapes: the pass it runs in gives M), 'moe' (an expert GEMM without shapes: the
+    # pass and the run's MoE metadata give tokens per expert), 'place' (a softmax without shapes:
+    # where it runs in its pass). None: decided here.
+    pending: str | None = None
+
+
+def moe_evidence(tokens_per_expert: float) -> str:
+    return f"moe:tokens/expert={tokens_per_expert:g}"
 
 
 @dataclass(frozen=True)
@@ -391,8 +444,11 @@ def _example(raw: object, on: str) -> KernelContext:
     m = raw.get("m")
     if m is not None and not isinstance(m, int):
         raise ValueError("example m must be an integer")
+    last_dim = raw.get("last_dim")
+    if last_dim is not None and not isinstance(last_dim, int):
+        raise ValueError("example last_dim must be an integer")
     return KernelContext(
-        name=demangle(name), short_name=short, op=raw.get("op"), m=m,
+        name=demangle(name), short_name=short, op=raw.get("op"), m=m, last_dim=last_dim,
         grid=_parse_dims(raw["grid"]) if "grid" in raw else (None, None, None),
         block=_parse_dims(raw["block"]) if "block" in raw else (None, None, None),
     )
@@ -448,9 +504,13 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         conditions = _conditions(raw.get("when", {}))
     except ValueError as exc:
         raise _RuleProblem("when", "schema", str(exc)) from None
-    for flag in ("shape", "follows_gemm"):
+    for flag in ("shape", "follows_gemm", "moe"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise _RuleProblem(flag, "schema", f"{flag} must be true or false")
+    after_last_gemm = raw.get("after_last_gemm")
+    if after_last_gemm is not None and after_last_gemm not in CATEGORIES:
+        raise _RuleProblem("after_last_gemm", "schema",
+                           f"after_last_gemm {after_last_gemm!r} is not one of {', '.join(CATEGORIES)}")
     examples = []
     for key in ("examples", "not_examples"):
         values = raw.get(key, [])
@@ -466,6 +526,7 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         id=rid, pack=pack.name, path=pack.path, line=line, regex=regex, pattern=pattern,
         category=category, explain=explain.strip(), on=on, conditions=conditions,
         shape=raw.get("shape", True), follows_gemm=raw.get("follows_gemm", False),
+        moe=raw.get("moe", False), after_last_gemm=after_last_gemm,
         examples=examples[0], not_examples=examples[1], lines=keys, text_lines=text,
     )
 
@@ -794,14 +855,31 @@ class RuleSet:
         return Decision(None, None, "unclassified")
 
     def verdict(self, rule: Rule, ctx: KernelContext) -> Decision:
-        if rule.category in GEMM_FAMILY and rule.shape and ctx.m is not None:
+        gemm = rule.category in GEMM_FAMILY and rule.shape
+        moe = gemm and (rule.moe or ctx.experts is not None)
+        if moe and ctx.m is not None and ctx.experts:
+            # A grouped GEMM's M is the tokens routed to all experts: each expert's matrix
+            # product sees its share, and that share decides GEMV (memory-bound) vs GEMM.
+            per_expert = ctx.m / ctx.experts
+            category = "GEMV" if per_expert <= self.gemv_max_m else "GEMM"
+            return Decision(category, rule.id, moe_evidence(per_expert))
+        if gemm and not moe and ctx.m is not None:
             category = "GEMV" if ctx.m <= self.gemv_max_m else "GEMM"
             return Decision(category, rule.id, f"shape:M={ctx.m}")
         evidence = f"op:{ctx.op}" if rule.uses_op else "name"
         if any(c.key == "m" for c in rule.conditions):
             evidence = f"shape:M={ctx.m}"
-        return Decision(rule.category, rule.id, evidence,
-                        follows_gemm=rule.follows_gemm and rule.category in GEMM_FAMILY)
+        if any(c.key == "last_dim" for c in rule.conditions):
+            evidence = f"shape:last_dim={ctx.last_dim}"
+        follows = rule.follows_gemm and rule.category in GEMM_FAMILY
+        pending = None
+        if moe:
+            evidence, pending = "moe:name", "moe"
+        elif gemm and not follows and ctx.m is None:
+            pending = "pass"
+        elif rule.after_last_gemm and ctx.last_dim is None:
+            pending = "place"
+        return Decision(rule.category, rule.id, evidence, follows_gemm=follows, pending=pending)
 
     def explain(self, ctx: KernelContext) -> list[tuple[Rule, str | None]]:
         """Every rule whose regex matches, in order, with why its conditions fail (None: matches)."""

@@ -331,7 +331,7 @@ def classify_cmd(db_path, run_ids, rules_dirs, gemv_max_m) -> None:
         fail(f"{db_path}: no run {', '.join(map(str, missing))}")
     con.execute("BEGIN TRANSACTION")
     try:
-        classify(con, list(run_ids) or None, ruleset)
+        classify(con, list(run_ids) or None, ruleset, refresh=True)
     except Exception:
         con.execute("ROLLBACK")
         raise
