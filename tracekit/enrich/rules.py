@@ -238,7 +238,7 @@ _OPS = {
     "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
 }
-_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm", "moe", "after_last_gemm",
+_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm", "moe", "after_last_gemm", "by_pass",
               "examples", "not_examples"}
 _EXAMPLE_KEYS = {"name", "short_name", "op", "m", "last_dim", "grid", "block"}
 
@@ -277,6 +277,7 @@ class Rule:
     shape: bool = True          # GEMM/GEMV rules: op shapes (M) override the name's class
     follows_gemm: bool = False  # takes the class of the GEMM it completes (splitK reduce)
     moe: bool = False           # an expert GEMM of a mixture of experts: tokens per expert decide
+    by_pass: bool = True        # GEMM-family without shapes: a decode pass's batch gives its M
     after_last_gemm: str | None = None  # without shapes: this category when no GEMM follows in its pass
     examples: tuple[KernelContext, ...] = ()
     not_examples: tuple[KernelContext, ...] = ()
@@ -504,7 +505,7 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         conditions = _conditions(raw.get("when", {}))
     except ValueError as exc:
         raise _RuleProblem("when", "schema", str(exc)) from None
-    for flag in ("shape", "follows_gemm", "moe"):
+    for flag in ("shape", "follows_gemm", "moe", "by_pass"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise _RuleProblem(flag, "schema", f"{flag} must be true or false")
     after_last_gemm = raw.get("after_last_gemm")
@@ -526,7 +527,7 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         id=rid, pack=pack.name, path=pack.path, line=line, regex=regex, pattern=pattern,
         category=category, explain=explain.strip(), on=on, conditions=conditions,
         shape=raw.get("shape", True), follows_gemm=raw.get("follows_gemm", False),
-        moe=raw.get("moe", False), after_last_gemm=after_last_gemm,
+        moe=raw.get("moe", False), after_last_gemm=after_last_gemm, by_pass=raw.get("by_pass", True),
         examples=examples[0], not_examples=examples[1], lines=keys, text_lines=text,
     )
 
@@ -732,7 +733,16 @@ class RuleSet:
                 self.gemv_max_m = pack.gemv_max_m
             self.shape_ops.update(pack.shape_ops)
         self.rules = self._assemble()
-        self.by_id = {r.id: r for r in self.rules}
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The rules in the order they are tried (assigning a new list re-indexes them)."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list[Rule]) -> None:
+        self._rules = list(rules)
+        self.by_id = {r.id: r for r in self._rules}
         self._index_rules()
 
     def _index_rules(self) -> None:
@@ -875,7 +885,7 @@ class RuleSet:
         pending = None
         if moe:
             evidence, pending = "moe:name", "moe"
-        elif gemm and not follows and ctx.m is None:
+        elif gemm and not follows and ctx.m is None and rule.by_pass:
             pending = "pass"
         elif rule.after_last_gemm and ctx.last_dim is None:
             pending = "place"
