@@ -1,7 +1,7 @@
 -- @view composition
 -- Where the measured GPU kernel time goes, in the study's buckets (its Figure 7):
 -- 'Sum GEMM', 'Sum GEMV' (summarization stage), 'Gen GEMM', 'Gen GEMV' (generation stage),
--- 'ATTN' (both stages); every other category keeps its own name (NORM, ELEMWISE, ...), and
+-- 'ATTN' (both stages); MoE expert GEMMs as 'Sum MoE GEMM', 'Gen MoE GEMV', ...; every other category keeps its own name (NORM, ELEMWISE, ...), and
 -- kernels no rule classified are 'Unclassified', so nothing is hidden. Over the kernels of stage
 -- 'summarization' and 'generation' only; shares sum to 1 per run. The five study buckets are
 -- always present (0 when empty) for runs with measured kernels, so charts line up across runs.
@@ -15,7 +15,12 @@ WITH measured AS (
     SELECT run_id,
            CASE WHEN category = 'ATTN' THEN 'ATTN'
                 WHEN category IN ('GEMM', 'GEMV')
-                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' ELSE 'Gen ' END || category
+                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' ELSE 'Gen ' END
+                         -- MoE expert GEMMs apart from dense ones (evidence 'moe:...', also
+                         -- through a split-K reduce: 'prev_gemm:moe:...'): e.g. 'Gen MoE GEMV'.
+                         || CASE WHEN regexp_matches(coalesce(evidence, ''), '^(prev_gemm:)?moe:')
+                                 THEN 'MoE ' ELSE '' END
+                         || category
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
            dur_ns
