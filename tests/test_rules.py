@@ -352,3 +352,13 @@ def test_check_is_near_linear_in_the_number_of_rules(tmp_path):
         assert result.exit_code == 0 and f"ok: {n} rules" in result.stdout, result.stdout
     # 4x the rules: quadratic would be 16x; allow generous noise on a shared machine.
     assert times[8000] < 8 * times[2000] + 1.0, times
+
+
+def test_a_fifo_or_device_named_on_the_command_line_does_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        proc = tk("rules", "check", path, timeout=60)
+        assert proc.returncode == 1 and "not a regular file" in proc.stdout, (path, proc.stdout, proc.stderr)
+        proc = tk("classify", "--db", str(tmp_path / "x.duckdb"), "--rules", path, timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
