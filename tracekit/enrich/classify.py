@@ -135,7 +135,11 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             touched = [r[0] for r in con.execute(
                 f"SELECT DISTINCT run_id FROM kernel_verdicts v WHERE {where_v} ORDER BY 1").fetchall()]
         else:
-            touched = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM _tk_new ORDER BY 1").fetchall()]
+            # Runs where a verdict changed, and runs with kernels decided by their pass: that
+            # answer depends on the GEMV threshold too, which no verdict records.
+            touched = [r[0] for r in con.execute(
+                f"SELECT run_id FROM _tk_new UNION SELECT run_id FROM kernel_verdicts v "
+                f"WHERE {where_v} AND v.evidence IN ('{_PASS}', '{_MOE}') ORDER BY 1").fetchall()]
         if touched:
             _resolve_per_kernel(con, touched, rules.gemv_max_m)
     finally:

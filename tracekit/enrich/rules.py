@@ -21,7 +21,6 @@ from pathlib import Path
 import re2
 
 from tracekit.errors import TracekitError
-from tracekit.readers.common import demangle, short_name
 
 Regex = re2._Regexp  # a compiled RE2 pattern
 
@@ -429,6 +428,8 @@ def _parse_dims(value: object) -> tuple[int | None, int | None, int | None]:
 def _example(raw: object, on: str) -> KernelContext:
     # Examples are kernel names as traces give them; rules see them as classification does
     # (mangled `_Z...` names demangled, with the short name derived from them).
+    from tracekit.readers.common import demangle, short_name  # pyarrow: not at CLI start-up
+
     if isinstance(raw, str):
         if raw.startswith("_Z"):
             return KernelContext(name=demangle(raw), short_name=short_name(raw))

@@ -20,7 +20,6 @@ from tracekit.enrich.rules import (
     rule_files,
 )
 from tracekit.outputs.cli_core import db_option, fail, open_db
-from tracekit.readers.common import demangle
 
 rules_option = click.option(
     "--rules", "rules_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
@@ -96,6 +95,8 @@ def list_cmd(rules_dirs: tuple[Path, ...]) -> None:
 def explain_cmd(name, short_name, op, m, grid, block, rules_dirs) -> None:
     """Which rule classifies kernel NAME and why, and which others would match."""
     ruleset = _load(rules_dirs)
+    from tracekit.readers.common import demangle
+
     ctx = KernelContext(name=demangle(name), short_name=short_name, op=op, m=m,
                         grid=_dims(grid, "--grid"), block=_dims(block, "--block"))
     decision = ruleset.decide(ctx)
