@@ -362,3 +362,35 @@ def test_a_fifo_or_device_named_on_the_command_line_does_not_hang(tmp_path):
         assert proc.returncode == 1 and "not a regular file" in proc.stdout, (path, proc.stdout, proc.stderr)
         proc = tk("classify", "--db", str(tmp_path / "x.duckdb"), "--rules", path, timeout=60)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _itanium_nested_last(mangled: str) -> str:
+    """Independent reading of `_ZN<len><id>...<len><id>I...` (or `_ZL<len><id>`): the last
+    length-prefixed identifier of the nested name, i.e. the function's own name."""
+    rest = mangled[3:] if mangled.startswith(("_ZN", "_ZL")) else mangled[2:]
+    last = None
+    while rest and rest[0].isdigit():
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        n = int(rest[:digits])
+        last, rest = rest[digits:digits + n], rest[digits + n:]
+    return last
+
+
+def test_mangled_kernel_names_get_a_demangled_short_name():
+    """Issue 12: mangled (`_Z...`) names were shown unshortened. Real names from the traces in
+    ../shared/traces (aiter and SGLang on MI300X, Mixtral's CUTLASS grouped GEMM on H200)."""
+    from tracekit.readers.common import demangle, short_name
+
+    names = [
+        "_ZN5aiter24add_rmsnorm_quant_kernelIDF16bDF16bLi256ELi16ELb1ELb0ELb1ELi1EEEvPT0_PT_PfS4_S4_S4_diiiiiiib",
+        "_ZN7sgl_hip10activation18act_and_mul_kernelI14__hip_bfloat16TnPFT_RKS3_EXadL_Z4siluIS2_ES3_S5_EEEEvPS3_PS4_i",
+        "_ZL23rocblas_gemvt_sn_reduceILi256ELi8EfPKf16rocblas_bfloat16Evi",
+    ]
+    for name in names:
+        assert short_name(name) == _itanium_nested_last(name), name
+        assert demangle(name) != name and "(" in demangle(name)
+    assert short_name("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_TNT") == "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_TNT"
+    assert demangle("_Zgarbage") == "_Zgarbage"  # not a valid mangled name: kept as it is
+    # Rules see the demangled name: the aiter norm is NORM by a rule written on demangled text.
+    rules = RuleSet.load(include_user=False)
+    assert rules.decide(KernelContext(demangle(names[0]), short_name(names[0]))).category == "NORM"
