@@ -135,11 +135,13 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             touched = [r[0] for r in con.execute(
                 f"SELECT DISTINCT run_id FROM kernel_verdicts v WHERE {where_v} ORDER BY 1").fetchall()]
         else:
-            # Runs where a verdict changed, and runs with kernels decided by their pass: that
-            # answer depends on the GEMV threshold too, which no verdict records.
+            # Runs where a verdict changed, and runs with kernels their pass decides (a batch is
+            # known): that answer depends on the GEMV threshold too, which no verdict records.
             touched = [r[0] for r in con.execute(
-                f"SELECT run_id FROM _tk_new UNION SELECT run_id FROM kernel_verdicts v "
-                f"WHERE {where_v} AND v.evidence IN ('{_PASS}', '{_MOE}') ORDER BY 1").fetchall()]
+                f"SELECT run_id FROM _tk_new UNION SELECT DISTINCT v.run_id FROM kernel_verdicts v "
+                f"JOIN ({_meta_sql(_run_filter(run_ids, ''))}) m ON m.run_id = v.run_id "
+                f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
+                f"ORDER BY 1").fetchall()]
         if touched:
             _resolve_per_kernel(con, touched, rules.gemv_max_m)
     finally:
