@@ -109,6 +109,14 @@ def explain_cmd(name, short_name, op, m, grid, block, rules_dirs) -> None:
         click.echo(f"{decision.category} by rule {rule.id} ({rule.where()}), evidence {decision.evidence}{extra}")
         click.echo(f"  on {rule.on} /{rule.regex}/" + "".join(f", when {c.key} {c.text}" for c in rule.conditions))
         click.echo(f"  why: {rule.explain}")
+        note = {
+            "pass": "without op shapes: in a decode pass of a run whose batch is known, that batch decides GEMV/GEMM",
+            "moe": "an expert GEMM: tokens per expert decide GEMV/GEMM (op shapes, else the pass and the "
+                   "run's batch, top-k and experts)",
+            "place": f"without shapes: {rule.after_last_gemm} when it runs after its pass's last GEMM",
+        }.get(decision.pending or "")
+        if note:
+            click.echo(f"  in a trace: {note}")
     others = [(r, why) for r, why in matches if r.id != decision.rule_id]
     if others:
         click.echo("other rules whose pattern matches (tried in this order):")
