@@ -186,9 +186,30 @@ def c_views(db: str) -> dict:
     return out
 
 
-def c_build_runs(db: str, runs: str) -> dict:
-    build_many_runs_db(Path(db), int(runs))
+def c_build_runs(db: str, runs: str, only: str = "") -> dict:
+    build_many_runs_db(Path(db), int(runs), tuple(only.split(",")) if only else None)
     return {}
+
+
+def c_build_dataset(ds: str, runs: str) -> dict:
+    return {"runs": build_many_runs_dataset(Path(ds), int(runs))}
+
+
+def c_views_dataset(ds: str) -> dict:
+    """As c_views, over the Parquet dataset: an in-memory DuckDB of views (tracekit.dataset)."""
+    from tracekit.dataset import connect_dataset
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    con = connect_dataset(ds)
+    out["open"] = time.perf_counter() - t
+    for view in ("stage_ratio", "composition"):
+        t = time.perf_counter()
+        tbl = con.sql(f"SELECT * FROM {view}").to_arrow_table()
+        out[view] = time.perf_counter() - t
+        out[f"{view}_rows"] = tbl.num_rows
+    out["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return out
 
 
 def c_build_kernels(db: str, n: str) -> dict:
@@ -200,7 +221,8 @@ def c_machine() -> dict:
 
 
 CHILDREN = {
-    "build_runs": c_build_runs, "build_kernels": c_build_kernels, "machine": c_machine,
+    "build_runs": c_build_runs, "build_dataset": c_build_dataset, "views_dataset": c_views_dataset,
+    "build_kernels": c_build_kernels, "machine": c_machine,
     "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
     "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
 }
@@ -385,6 +407,49 @@ def build_many_runs_db(db: Path, runs: int, only: tuple[str, ...] | None = None)
         con.execute(f"DELETE FROM {t} WHERE run_id > {runs}")
     con.execute("COMMIT")
     con.close()
+
+
+def build_many_runs_dataset(ds: Path, runs: int) -> int:
+    """A Parquet dataset with `runs` runs: the four shared fixtures imported (tracekit.dataset,
+    in process), then the tables the stage_ratio / composition views read (runs, kernels, passes)
+    copied under new run keys, one directory per run as an import writes them. The other tables
+    have no files: the dataset's views stand in empty ones for them."""
+    import duckdb
+
+    sys.path.insert(0, str(ROOT))
+    from tracekit.dataset import RUN_DIR_PREFIX, import_to_dataset
+
+    shutil.rmtree(ds, ignore_errors=True)
+    shared = sorted((ROOT / "fixtures" / "shared").glob("*.sqlite")) + sorted(
+        (ROOT / "fixtures" / "shared").glob("*.json.gz"))
+    assert all(r.status == "imported" for r in import_to_dataset(shared, ds))
+    con = duckdb.connect()
+    staging = ds.parent / (ds.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    base = sorted(ds.glob(f"{RUN_DIR_PREFIX}*"))
+    keys = ", ".join(f"('{d.name.split('=', 1)[1]}', {b})" for b, d in enumerate(base))
+    con.execute(f"CREATE TABLE base(run_key VARCHAR, b BIGINT); INSERT INTO base VALUES {keys}")
+    for t in ("runs", "kernels", "passes"):
+        src = ", ".join(f"'{d / (t + '.parquet')}'" for d in base)
+        # copy i is of base run i % 4, under key printf('%013x', i): distinct, and its run_id is that number
+        hashes = ", x.content_hash || '-' || k.i AS content_hash" if t == "runs" else ""
+        con.execute(
+            f"COPY (SELECT x.* EXCLUDE (run_key, b) REPLACE (k.i AS run_id{hashes}), printf('%013x', k.i) AS run_key "
+            f"FROM (SELECT * FROM read_parquet([{src}], hive_partitioning = true, hive_types = {{'run_key': VARCHAR}}) "
+            f"JOIN base USING (run_key)) x JOIN (SELECT i, i % {len(base)} AS b FROM range({runs}) r(i)) k USING (b)) "
+            f"TO '{staging / t}' (FORMAT parquet, PARTITION_BY (run_key), COMPRESSION zstd)")
+    for d in base:
+        shutil.rmtree(d)
+    for part in sorted((staging / "runs").iterdir()):
+        final = ds / part.name
+        final.mkdir()
+        for t in ("runs", "kernels", "passes"):
+            files = list((staging / t / part.name).glob("*.parquet"))
+            if files:
+                os.rename(files[0], final / f"{t}.parquet")
+    shutil.rmtree(staging)
+    return len(list(ds.glob(f"{RUN_DIR_PREFIX}*")))
 
 
 def build_kernels_db(db: Path, n_kernels: int) -> int:

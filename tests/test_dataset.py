@@ -53,8 +53,9 @@ def by_hash(con, view: str, order: str) -> list[tuple]:
 def test_every_trace_imported_once_per_content_hash(stores):
     _, ds, results = stores
     assert sorted(r.status for r in results) == ["imported"] * len(TRACES)
-    dirs = sorted(p.name for p in ds.iterdir())
+    dirs = sorted(p.name for p in ds.iterdir() if p.name != "_schemas")
     assert dirs == sorted(f"run_key={sha256(t)[:13]}" for t in TRACES)  # nothing else (no temp dirs)
+    assert len(list((ds / "_schemas").iterdir())) == 1  # one table layout: views read files by position
     for t in TRACES:
         runs = pq.read_table(ds / f"run_key={sha256(t)[:13]}" / "runs.parquet").to_pylist()
         assert len(runs) == 1
@@ -81,7 +82,7 @@ def test_same_numbers_from_either_store(stores, view, order):
         b.close()
     if view == "run_info":  # where the file was read and when differ by design
         drop = {"imported_at", "source_path"}
-        cols = [d for d in ["content_hash", *[c for c in _cols(store, view) if c != "run_id"]]]
+        cols = ["content_hash", *[c for c in _cols(store, view) if c != "run_id"]]
         keep = [i for i, c in enumerate(cols) if c not in drop]
         got_store = [tuple(r[i] for i in keep) for r in got_store]
         got_ds = [tuple(r[i] for i in keep) for r in got_ds]
@@ -145,7 +146,7 @@ def test_bad_file_fails_alone_and_leaves_nothing(tmp_path):
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("tracekit: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"tracekit: error: {bad}: ")
-    assert sorted(p.name for p in ds.iterdir()) == [f"run_key={sha256(KINETO_L2)[:13]}"]
+    assert sorted(p.name for p in ds.iterdir()) == ["_schemas", f"run_key={sha256(KINETO_L2)[:13]}"]
 
 
 def test_run_key_collision_is_refused(tmp_path):
@@ -158,7 +159,7 @@ def test_run_key_collision_is_refused(tmp_path):
     assert r.status == "failed" and "is taken by another trace" in r.error
     runs = pq.read_table(ds / f"run_key={sha256(NSYS_L2)[:13]}" / "runs.parquet").to_pylist()
     assert runs[0]["content_hash"] == sha256(KINETO_L2)
-    assert len(list(ds.iterdir())) == 1
+    assert len(list(ds.glob("run_key=*"))) == 1
 
 
 def test_attach_then_analysis_commands_read_the_dataset(stores, tmp_path):
@@ -196,3 +197,53 @@ def test_attach_refuses_a_store_and_an_empty_dir(stores, tmp_path):
     empty.mkdir()
     r = tk("dataset", "attach", str(empty), "--db", str(tmp_path / "v.duckdb"))
     assert r.returncode == 1 and "no tracekit runs here" in r.stderr
+
+
+def test_attach_copy_gives_the_same_numbers_and_copies_only_new_runs(stores, tmp_path):
+    store, ds, _ = stores
+    ds2 = tmp_path / "ds"
+    shutil.copytree(ds, ds2)
+    copy_db = tmp_path / "copy.duckdb"
+    assert attach(ds2, copy_db, copy=True)[1] == len(TRACES)
+    a = tracekit.open(store, read_only=True)
+    b = tracekit.open(copy_db, read_only=True)
+    try:
+        for view, order in (("stage_ratio", "1"), ("composition", "v.bucket"), ("top_kernels", "v.short_name, v.category")):
+            assert by_hash(b.con, view, order) == by_hash(a.con, view, order)
+    finally:
+        a.close()
+        b.close()
+    extra = FIXTURES / "variants" / "nsys_cuda_graph_nodes.sqlite"
+    import_to_dataset([extra], ds2)
+    assert attach(ds2, copy_db, copy=True)[1] == 1
+    assert attach(ds2, copy_db, copy=True)[1] == 0
+    con = duckdb.connect(str(copy_db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT content_hash) FROM runs").fetchone() == (len(TRACES) + 1,) * 2
+    want = sqlite3.connect(extra).execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM kernels WHERE run_id = ?", [int(sha256(extra)[:13], 16)]).fetchone()[0] == want
+    con.close()
+    # a views file is not turned into a copy, nor a copy into views
+    r = tk("dataset", "attach", str(ds2), "--db", str(copy_db))
+    assert r.returncode == 1 and "attach to a new file" in r.stderr
+
+
+def test_runs_of_two_table_layouts_are_read_by_column_name(stores, tmp_path):
+    # A run written by a tracekit whose schema had one more column (tables only ever gain columns):
+    # the views must still read every run, the older ones with that column NULL.
+    _, ds, _ = stores
+    ds2 = tmp_path / "ds"
+    shutil.copytree(ds, ds2)
+    src = next(ds2.glob("run_key=*"))
+    newer = ds2 / "run_key=0000000000001"
+    shutil.copytree(src, newer)
+    con = duckdb.connect()
+    for f in newer.glob("*.parquet"):
+        con.execute(f"COPY (SELECT * REPLACE (1 AS run_id), 'x' AS added_later FROM read_parquet('{f}')) TO '{f}.new' (FORMAT parquet)")
+        os.replace(f"{f}.new", f)
+    con.close()
+    (ds2 / "_schemas" / "another-layout").touch()
+    c = connect_dataset(ds2)
+    assert c.execute("SELECT count(*) FROM runs").fetchone()[0] == len(TRACES) + 1
+    assert c.execute("SELECT count(*) FILTER (WHERE added_later = 'x') FROM kernels WHERE run_id = 1").fetchone()[0] > 0
+    assert {r[0] for r in c.execute("SELECT run_id FROM stage_ratio").fetchall()} >= {1}
+    c.close()

@@ -37,6 +37,7 @@ from tracekit.errors import TracekitError
 
 KEY_DIGITS = 13
 RUN_DIR_PREFIX = "run_key="
+SCHEMAS_DIR = "_schemas"
 # Per-run tables copied out as they are (the run's own ids); the narrow kernel tables are not:
 # their name/context ids are only unique inside one database, so `kernels` is written joined.
 _INTERNAL = ("kernel_rows", "kernel_verdicts", "kernel_names", "kernel_contexts")
@@ -106,8 +107,28 @@ def _already(run: Path, content_hash: str, given: str, key: str, t0: float) -> D
         "nothing stored: import this file into a DuckDB store or another dataset"))
 
 
+def _schema_fingerprint(con: duckdb.DuckDBPyConnection, tables: list[str]) -> str:
+    import hashlib
+
+    cols = con.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND list_contains(?, table_name) ORDER BY table_name, column_index", [tables]).fetchall()
+    return hashlib.sha256(repr(cols).encode()).hexdigest()[:16]
+
+
+def _register_schema(dataset: Path, fingerprint: str) -> None:
+    """Record that runs of this table layout exist (an empty file named by its fingerprint;
+    creating it twice is harmless, so no lock). One layout: the views read each table's files
+    with the first file's columns (fast); several: by column name (every file's footer at bind)."""
+    d = dataset / SCHEMAS_DIR
+    d.mkdir(exist_ok=True)
+    (d / fingerprint).touch()
+
+
 def _export(con: duckdb.DuckDBPyConnection, local_id: int, run_id: int, given: str, out: Path) -> None:
-    for table in _run_tables(con):
+    tables = _run_tables(con)
+    _register_schema(out.parent, _schema_fingerprint(con, tables))
+    for table in tables:
         cols = "CAST(? AS BIGINT) AS run_id"
         if table == "runs":
             # as given on the command line (the worker read it by its absolute path)
@@ -282,35 +303,96 @@ def create_dataset_views(con: duckdb.DuckDBPyConnection, dataset: str | Path, *,
     if not root.is_dir() or next(root.glob(f"{RUN_DIR_PREFIX}*"), None) is None:
         raise TracekitError(f"{dataset}: no tracekit runs here (import some with `tracekit dataset import`)")
     kind = "TEMP VIEW" if temporary else "VIEW"
+    opts = _read_options(root)
     made = []
     for table in tables_in(root):
         glob = _sql_str(str(root / f"{RUN_DIR_PREFIX}*" / f"{table}.parquet"))
         if next(root.glob(f"{RUN_DIR_PREFIX}*/{table}.parquet"), None) is not None:
-            # run_key is the directory name: a string, never guessed as a number.
-            body = (f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
-                    "hive_types = {'run_key': VARCHAR}, union_by_name = true)")
+            body = f"SELECT * FROM read_parquet({glob}, {opts})"
         else:  # no run has this table (a dataset written before the table existed)
-            cols = ", ".join(f"CAST(NULL AS {t}) AS \"{c}\"" for c, t in _schema_columns(table))
-            body = f"SELECT {cols} WHERE false"
+            body = _empty_select(table)
         con.execute(f"CREATE OR REPLACE {kind} {table} AS {body}")
         made.append(table)
     return made
 
 
-def attach(dataset: str | Path, db_path: str | Path) -> list[str]:
-    """Write a small DuckDB file of views over the dataset: every tracekit command that reads a
-    database (stages, composition, top, query, report, ...) then works on it with --db."""
-    if Path(db_path).exists():
-        con = duckdb.connect(str(db_path))
-        kinds = dict(con.execute("SELECT table_name, 'table' FROM duckdb_tables() WHERE NOT temporary").fetchall())
-        if kinds:
-            con.close()
-            raise TracekitError(f"{db_path}: holds tables (a tracekit store?); attach writes views only, "
-                                "to a new file or one it made before")
-    else:
-        con = duckdb.connect(str(db_path))
+# A table in a database `attach` wrote: which dataset, and whether its tables are views or a copy.
+MARKER = "_tracekit_dataset"
+
+
+def _read_options(root: Path) -> str:
+    layouts = len(list((root / SCHEMAS_DIR).glob("*")))
+    # run_key is the directory name: a string, never guessed as a number.
+    return (f"hive_partitioning = true, hive_types = {{'run_key': VARCHAR}}, "
+            f"union_by_name = {'false' if layouts == 1 else 'true'}")
+
+
+def _copy_runs(con: duckdb.DuckDBPyConnection, root: Path) -> int:
+    """Copy the runs of the dataset not yet in this database's tables into them (all, the first
+    time); returns how many. Reads only the new runs' files."""
+    have_runs = bool(con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'runs' AND NOT temporary").fetchall()[0][0])
+    have = {r[0] for r in con.execute("SELECT run_key FROM runs").fetchall()} if have_runs else set()
+    new = sorted(p.name[len(RUN_DIR_PREFIX):] for p in root.glob(f"{RUN_DIR_PREFIX}*") if p.is_dir())
+    new = [k for k in new if k not in have]
+    opts = _read_options(root)
+    con.execute("BEGIN TRANSACTION")
     try:
-        return create_dataset_views(con, dataset)
+        for table in tables_in(root):
+            files = [str(f) for k in new if (f := run_dir(root, k) / f"{table}.parquet").exists()]
+            exists = bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
+                                      [table]).fetchall()[0][0])
+            if files:
+                verb = f"INSERT INTO {table} BY NAME" if exists else f"CREATE TABLE {table} AS"
+                con.execute(f"{verb} SELECT * FROM read_parquet(?, {opts})", [files])
+            elif not exists:
+                con.execute(f"CREATE TABLE {table} AS {_empty_select(table)}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(new)
+
+
+def _empty_select(table: str) -> str:
+    cols = ", ".join(f"CAST(NULL AS {t}) AS \"{c}\"" for c, t in _schema_columns(table))
+    return f"SELECT {cols}, CAST(NULL AS VARCHAR) AS run_key WHERE false"
+
+
+def attach(dataset: str | Path, db_path: str | Path, *, copy: bool = False) -> tuple[list[str], int]:
+    """Write a small DuckDB file over the dataset: every tracekit command that reads a database
+    (stages, composition, top, query, report, ...) then works on it with --db.
+
+    Views (default): read the Parquet files at each query, so runs imported later are seen at once;
+    each query opens every run's files (~1 ms a file: fine for hundreds of runs). copy=True: the
+    runs' rows copied into tables of the file, as fast as a DuckDB store; attaching again copies
+    only the runs added since. Returns (tables, runs copied)."""
+    root = Path(dataset).resolve()
+    if not root.is_dir() or next(root.glob(f"{RUN_DIR_PREFIX}*"), None) is None:
+        raise TracekitError(f"{dataset}: no tracekit runs here (import some with `tracekit dataset import`)")
+    mode = "copy" if copy else "views"
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        raise TracekitError(f"{db_path}: cannot open ({str(exc).splitlines()[0]})") from None
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+        if tables:
+            marked = con.execute(f"SELECT path, mode FROM {MARKER}").fetchall() if MARKER in tables else []
+            if not marked:
+                raise TracekitError(f"{db_path}: holds tables not written by `tracekit dataset attach` (a tracekit "
+                                    "store?); attach to a new file")
+            if marked[0] != (str(root), mode):
+                raise TracekitError(f"{db_path}: was attached to {marked[0][0]} ({marked[0][1]}); attach to a new file")
+        else:
+            con.execute(f"CREATE TABLE {MARKER} (path VARCHAR, mode VARCHAR)")
+            con.execute(f"INSERT INTO {MARKER} VALUES (?, ?)", [str(root), mode])
+        if copy:
+            n = _copy_runs(con, root)
+            return tables_in(root), n
+        return create_dataset_views(con, root), 0
+    except duckdb.Error as exc:
+        raise TracekitError(f"{db_path}: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
 
