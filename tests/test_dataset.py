@@ -247,3 +247,20 @@ def test_runs_of_two_table_layouts_are_read_by_column_name(stores, tmp_path):
     assert c.execute("SELECT count(*) FILTER (WHERE added_later = 'x') FROM kernels WHERE run_id = 1").fetchone()[0] > 0
     assert {r[0] for r in c.execute("SELECT run_id FROM stage_ratio").fetchall()} >= {1}
     c.close()
+
+
+def test_same_content_imported_at_once_by_several_workers_is_one_run(tmp_path):
+    # Three names for one content, parsed at the same time by three workers: whoever renames its
+    # run directory into place first owns the run; the others report it skipped, leaving nothing.
+    names = []
+    for i in range(3):
+        f = tmp_path / f"copy{i}.sqlite"
+        shutil.copy(NSYS_L2, f)
+        names.append(f)
+    ds = tmp_path / "ds"
+    results = import_to_dataset(names, ds, workers=3)
+    assert sorted(r.status for r in results) == ["imported", "skipped", "skipped"]
+    assert sorted(p.name for p in ds.iterdir()) == ["_schemas", f"run_key={sha256(NSYS_L2)[:13]}"]
+    con = connect_dataset(ds)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    con.close()
