@@ -264,3 +264,20 @@ def test_same_content_imported_at_once_by_several_workers_is_one_run(tmp_path):
     con = connect_dataset(ds)
     assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     con.close()
+
+
+def test_cli_import_on_a_running_scheduler(tmp_path):
+    # As against a real cluster: a scheduler and two worker processes already running, and the CLI
+    # (another process) given only the scheduler's address.
+    import logging
+
+    from dask.distributed import LocalCluster
+
+    ds = tmp_path / "ds"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        r = tk("dataset", "import", str(NSYS_L2), str(KINETO_L2), "--to", str(ds),
+               "--scheduler", cluster.scheduler_address)
+    assert r.returncode == 0, r.stderr
+    assert "2 imported" in r.stderr
+    assert sorted(p.name for p in ds.glob("run_key=*")) == sorted(f"run_key={sha256(t)[:13]}" for t in (NSYS_L2, KINETO_L2))

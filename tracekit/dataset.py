@@ -223,7 +223,10 @@ def import_to_dataset(
 
     RuleSet.load(rules_dirs or [])  # broken rule files fail the whole call up front, once
     root = Path(dataset).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TracekitError(f"{dataset}: cannot make the dataset directory ({exc.strerror or exc})") from None
     files = expand(paths)
     items = [(str(f.resolve()), str(f)) for f in files]
     kw = {"dataset": str(root), "meta": dict(meta or {}), "nsys": nsys,
