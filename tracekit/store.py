@@ -23,7 +23,8 @@ SCHEMA_VERSION = 2
 TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
-RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes")
+RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
+              "run_ranks", "pass_ranks")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
