@@ -18,7 +18,8 @@ _NEEDED = ("runs", "run_meta", "kernels")
 
 
 def sql_files() -> list[str]:
-    """Names of the view files. No view reads another, so any order works; name order is stable."""
+    """Names of the view files, in the order they are created: a view may read views of files that
+    sort before its own (comm_ops.sql before composition.sql and ranks.sql)."""
     return sorted(f.name for f in resources.files(__package__).iterdir() if f.name.endswith(".sql"))
 
 

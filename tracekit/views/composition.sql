@@ -5,6 +5,8 @@
 -- kernels no rule classified are 'Unclassified', so nothing is hidden. Over the kernels of stage
 -- 'summarization' and 'generation' only; shares sum to 1 per run. The five study buckets are
 -- always present (0 when empty) for runs with measured kernels, so charts line up across runs.
+-- Multi-rank runs: the time of all ranks summed; COMM is the transfer part of collectives and
+-- 'COMM wait' the part spent waiting for the slowest rank, where comm_ops measured it.
 --
 -- @column run_id   INTEGER  the run
 -- @column bucket   VARCHAR  study bucket, other category name, or 'Unclassified'
@@ -21,6 +23,10 @@ WITH measured AS (
            dur_ns
     FROM kernels
     WHERE stage IN ('summarization', 'generation')
+    UNION ALL  -- the wait inside collectives moves from COMM to its own bucket (comm_ops.sql)
+    SELECT run_id, 'COMM', -wait_ns FROM comm_ops WHERE wait_ns > 0 AND stage IN ('summarization', 'generation')
+    UNION ALL
+    SELECT run_id, 'COMM wait', wait_ns FROM comm_ops WHERE wait_ns > 0 AND stage IN ('summarization', 'generation')
 ),
 study AS (
     SELECT * FROM (VALUES ('Sum GEMM', 1), ('Sum GEMV', 2), ('Gen GEMM', 3), ('Gen GEMV', 4), ('ATTN', 5))
