@@ -113,8 +113,8 @@ SELECT r.run_id,
        coalesce(r.follow_category, v.category) AS category,  -- filled by classification
        v.rule_id,
        coalesce(r.follow_evidence, v.evidence) AS evidence,  -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'prev_gemm:<evidence>' | 'unclassified'
-       r.stage, r.step, r.iteration,
-       r.rank                                -- rank of a multi-rank run (NULL: one rank)
+       r.rank,                               -- rank of a multi-rank run (NULL: one rank)
+       r.stage, r.step, r.iteration
 FROM kernel_rows r
 JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;

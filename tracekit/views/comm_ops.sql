@@ -19,21 +19,21 @@
 --
 -- Builds on: kernels (category, stage, rank, device), runs (world_size), run_ranks (align_method).
 --
--- @column run_id       INTEGER  the run
--- @column rank         INTEGER  rank (NULL: one-rank run)
--- @column device       INTEGER  GPU
--- @column kernel_id    BIGINT   the kernel
--- @column stage        VARCHAR  its stage
--- @column step         INTEGER  its forward pass
--- @column op           VARCHAR  'allreduce' | 'allgather' | 'reducescatter' | 'alltoall' | 'broadcast' | 'reduce' | 'sendrecv' | 'send' | 'recv' | 'collective'
--- @column seq          BIGINT   0.. order of this operation on this rank
--- @column start_ns     BIGINT   kernel start (run clock)
--- @column dur_ns       BIGINT   kernel duration
--- @column latest_start_ns BIGINT  latest start of the same collective over the ranks (measured only)
--- @column wait_ns      BIGINT   waiting for the slowest rank (NULL unless measured)
--- @column transfer_ns  BIGINT   dur_ns - wait_ns (NULL unless measured)
--- @column exposed_ns   BIGINT   not overlapped by any non-COMM kernel on the same rank and GPU
--- @column wait_basis   VARCHAR  'measured' or why not (see above)
+-- @column run_id                INTEGER  the run
+-- @column rank                  INTEGER  rank (NULL: one-rank run)
+-- @column device                INTEGER  GPU
+-- @column kernel_id             BIGINT   the kernel
+-- @column stage                 VARCHAR  its stage
+-- @column step                  INTEGER  its forward pass
+-- @column op                    VARCHAR  'allreduce' | 'allgather' | 'reducescatter' | 'alltoall' | 'broadcast' | 'reduce' | 'sendrecv' | 'send' | 'recv' | 'collective'
+-- @column seq                   BIGINT   0.. order of this operation on this rank
+-- @column start_ns              BIGINT   kernel start (run clock)
+-- @column dur_ns                BIGINT   kernel duration
+-- @column latest_start_ns       BIGINT   latest start of the same collective over the ranks (measured only)
+-- @column wait_ns               BIGINT   waiting for the slowest rank (NULL unless measured)
+-- @column transfer_ns           BIGINT   dur_ns - wait_ns (NULL unless measured)
+-- @column exposed_ns            BIGINT   not overlapped by any non-COMM kernel on the same rank and GPU
+-- @column wait_basis            VARCHAR  'measured' or why not (see above)
 CREATE OR REPLACE TEMP VIEW comm_ops AS
 WITH c AS (
     SELECT run_id, rank, device, kernel_id, stage, step, start_ns, end_ns, dur_ns,

@@ -10,19 +10,19 @@
 --
 -- Builds on: kernels (stage, rank), comm_ops (wait_ns, exposed_ns), runs (world_size).
 --
--- @column run_id            INTEGER  the run (multi-rank runs only)
--- @column rank              INTEGER  the rank
--- @column summarization_ns  BIGINT   its summarization kernel time
--- @column generation_ns     BIGINT   its generation kernel time
--- @column other_ns          BIGINT   kernels outside every pass
--- @column warmup_ns         BIGINT   kernels of warm-up iterations
--- @column gen_ratio         DOUBLE   generation / (summarization + generation), kernel time as recorded
--- @column comm_ns           BIGINT   COMM kernel time in the two stages
--- @column comm_wait_ns      BIGINT   of which waiting for the slowest rank (NULL: not measured)
--- @column comm_exposed_ns   BIGINT   COMM time not overlapped by compute on its GPU, in the two stages
--- @column busy_ns           BIGINT   summarization + generation - comm_wait_ns (NULL: wait not measured)
--- @column gen_ratio_no_wait DOUBLE   the generation share with the wait taken out of both stages
--- @column critical          BOOLEAN  the slowest rank of its run (NULL: wait not measured)
+-- @column run_id                INTEGER  the run (multi-rank runs only)
+-- @column rank                  INTEGER  the rank
+-- @column summarization_ns      BIGINT   its summarization kernel time
+-- @column generation_ns         BIGINT   its generation kernel time
+-- @column other_ns              BIGINT   kernels outside every pass
+-- @column warmup_ns             BIGINT   kernels of warm-up iterations
+-- @column gen_ratio             DOUBLE   generation / (summarization + generation), kernel time as recorded
+-- @column comm_ns               BIGINT   COMM kernel time in the two stages
+-- @column comm_wait_ns          BIGINT   of which waiting for the slowest rank (NULL: not measured)
+-- @column comm_exposed_ns       BIGINT   COMM time not overlapped by compute on its GPU, in the two stages
+-- @column busy_ns               BIGINT   summarization + generation - comm_wait_ns (NULL: wait not measured)
+-- @column gen_ratio_no_wait     DOUBLE   the generation share with the wait taken out of both stages
+-- @column critical              BOOLEAN  the slowest rank of its run (NULL: wait not measured)
 CREATE OR REPLACE TEMP VIEW rank_stage_ratio AS
 WITH k AS (
     SELECT run_id, rank,
@@ -78,11 +78,11 @@ ORDER BY run_id, rank;
 --
 -- Builds on: kernels (category, stage, rank), comm_ops (wait_ns).
 --
--- @column run_id   INTEGER  the run
--- @column rank     INTEGER  the rank
--- @column bucket   VARCHAR  as in composition
--- @column time_ns  BIGINT   summed kernel time of the rank in the bucket
--- @column share    DOUBLE   time_ns / the rank's summarization + generation kernel time
+-- @column run_id                INTEGER  the run
+-- @column rank                  INTEGER  the rank
+-- @column bucket                VARCHAR  as in composition
+-- @column time_ns               BIGINT   summed kernel time of the rank in the bucket
+-- @column share                 DOUBLE   time_ns / the rank's summarization + generation kernel time
 CREATE OR REPLACE TEMP VIEW rank_composition AS
 WITH measured AS (
     SELECT run_id, rank,
@@ -128,19 +128,19 @@ ORDER BY f.run_id, f.rank,
 --
 -- Builds on: rank_stage_ratio, runs (world_size, ranks), run_ranks (clock alignment).
 --
--- @column run_id              INTEGER  the run
--- @column world_size          INTEGER  ranks of the job
--- @column ranks               VARCHAR  ranks present (and missing)
--- @column align               VARCHAR  how rank clocks were aligned ('collective-end', 'shared-clock', 'none', ...)
--- @column max_clock_offset_ns BIGINT   largest |offset| applied to a rank's clock
--- @column gen_ratio_summed    DOUBLE   generation share of the GPU-seconds summed over ranks
--- @column gen_ratio_min       DOUBLE   smallest per-rank gen_ratio
--- @column gen_ratio_max       DOUBLE   largest per-rank gen_ratio
--- @column critical_rank       INTEGER  the slowest rank (NULL: wait not measured)
--- @column gen_ratio_critical  DOUBLE   the critical rank's gen_ratio_no_wait
--- @column comm_share          DOUBLE   COMM share of the summed summarization + generation time
--- @column comm_wait_share     DOUBLE   of that, waiting (NULL: not measured)
--- @column comm_exposed_share  DOUBLE   COMM not hidden by compute, share of the summed time
+-- @column run_id                INTEGER  the run
+-- @column world_size            INTEGER  ranks of the job
+-- @column ranks                 VARCHAR  ranks present (and missing)
+-- @column align                 VARCHAR  how rank clocks were aligned ('collective-end', 'shared-clock', 'none', ...)
+-- @column max_clock_offset_ns   BIGINT   largest |offset| applied to a rank's clock
+-- @column gen_ratio_summed      DOUBLE   generation share of the GPU-seconds summed over ranks
+-- @column gen_ratio_min         DOUBLE   smallest per-rank gen_ratio
+-- @column gen_ratio_max         DOUBLE   largest per-rank gen_ratio
+-- @column critical_rank         INTEGER  the slowest rank (NULL: wait not measured)
+-- @column gen_ratio_critical    DOUBLE   the critical rank's gen_ratio_no_wait
+-- @column comm_share            DOUBLE   COMM share of the summed summarization + generation time
+-- @column comm_wait_share       DOUBLE   of that, waiting (NULL: not measured)
+-- @column comm_exposed_share    DOUBLE   COMM not hidden by compute, share of the summed time
 CREATE OR REPLACE TEMP VIEW run_rank_summary AS
 WITH s AS (
     SELECT run_id,
