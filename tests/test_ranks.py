@@ -265,3 +265,55 @@ def test_views_with_a_run_filter_beside_one_rank_runs(tp_db, tmp_path):
     assert one.con.execute("SELECT count(*) FROM rank_stage_ratio WHERE run_id = 1").fetchall() == [(0,)]
     assert one.con.execute("SELECT sum(share) FROM composition WHERE run_id = 1").fetchall()[0][0] == pytest.approx(1)
     one.close()
+
+
+def _raw_waits(paths: list[Path], offset: int) -> list[int]:
+    """Total wait per rank from the raw collectives (rank 1's clock moved by `offset`)."""
+    raw = [_raw_collectives(p) for p in paths]
+    out = [0, 0]
+    for key in raw[0]:
+        starts = [raw[0][key]["start"], raw[1][key]["start"] + offset]
+        for r in (0, 1):
+            out[r] += min(max(starts) - starts[r], raw[r][key]["dur"])
+    return out
+
+
+def test_ranks_cli_and_chart_data_show_the_raw_figures(tp_db, tmp_path):
+    db, paths = tp_db
+    offset = db.con.execute("SELECT clock_offset_ns FROM run_ranks WHERE rank = 1").fetchall()[0][0]
+    waits = _raw_waits(paths, offset)
+    cli_db = str(tmp_path / "cli.duckdb")  # the CLI in its own process, on its own database
+    assert tk("import", *map(str, paths), "--db", cli_db).returncode == 0
+    r = tk("ranks", "--db", cli_db, "--view", "comm", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    for rank in (0, 1):
+        assert sum(x["wait_ms"] for x in rows if x["rank"] == rank) == pytest.approx(waits[rank] / 1e6, abs=0.003)
+    r = tk("ranks", "--db", cli_db, "--view", "run", "--format", "json")
+    summary = json.loads(r.stdout)[0]
+    assert (summary["world_size"], summary["ranks"], summary["critical_rank"]) == (2, "0,1", waits.index(min(waits)))
+
+    from tracekit.outputs import charts_ranks
+
+    stages = [_raw_stage_times(p) for p in paths]
+    bars = charts_ranks.rank_bars_data(db).frame
+    for rank in (0, 1):
+        assert bars.filter(bars["rank"] == rank)["time_ns"].sum() == stages[rank]["summarization"] + stages[rank]["generation"]
+    split = charts_ranks.comm_split_data(db).frame
+    for rank in (0, 1):
+        mine = split.filter((split["rank"] == rank) & (split["part"] == "wait"))
+        assert mine["time_ns"].sum() == waits[rank]  # every collective of this trace is inside a stage
+    figs = charts_ranks.rank_figures(db)
+    assert [f.name for f in figs] == ["rank_bars", "comm_split"] and all("$schema" in f.spec for f in figs)
+    assert [t.name for t in charts_ranks.rank_tables(db)] == ["ranks", "rank_stage_ratio"]
+
+
+def test_no_multi_rank_run_means_no_rank_section(tmp_path):
+    from tracekit.outputs import charts_ranks
+
+    db = tracekit.open(tmp_path / "s.duckdb")
+    db.import_paths([ROOT / "fixtures" / "shared" / "kineto_llama2-7b-4L_b1_i64_o8.pt.trace.json.gz"])
+    assert charts_ranks.rank_tables(db) == [] and charts_ranks.rank_figures(db) == []
+    db.close()
+    r = tk("ranks", "--db", str(tmp_path / "s.duckdb"))
+    assert r.returncode == 0 and "no multi-rank run" in r.stderr

@@ -24,6 +24,7 @@ _COMMANDS = [
     ("tracekit.outputs.cli_charts", "diff_cmd"),
     ("tracekit.outputs.cli_capture", "capture_group"),
     ("tracekit.outputs.cli_capture", "sweep_cmd"),
+    ("tracekit.outputs.cli_ranks", "ranks_cmd"),
 ]
 
 

@@ -4,9 +4,10 @@
 --   - per rank: each rank's own shares (this view, rank_composition);
 --   - the whole run: summed GPU-seconds over ranks (stage_ratio and composition, which sum every
 --     kernel of the run; run_rank_summary.gen_ratio_summed);
---   - the critical rank: the slowest one, the rank the others wait for = the most kernel time
---     left once its waiting in collectives is taken out. Only decided where wait is measured
---     (every collective's wait_basis = 'measured'); NULL otherwise, never a guess.
+--   - the critical rank: the slowest one, the rank the others wait for = the one that waited
+--     least in collectives (it arrives last; ties: the most kernel time without wait, then the
+--     lowest rank). Only decided where wait is measured (every collective's wait_basis =
+--     'measured'); NULL otherwise, never a guess. Ranks with no collective wait for nothing.
 --
 -- Builds on: kernels (stage, rank), comm_ops (wait_ns, exposed_ns), runs (world_size).
 --
@@ -65,7 +66,7 @@ SELECT run_id, rank, summarization_ns, generation_ns, other_ns, warmup_ns,
        generation_ns / nullif(summarization_ns + generation_ns, 0) AS gen_ratio,
        comm_ns, comm_wait_ns, comm_exposed_ns, busy_ns, gen_ratio_no_wait,
        CASE WHEN bool_and(measured) OVER (PARTITION BY run_id)
-            THEN rank = first(rank ORDER BY busy_ns DESC, rank) OVER (PARTITION BY run_id
+            THEN rank = first(rank ORDER BY comm_wait_ns, busy_ns DESC, rank) OVER (PARTITION BY run_id
                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) END AS critical
 FROM r
 ORDER BY run_id, rank;
