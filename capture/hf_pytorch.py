@@ -32,17 +32,13 @@ if __package__ in (None, ""):  # run as a script: make the repo's `capture` pack
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from capture.manifest import environment, flatten, manifest_path, write_json_atomic, write_manifest
-from capture.models import BUILTIN, ModelSpec, ModelSpecError, resolve_model, run_name
+from capture.models import BUILTIN, CaptureError, ModelSpec, ModelSpecError, resolve_model, run_name
 
 PROFILERS = ("torch", "nsys", "none")
 DTYPES = ("bfloat16", "float16", "float32")
 TRACE_EXT = {"torch": ".pt.trace.json.gz", "nsys": ".nsys-rep", "none": ""}
 # Set in the child process that nsys profiles; its value is where the child leaves its facts.
 _INNER_ENV = "TRACEKIT_CAPTURE_INNER"
-
-
-class CaptureError(RuntimeError):
-    """A capture could not be made; the message is the one line the user sees."""
 
 
 def build_parser(prog: str = "hf_pytorch.py") -> argparse.ArgumentParser:
@@ -597,6 +593,10 @@ def main(argv: list[str] | None = None, prog: str = "hf_pytorch.py") -> int:
             print(json.dumps({"model": spec.name, "source": spec.source, "config": spec.hf_config(),
                               "out": str(out), "manifest": str(manifest_path(out))}, indent=1))
             return 0
+        if args.tp > 1:  # tensor parallel: torchrun's N processes, one trace per rank (capture/tp.py)
+            from capture import tp
+
+            return tp.rank_main(args, spec) if tp.in_rank() is not None else tp.run_job(args, spec, argv)
         if args.cells:
             return _run_cells(args, spec, argv)
         inner = os.environ.get(_INNER_ENV)

@@ -77,6 +77,11 @@ class ModelSpecError(ValueError):
     """The model argument names nothing usable; the message says what and where."""
 
 
+class CaptureError(RuntimeError):
+    """A capture could not be made; the message is the one line the user sees. (Here, not in
+    hf_pytorch: run as a script that module is __main__, and capture.tp must raise the same class.)"""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to build: a config (always) and, for a checkpoint, where its weights are."""
