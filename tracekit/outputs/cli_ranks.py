@@ -61,6 +61,7 @@ def ranks_cmd(db_path: str, run_id: int | None, what: str, fmt: str) -> None:
             FROM run_ranks x WHERE {where} ORDER BY x.run_id, x.rank"""
     df = _frame(db_path, sql, params, run_id)
     if df.is_empty():
-        click.echo("tracekit: no multi-rank run" + (f" {run_id}" if run_id is not None else "") +
-                   " (traces of one job import as one run: see `tracekit import --group`)", err=True)
+        click.echo("tracekit: nothing to show: no multi-rank run" + (f" {run_id}" if run_id is not None else "") +
+                   " with this view's data (the traces of one job import as one run: see README "
+                   "\"Multi-rank runs\" and `tracekit import --group`)", err=True)
     print_frame(df, fmt)

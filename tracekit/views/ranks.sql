@@ -6,8 +6,9 @@
 --     kernel of the run; run_rank_summary.gen_ratio_summed);
 --   - the critical rank: the slowest one, the rank the others wait for = the one that waited
 --     least in collectives (it arrives last; ties: the most kernel time without wait, then the
---     lowest rank). Only decided where wait is measured (every collective's wait_basis =
---     'measured'); NULL otherwise, never a guess. Ranks with no collective wait for nothing.
+--     lowest rank). Only decided where every rank of the world size is present and wait is
+--     measured (every collective's wait_basis = 'measured'); NULL otherwise, never a guess.
+--     Ranks with no collective wait for nothing (then: the most kernel time).
 --
 -- Builds on: kernels (stage, rank), comm_ops (wait_ns, exposed_ns), runs (world_size).
 --
@@ -66,6 +67,7 @@ SELECT run_id, rank, summarization_ns, generation_ns, other_ns, warmup_ns,
        generation_ns / nullif(summarization_ns + generation_ns, 0) AS gen_ratio,
        comm_ns, comm_wait_ns, comm_exposed_ns, busy_ns, gen_ratio_no_wait,
        CASE WHEN bool_and(measured) OVER (PARTITION BY run_id)
+                 AND count(*) OVER (PARTITION BY run_id) = (SELECT world_size FROM runs x WHERE x.run_id = r.run_id)
             THEN rank = first(rank ORDER BY comm_wait_ns, busy_ns DESC, rank) OVER (PARTITION BY run_id
                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) END AS critical
 FROM r
