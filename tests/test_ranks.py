@@ -317,3 +317,32 @@ def test_no_multi_rank_run_means_no_rank_section(tmp_path):
     db.close()
     r = tk("ranks", "--db", str(tmp_path / "s.duckdb"))
     assert r.returncode == 0 and "no multi-rank run" in r.stderr
+
+
+def test_database_written_before_ranks_reads_read_only_and_upgrades_on_write(tmp_path):
+    """A database of the schema before multi-rank runs: no rank / world_size columns, no run_ranks."""
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    db = tracekit.open(path)
+    db.import_paths([ROOT / "fixtures" / "shared" / "kineto_llama2-7b-4L_b1_i64_o8.pt.trace.json.gz"])
+    want = db.con.execute("SELECT * FROM stage_ratio").fetchall()
+    db.close()
+    con = duckdb.connect(str(path))  # make it the older shape, as tracekit 0.1's schema 2 wrote it
+    view = (ROOT / "tracekit" / "schema.sql").read_text().split("CREATE OR REPLACE VIEW kernels AS", 1)[1].split(";", 1)[0]
+    con.execute("CREATE OR REPLACE VIEW kernels AS" + view.replace("r.rank,", ""))
+    for table, col in (("kernel_rows", "rank"), ("runs", "world_size"), ("runs", "ranks"), ("launches", "rank"),
+                       ("ranges", "rank"), ("ops", "rank"), ("memops", "rank")):
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    con.execute("DROP TABLE run_ranks")
+    con.execute("DROP TABLE pass_ranks")
+    con.close()
+    ro = tracekit.open(path, read_only=True)
+    assert ro.con.execute("SELECT * FROM stage_ratio").fetchall() == want
+    assert ro.con.execute("SELECT count(*) FROM rank_stage_ratio").fetchall() == [(0,)]
+    assert ro.runs()["world_size"].to_list() == [None]
+    ro.close()
+    rw = tracekit.open(path)
+    cols = {r[0] for r in rw.con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'kernel_rows'").fetchall()}
+    assert "rank" in cols and rw.con.execute("SELECT * FROM stage_ratio").fetchall() == want
+    rw.close()

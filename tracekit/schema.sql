@@ -224,10 +224,5 @@ CREATE TABLE IF NOT EXISTS pass_ranks (
     pass_id INTEGER NOT NULL,
     rank    INTEGER NOT NULL
 );
--- Databases written before ranks existed get the columns on their first write.
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS world_size INTEGER;
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS ranks VARCHAR;
-ALTER TABLE launches ADD COLUMN IF NOT EXISTS rank INTEGER;
-ALTER TABLE ranges ADD COLUMN IF NOT EXISTS rank INTEGER;
-ALTER TABLE ops ADD COLUMN IF NOT EXISTS rank INTEGER;
-ALTER TABLE memops ADD COLUMN IF NOT EXISTS rank INTEGER;
+-- Databases written before ranks existed get the columns above on their first write
+-- (store.ADDED_COLUMNS: only in a database that is tracekit's, never in someone else's tables).

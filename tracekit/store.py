@@ -73,6 +73,28 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         _migrate_v1(con)
     else:
         con.execute(_schema_sql())
+    _add_columns(con)
+
+
+# Columns added to tables after databases were written with them (multi-rank runs). kernel_rows.rank
+# is added in schema.sql itself, before the `kernels` view reads it.
+ADDED_COLUMNS = {"runs": (("world_size", "INTEGER"), ("ranks", "VARCHAR")),
+                 "launches": (("rank", "INTEGER"),), "ranges": (("rank", "INTEGER"),),
+                 "ops": (("rank", "INTEGER"),), "memops": (("rank", "INTEGER"),)}
+
+
+def _add_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Add ADDED_COLUMNS to an older tracekit database; a foreign database (a `runs` table that is not
+    tracekit's) is left as it is, for the views to refuse it."""
+    have = {(t, c) for t, c in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database()"
+    ).fetchall()}
+    if ("runs", "content_hash") not in have:
+        return
+    for table, cols in ADDED_COLUMNS.items():
+        for col, typ in cols:
+            if (table, col) not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {typ}")
 
 
 def _is_v1(con: duckdb.DuckDBPyConnection) -> bool:

@@ -42,6 +42,29 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(PASSES_DDL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
 
 
+def _ensure_rank_columns(con: duckdb.DuckDBPyConnection) -> None:
+    # A database written before multi-rank runs, opened read-only (a writer adds the columns and
+    # tables first: store.ensure_schema): temporary stand-ins with the missing columns NULL and
+    # the missing tables empty, so the views still read it (every run in it has one rank).
+    cols = {(t, c) for t, c in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database()").fetchall()}
+    db = '"' + con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""') + '".main'
+    if ("kernels", "rank") not in cols:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW kernels AS SELECT *, NULL::INTEGER AS rank FROM {db}.kernels")
+    if ("runs", "world_size") not in cols:
+        con.execute("CREATE OR REPLACE TEMP VIEW runs AS "
+                    f"SELECT *, NULL::INTEGER AS world_size, NULL::VARCHAR AS ranks FROM {db}.runs")
+    from tracekit.store import table_ddl
+
+    for table in ("run_ranks", "pass_ranks"):
+        if not _has_table(con, table):
+            ddl = table_ddl(table)
+            try:
+                con.execute(ddl)
+            except (duckdb.InvalidInputException, duckdb.PermissionException, duckdb.CatalogException):
+                con.execute(ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
+
+
 def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
     missing = [t for t in _NEEDED if not _has_table(con, t)]
     if missing:
@@ -57,6 +80,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
     _ensure_passes(con)
+    _ensure_rank_columns(con)
     root = resources.files(__package__)
     for name in sql_files():
         con.execute(root.joinpath(name).read_text())
