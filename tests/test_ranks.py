@@ -335,7 +335,6 @@ def test_database_written_before_ranks_reads_read_only_and_upgrades_on_write(tmp
                        ("ranges", "rank"), ("ops", "rank"), ("memops", "rank")):
         con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
     con.execute("DROP TABLE run_ranks")
-    con.execute("DROP TABLE pass_ranks")
     con.close()
     ro = tracekit.open(path, read_only=True)
     assert ro.con.execute("SELECT * FROM stage_ratio").fetchall() == want

@@ -27,9 +27,10 @@ Clocks
   (`shared-clock`).
 
 Stages
-  Each rank's stages are attributed as if it were its own run (a scratch in-memory database, the
-  same `enrich.stages` code), so that one rank's prefill never becomes another's warm-up: rank is
-  kept distinct by construction, whatever stage partitioning `enrich.stages` does.
+  `rank` is one of the columns of enrich.stages.PARTITION: passes and iterations are numbered
+  within each rank, so one rank's prefill never becomes another's warm-up. Stage markers are
+  matched to launches by process and thread, so ranks of different files whose process ids
+  collide (one pid on two hosts) get their pids shifted apart (`absent` says so).
 """
 
 from __future__ import annotations
@@ -235,24 +236,24 @@ def ranks_of_trace(path: Path, data: TraceData) -> TraceData:
         found_meta=data.found_meta, absent=absent, parts=parts, world_size=len(units), shared_clock=True)
 
 
+def _pids(data: TraceData) -> set[int]:
+    out: set[int] = set()
+    for t in ("kernels", "launches", "ranges", "ops"):
+        tab = data.table(t)
+        if "pid" in tab.column_names and tab.num_rows:
+            out |= {int(x) for x in np.unique(_ints(tab.column("pid"))) if x >= 0}
+    return out
+
+
 def _ints(col: pa.ChunkedArray) -> np.ndarray:
     """An integer column as int64, nulls as -1."""
     return pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy()
 
 
 def _subset(data: TraceData, keep: np.ndarray, pid: int | None, device: int) -> TraceData:
-    """One (process, GPU) unit of a trace, for its own stage attribution: its kernels, the CPU rows of
-    its process, the memory operations of its GPU. Ids stay the trace's."""
-    def by(t: pa.Table, col: str, value: int | None) -> pa.Table:
-        if value is None or col not in t.column_names:
-            return t
-        return t.filter(pc.fill_null(pc.equal(t.column(col), value), False))
-    return TraceData(
-        format=data.format, kernels=data.kernels.filter(pa.array(keep)),
-        launches=by(data.launches, "pid", pid), ranges=by(data.ranges, "pid", pid),
-        ops=by(data.ops, "pid", pid), memops=by(data.memops, "device", device),
-        gpu_name=data.gpu_name, tool_versions=data.tool_versions, trace_meta=data.trace_meta,
-        found_meta=data.found_meta, absent=list(data.absent))
+    """One (process, GPU) unit of a trace, as a part: its kernels (for alignment and run_ranks)."""
+    return TraceData(format=data.format, kernels=data.kernels.filter(pa.array(keep)),
+                     gpu_name=data.gpu_name, trace_meta=data.trace_meta, absent=list(data.absent))
 
 
 # ---------------------------------------------------------------- clocks
@@ -345,11 +346,20 @@ def _merge(parts: list[RankPart], world: int | None, *, shared_clock: bool, note
     rank column on every table (the parts keep their own data for per-rank stage attribution)."""
     next_id = dict.fromkeys(_TABLES, 0)
     tables: dict[str, list[pa.Table]] = {t: [] for t in _TABLES}
+    seen_pids: set[int] = set()
     for p in parts:
         p.id_offset = dict(next_id)
+        pids = _pids(p.data)
+        pid_shift = (p.rank + 1) << 32 if pids & seen_pids else 0
+        if pid_shift:
+            notes.append(f"rank {p.rank}: process ids shifted by {pid_shift} (the same ids as another rank's)")
+        seen_pids |= {x + pid_shift for x in pids}
         for t in _TABLES:
             src = p.data.table(t)
             out = _shift(_renumber(src, t, p.id_offset), p.clock_offset_ns)
+            if pid_shift and "pid" in out.column_names:
+                i = out.schema.get_field_index("pid")
+                out = out.set_column(i, "pid", pc.add(out.column("pid"), pa.scalar(pid_shift, pa.int64())))
             out = out.append_column("rank", pa.array(np.full(out.num_rows, p.rank, np.int32)))
             tables[t].append(out)
             ids = src.column(_ID_OF[t]).to_numpy() if src.num_rows else np.zeros(0, np.int64)
@@ -395,73 +405,33 @@ def insert(con, data: TraceData, **kw) -> int:
 
 
 def insert_ranked_run(con, data: RankedTrace, *, stages: bool = True, **kw) -> int:
-    """Insert a multi-rank run (caller owns the transaction): the merged rows, then each rank's
-    stages as its own run would get them, `passes` numbered across ranks (`pass_ranks` says whose),
-    and `run_ranks`."""
-    import duckdb
+    """Insert a multi-rank run (caller owns the transaction): the merged rows with their rank, stages
+    attributed per rank (`rank` is part of enrich.stages.PARTITION, so passes and iterations are
+    numbered within each rank), then `run_ranks` and runs.world_size / ranks."""
+    from tracekit.store import insert_run
 
-    from tracekit.store import ensure_schema, insert_run
-
-    run_id = insert_run(con, data, stages=False, **kw)
-    methods: dict[int, tuple[str | None, int | None]] = {}
-    if stages:
-        pass_offset = 0
-        for p in data.parts:
-            scratch = duckdb.connect(":memory:")
-            try:
-                ensure_schema(scratch)
-                insert_run(scratch, p.data, source_path=p.source_name or "rank", content_hash=f"rank{p.rank}",
-                           importer_version=kw.get("importer_version", ""), meta={}, stages=True)
-                kst = scratch.sql("SELECT kernel_id, stage, step, iteration FROM kernel_rows").to_arrow_table()
-                passes = scratch.sql(
-                    "SELECT pass_id, iteration, step, stage, source, name, range_id, start_ns, end_ns, n_kernels "
-                    "FROM passes ORDER BY pass_id").to_arrow_table()
-                methods[p.rank] = scratch.execute("SELECT stage_method, iterations FROM runs").fetchall()[0]
-            finally:
-                scratch.close()
-            kst = kst.set_column(0, "kernel_id", pc.add(kst.column("kernel_id"), p.id_offset.get("kernels", 0)))
-            con.register("_tk_rank_stage", kst)
-            try:
-                con.execute(
-                    "UPDATE kernel_rows SET stage = s.stage, step = s.step, iteration = s.iteration "
-                    "FROM _tk_rank_stage s WHERE kernel_rows.run_id = ? AND kernel_rows.kernel_id = s.kernel_id",
-                    [run_id])
-            finally:
-                con.unregister("_tk_rank_stage")
-            if passes.num_rows:
-                con.register("_tk_rank_pass", passes)
-                try:
-                    off, shift, roff = pass_offset, p.clock_offset_ns, p.id_offset.get("ranges", 0)
-                    con.execute(
-                        "INSERT INTO passes (run_id, pass_id, iteration, step, stage, source, name, range_id, "
-                        "start_ns, end_ns, n_kernels) SELECT ?, pass_id + ?, iteration, step, stage, source, name, "
-                        "range_id + ?, start_ns + ?, end_ns + ?, n_kernels FROM _tk_rank_pass",
-                        [run_id, off, roff, shift, shift])
-                    con.execute("INSERT INTO pass_ranks SELECT ?, pass_id + ?, ? FROM _tk_rank_pass",
-                                [run_id, off, p.rank])
-                finally:
-                    con.unregister("_tk_rank_pass")
-                pass_offset += int(pc.max(passes.column("pass_id")).as_py()) + 1
-        ms = {m for m, _ in methods.values()}
-        method = ms.pop() if len(ms) == 1 else "; ".join(f"rank {r}: {m}" for r, (m, _) in sorted(methods.items()))
-        iterations = min((i or 0 for _, i in methods.values()), default=0)
-        con.execute("UPDATE runs SET stage_method = ?, iterations = ? WHERE run_id = ?", [method, iterations, run_id])
+    run_id = insert_run(con, data, stages=stages, **kw)
     present = [p.rank for p in data.parts]
     con.execute("UPDATE runs SET world_size = ?, ranks = ? WHERE run_id = ?",
                 [data.world_size, ranks_text(present, data.world_size or len(present)), run_id])
+    method = con.execute("SELECT stage_method FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]
     for p in data.parts:
         k = p.data.kernels
         dev = _ints(k.column("device")) if k.num_rows else np.zeros(0, np.int64)
         pid = _ints(k.column("pid")) if k.num_rows else np.zeros(0, np.int64)
         if p.data.launches.num_rows and (pid < 0).all():
             pid = _ints(p.data.launches.column("pid"))
-        method, iterations = methods.get(p.rank, (None, None))
+        # This rank's own passes: its method where it has any, and its complete iterations.
+        n_pass, iterations = con.execute(
+            "SELECT count(*), count(DISTINCT iteration) FILTER (WHERE stage IN ('summarization', 'generation')) "
+            "FROM passes WHERE run_id = ? AND rank = ?", [run_id, p.rank]).fetchall()[0]
         con.execute(
             "INSERT INTO run_ranks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, p.rank, int(dev[dev >= 0].min()) if (dev >= 0).any() else None,
              int(pid[pid >= 0].min()) if (pid >= 0).any() else None, p.source_name, p.content_hash,
              p.rank_source, p.clock_offset_ns, p.align_method, p.align_events, p.align_spread_ns,
-             method, iterations, k.num_rows, int(pc.sum(k.column("dur_ns")).as_py() or 0) if k.num_rows else 0])
+             method if n_pass else "none", iterations, k.num_rows,
+             int(pc.sum(k.column("dur_ns")).as_py() or 0) if k.num_rows else 0])
     return run_id
 
 

@@ -24,7 +24,7 @@ TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
 RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
-              "run_ranks", "pass_ranks")
+              "run_ranks")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
@@ -73,28 +73,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         _migrate_v1(con)
     else:
         con.execute(_schema_sql())
-    _add_columns(con)
-
-
-# Columns added to tables after databases were written with them (multi-rank runs). kernel_rows.rank
-# is added in schema.sql itself, before the `kernels` view reads it.
-ADDED_COLUMNS = {"runs": (("world_size", "INTEGER"), ("ranks", "VARCHAR")),
-                 "launches": (("rank", "INTEGER"),), "ranges": (("rank", "INTEGER"),),
-                 "ops": (("rank", "INTEGER"),), "memops": (("rank", "INTEGER"),)}
-
-
-def _add_columns(con: duckdb.DuckDBPyConnection) -> None:
-    """Add ADDED_COLUMNS to an older tracekit database; a foreign database (a `runs` table that is not
-    tracekit's) is left as it is, for the views to refuse it."""
-    have = {(t, c) for t, c in con.execute(
-        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database()"
-    ).fetchall()}
-    if ("runs", "content_hash") not in have:
-        return
-    for table, cols in ADDED_COLUMNS.items():
-        for col, typ in cols:
-            if (table, col) not in have:
-                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {typ}")
 
 
 def _is_v1(con: duckdb.DuckDBPyConnection) -> bool:
@@ -340,6 +318,8 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
         return False
     r = int(run_id)
     src = kernels.drop_columns(["name", "short_name"]).append_column("name_id", name_ids)
+    if "rank" not in src.column_names:  # set by tracekit.ranks for multi-rank runs, never by a reader
+        src = src.append_column("rank", pa.nulls(n, pa.int32()))
     con.register("_tk_krows", src)
     try:
         # The context hash must stay the one the SQL path (and older imports) computed, so DuckDB
@@ -364,11 +344,11 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
 
             plan_stages(con, r, f"(SELECT {STAGE_INPUT} FROM _tk_krows)")
             try:
-                kp = con.execute("SELECT kernel_id, pass_id FROM _tk_kstage").fetchnumpy()
+                kp = con.execute("SELECT kernel_id, pass_id, stage FROM _tk_kstage").fetchnumpy()
             finally:
                 drop_plan(con)
             passes = con.execute(f"SELECT pass_id, stage, step, iteration FROM passes WHERE run_id = {r}").fetchall()
-            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes).items():
+            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes, kp["stage"]).items():
                 src = src.append_column(name, column)
                 cols.append(name)
         con.unregister("_tk_krows")
@@ -385,13 +365,19 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
     return True
 
 
-def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple]) -> dict[str, pa.Array]:
-    """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids), else
-    'other' and NULL. Per-row work stays in NumPy: 375k stage strings cost more than the rest."""
+def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple],
+                   kernel_stages: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids; -1: no
+    pass), else 'other' and NULL; `kernel_stages` (for kernel_ids), where given, is each listed
+    kernel's own stage (a mixed pass's one-sided kernels, unattributed kernels). Per-row work stays
+    in NumPy: 375k stage strings cost more than the rest."""
     size = max((p[0] for p in passes), default=-1) + 2  # slot 0: no pass
     of = np.zeros(n, np.int64)
     of[np.asarray(kernel_ids, np.int64)] = np.asarray(pass_ids, np.int64) + 1
-    words = ["other", *sorted({p[1] for p in passes} - {"other"})]
+    own, own_codes = None, None
+    if kernel_stages is not None and len(kernel_stages):
+        own, own_codes = np.unique(np.asarray(kernel_stages, dtype=object).astype(str), return_inverse=True)
+    words = ["other", *sorted(({p[1] for p in passes} | set(own if own is not None else [])) - {"other"})]
     code = np.zeros(size, np.int32)
     step, iteration = np.zeros(size, np.int32), np.zeros(size, np.int32)
     step_ok, iteration_ok = np.zeros(size, bool), np.zeros(size, bool)
@@ -399,8 +385,11 @@ def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes:
         code[pass_id + 1] = words.index(stage)
         step[pass_id + 1], step_ok[pass_id + 1] = st or 0, st is not None
         iteration[pass_id + 1], iteration_ok[pass_id + 1] = it or 0, it is not None
+    codes = code[of]
+    if own is not None:
+        codes[np.asarray(kernel_ids, np.int64)] = np.array([words.index(w) for w in own], np.int32)[own_codes]
     return {
-        "stage": pa.DictionaryArray.from_arrays(pa.array(code[of]), pa.array(words, pa.string())),
+        "stage": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(words, pa.string())),
         "step": pa.array(step[of], mask=~step_ok[of]),
         "iteration": pa.array(iteration[of], mask=~iteration_ok[of]),
     }
