@@ -18,9 +18,9 @@ from conftest import ROOT, shared_trace
 
 sys.path.insert(0, str(ROOT))
 
-from capture import hf_pytorch as hf  # noqa: E402
-from capture.manifest import job_manifest_path, manifest_path, write_manifest  # noqa: E402
-from capture.models import resolve_model  # noqa: E402
+from tracekit.capture import hf_pytorch as hf  # noqa: E402
+from tracekit.capture.manifest import job_manifest_path, manifest_path, write_manifest  # noqa: E402
+from tracekit.capture.models import resolve_model  # noqa: E402
 
 CAPTURED = ROOT / "fixtures" / "capture"
 # GPT-2's config.json as the Hub has it: hidden_size / num_hidden_layers / num_attention_heads are
@@ -116,10 +116,24 @@ def test_a_rank_trace_falls_back_to_its_jobs_manifest(tmp_path):
     assert read_manifest(tmp_path / "x_tp2_rank1_b8.pt.trace.json.gz")["batch"] == "9"
 
 
+def test_capture_runs_standalone_without_tracekits_dependencies(tmp_path):
+    """Issue 16: tracekit.capture is a subpackage, and its scripts still run on a GPU machine that
+    lacks tracekit's dependencies: here with no site-packages at all (python -S)."""
+    import subprocess
+
+    script = ROOT / "tracekit" / "capture" / "hf_pytorch.py"
+    p = subprocess.run([sys.executable, "-S", str(script), "--model", "llama3-8b", "--layers", "4", "--tp", "2",
+                        "--batch", "8", "--out-dir", "o", "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "llama3-8b-4L_tp2_rank1_b8_i64_o8.pt.trace.json.gz" in p.stdout
+    p = subprocess.run([sys.executable, "-S", "-c", "import duckdb"], capture_output=True, text=True)
+    assert p.returncode != 0  # the run above really had no duckdb (nor numpy, pyarrow, ...)
+
+
 def test_tracekit_takes_the_rule_from_capture_not_its_own_copy():
     src = (ROOT / "tracekit" / "manifest.py").read_text()
-    assert "from capture.manifest import" in src and "SUFFIXES" not in src
-    assert "tracekit" not in (ROOT / "capture" / "manifest.py").read_text().split('"""', 2)[2].split("def ")[0]
+    assert "from tracekit.capture.manifest import" in src and "SUFFIXES" not in src
+    assert "tracekit" not in (ROOT / "tracekit" / "capture" / "manifest.py").read_text().split('"""', 2)[2].split("def ")[0]
 
 
 # ---------------------------------------------------------------- HF config aliases

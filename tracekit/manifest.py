@@ -1,7 +1,7 @@
 """Capture manifests: the sidecar JSON a capture script writes next to each trace.
 
-The naming rule (trace name -> manifest name) is capture's, imported from there: one rule for the
-writer and the reader. capture.manifest imports nothing of tracekit, so this direction is safe.
+The naming rule (trace name -> manifest name) is tracekit.capture.manifest's, imported from there:
+one rule for the writer and the reader; the capture side imports nothing else of tracekit.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capture.manifest import manifest_candidates, manifest_path  # noqa: F401  (manifest_path: API)
+from tracekit.capture.manifest import manifest_candidates, manifest_path  # noqa: F401  (manifest_path: API)
 
 
 def read_manifest(trace: Path) -> dict[str, str]:

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 # `..._rank3_...`: the rank token of a file name (also `rank-3`, `RANK_3`). Shared with capture's
 # naming rule, which strips it to find the job's one manifest.
-from capture.manifest import RANK_TOKEN
+from tracekit.capture.manifest import RANK_TOKEN
 from tracekit.errors import TraceError
 from tracekit.readers.common import TraceData
 

@@ -27,22 +27,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capture.manifest import environment, write_json_atomic, write_manifest
-from capture.models import CaptureError, ModelSpec
+from tracekit.capture.manifest import environment, write_json_atomic, write_manifest
+from tracekit.capture.models import CaptureError, ModelSpec
 
 # Where each rank leaves its facts for the parent: the value is a path prefix (+ `.rank<r>.json`).
 FACTS_ENV = "TRACEKIT_CAPTURE_TP_FACTS"
 
 
 def rank_traces(args: argparse.Namespace, spec: ModelSpec) -> list[Path]:
-    from capture.hf_pytorch import output_path
+    from tracekit.capture.hf_pytorch import output_path
 
     return [output_path(args, spec, rank=r) for r in range(args.tp)]
 
 
 def job_path(args: argparse.Namespace, spec: ModelSpec) -> Path:
     """The job's name as a path (its manifest is capture.manifest.manifest_path of it)."""
-    from capture.hf_pytorch import output_path
+    from tracekit.capture.hf_pytorch import output_path
 
     return output_path(args, spec, rank=None)
 
@@ -61,7 +61,7 @@ def in_rank() -> int | None:
 
 def run_job(args: argparse.Namespace, spec: ModelSpec, argv: list[str]) -> int:
     """Parent: run torchrun, check every rank's trace, write the job's one manifest."""
-    from capture.hf_pytorch import manifest_fields
+    from tracekit.capture.hf_pytorch import manifest_fields
 
     traces = rank_traces(args, spec)
     job = job_path(args, spec)
@@ -70,7 +70,7 @@ def run_job(args: argparse.Namespace, spec: ModelSpec, argv: list[str]) -> int:
         print(shlex.join(cmd))
         for t in traces:
             print(f"# writes {t}")
-        from capture.manifest import manifest_path
+        from tracekit.capture.manifest import manifest_path
 
         print(f"# then {manifest_path(job)} (world_size {args.tp})")
         return 0
@@ -127,7 +127,7 @@ def _checkpoint(args: argparse.Namespace, spec: ModelSpec, rank: int, torch) -> 
 
 def rank_main(args: argparse.Namespace, spec: ModelSpec) -> int:
     """Child: load this rank's shard, run the cell, write its trace and facts."""
-    from capture.hf_pytorch import gpu_cell
+    from tracekit.capture.hf_pytorch import gpu_cell
 
     try:
         import torch

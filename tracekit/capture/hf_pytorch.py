@@ -6,7 +6,7 @@ with the KV cache. Stages are marked twice, so that both trace formats carry the
 `stage:generation` (Kineto). Weights are random unless a checkpoint is given: kernel names, shapes
 and timings do not depend on weight values, and the GPU machine has no hub access.
 
-    python capture/hf_pytorch.py --model llama2-7b --batch 1 --input-len 64 --output-len 8 --profiler torch
+    python tracekit/capture/hf_pytorch.py --model llama2-7b --batch 1 --input-len 64 --output-len 8 --profiler torch
     tracekit capture hf --model gemma-2b --layers 4 --profiler nsys --out-dir traces/
 
 torch and transformers are imported only when a run starts (the `capture` extra).
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo's `capture` package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capture.manifest import environment, flatten, manifest_path, write_json_atomic, write_manifest
-from capture.models import BUILTIN, CaptureError, ModelSpec, ModelSpecError, resolve_model, run_name
+from tracekit.capture.manifest import environment, flatten, manifest_path, write_json_atomic, write_manifest
+from tracekit.capture.models import BUILTIN, CaptureError, ModelSpec, ModelSpecError, resolve_model, run_name
 
 PROFILERS = ("torch", "nsys", "none")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -593,8 +593,8 @@ def main(argv: list[str] | None = None, prog: str = "hf_pytorch.py") -> int:
             print(json.dumps({"model": spec.name, "source": spec.source, "config": spec.hf_config(),
                               "out": str(out), "manifest": str(manifest_path(out))}, indent=1))
             return 0
-        if args.tp > 1:  # tensor parallel: torchrun's N processes, one trace per rank (capture/tp.py)
-            from capture import tp
+        if args.tp > 1:  # tensor parallel: torchrun's N processes, one trace per rank (tracekit/capture/tp.py)
+            from tracekit.capture import tp
 
             return tp.rank_main(args, spec) if tp.in_rank() is not None else tp.run_job(args, spec, argv)
         if args.cells:
