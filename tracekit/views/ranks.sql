@@ -75,7 +75,8 @@ ORDER BY run_id, rank;
 
 -- @view rank_composition
 -- Kernel-time composition per rank of a multi-rank run, in composition's buckets ('Sum GEMM',
--- 'Sum GEMV', 'Gen GEMM', 'Gen GEMV', 'ATTN', the other categories, 'Unclassified'), with COMM
+-- 'Sum GEMV', 'Gen GEMM', 'Gen GEMV', 'ATTN', 'Mixed GEMM/GEMV' of mixed passes, the other
+-- categories, 'Unclassified'; over the stages summarization, generation and mixed), with COMM
 -- split as in composition: 'COMM' is the transfer, 'COMM wait' the wait for the slowest rank
 -- (where comm_ops measured it). Shares sum to 1 per rank.
 --
@@ -91,18 +92,19 @@ WITH measured AS (
     SELECT run_id, rank,
            CASE WHEN category = 'ATTN' THEN 'ATTN'
                 WHEN category IN ('GEMM', 'GEMV')
-                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' ELSE 'Gen ' END || category
+                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' WHEN 'mixed' THEN 'Mixed ' ELSE 'Gen ' END
+                         || category
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
            dur_ns
     FROM kernels
-    WHERE stage IN ('summarization', 'generation') AND rank IS NOT NULL
+    WHERE stage IN ('summarization', 'generation', 'mixed') AND rank IS NOT NULL
     UNION ALL
     SELECT run_id, rank, 'COMM', -wait_ns FROM comm_ops
-    WHERE wait_ns > 0 AND rank IS NOT NULL AND stage IN ('summarization', 'generation')
+    WHERE wait_ns > 0 AND rank IS NOT NULL AND stage IN ('summarization', 'generation', 'mixed')
     UNION ALL
     SELECT run_id, rank, 'COMM wait', wait_ns FROM comm_ops
-    WHERE wait_ns > 0 AND rank IS NOT NULL AND stage IN ('summarization', 'generation')
+    WHERE wait_ns > 0 AND rank IS NOT NULL AND stage IN ('summarization', 'generation', 'mixed')
 ),
 study AS (
     SELECT * FROM (VALUES ('Sum GEMM', 1), ('Sum GEMV', 2), ('Gen GEMM', 3), ('Gen GEMV', 4), ('ATTN', 5))
