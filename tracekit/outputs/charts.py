@@ -209,8 +209,8 @@ def _cell_fields(db: Queryable) -> pl.DataFrame:
 
 def heatmap_data(db: Queryable) -> ChartData:
     """Mean generation share per (model, batch, input_len, output_len) and per every other field
-    (layers, dtype, GPU, framework, attention, compile) in which runs of one such cell differ:
-    runs are averaged only when they are repeats of one experiment. The differing fields join
+    (layers, dtype, GPU, framework, attention, compile) to which runs of one such cell give
+    different values: runs are averaged only when they are repeats of one experiment. The differing fields join
     the model in the panel label. Runs missing any of the four keys, or without stage times, are
     left out and named in the notes."""
     runs = _runs(db).join(
@@ -225,9 +225,10 @@ def heatmap_data(db: Queryable) -> ChartData:
             notes.append(f"run {row['run_id']} ({row['source_name']}): no summarization/generation time")
     complete = runs.drop_nulls([*META_KEYS, "gen_ratio"])
     extra = [c for c in (*CELL_FIELDS, *CELL_META_KEYS) if c in complete.columns]
-    # A field splits cells when some cell's runs disagree on it (NULL counts as a value).
+    # A field splits cells when two runs of one cell give it different known values. A run that
+    # does not say (NULL) is not split off on that field: the cell's tooltip lists the run ids.
     differ = [c for c in extra if not complete.is_empty() and complete.group_by(list(META_KEYS)).agg(
-        pl.col(c).fill_null("?").n_unique().alias("n"))["n"].max() > 1]
+        pl.col(c).drop_nulls().n_unique().alias("n"))["n"].max() > 1]
     keys = [*META_KEYS, *differ]
     frame = (
         complete.group_by(keys)
