@@ -154,3 +154,24 @@ def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str)
             click.echo(f"wrote {out}", err=True)
 
     _run(db_path, action)
+
+
+@click.group("export")
+def export_group() -> None:
+    """Write a run out for other tools."""
+
+
+@export_group.command("perfetto")
+@click.argument("run_id", type=int)
+@db_option
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Output file (.json, or .json.gz to compress).")
+def export_perfetto_cmd(run_id: int, db_path: str, out: Path) -> None:
+    """Write RUN as a Chrome JSON trace for ui.perfetto.dev: the original kernels, launches,
+    operators and ranges on their threads and streams, plus tracekit's stage, pass, category,
+    rule and evidence (in each kernel's args and on `tracekit` tracks). `tracekit import`
+    reads the file back."""
+    from tracekit.outputs import perfetto
+
+    n = _run(db_path, lambda db: perfetto.export(db, run_id, out))
+    click.echo(f"wrote {out} ({n:,} events)", err=True)
