@@ -112,12 +112,25 @@ def report_cmd(db_path: str, out_dir: Path, title: str) -> None:
               help="Also draw the deltas to this .png, .svg or .html file.")
 @click.option("--top", default=15, show_default=True, type=click.IntRange(1, 10_000),
               help="How many kernels to list.")
+@click.option("--fail-if", "fail_if", multiple=True, metavar="THRESHOLD",
+              help="Exit 1 when the change from A to B breaches THRESHOLD (repeatable), e.g. "
+                   "'gen_ratio>+0.02', 'bucket:Gen GEMV:time>+10%', 'kernel:nvjet*:time>+5%'. "
+                   "Grammar: tracekit diff --help-thresholds.")
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the diff (and threshold results) as markdown, e.g. for a pull-request comment.")
+@click.option("--help-thresholds", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _p, v: _print_grammar(ctx) if v else None,
+              help="Print the --fail-if grammar and exit.")
 @format_option
-def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str) -> None:
+def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fail_if: tuple[str, ...],
+             md_out: Path | None, fmt: str) -> None:
     """Compare B with A: per-bucket and per-kernel changes (B minus A).
 
     A and B are run ids (3, or 3,5 for a group) or metadata selectors for groups
     (model=llama2-7b,batch=1). Groups are compared by their mean per run.
+
+    As a CI gate: each --fail-if THRESHOLD that B breaches prints one line
+    `tracekit: threshold breached: ...` on stderr, and the exit status is 1.
     """
     import polars as pl
 
@@ -126,6 +139,13 @@ def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str)
 
     if out is not None:
         _check_out(out)
+    gates = []
+    for text in fail_if:
+        try:
+            gates.append(diff.parse_gate(text))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fail-if") from None
+    breached: list[str] = []
 
     def action(db) -> None:
         side_a, side_b = diff.resolve(db, a), diff.resolve(db, b)
@@ -152,8 +172,31 @@ def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str)
             chart = charts.diff_chart(buckets, kernels, side_a.label, side_b.label, top=top)
             _write_chart(chart, out, "tracekit diff")
             click.echo(f"wrote {out}", err=True)
+        results = diff.evaluate_gates(db, side_a, side_b, gates, buckets, kernels)
+        if md_out is not None:
+            md_out.write_text(diff.markdown(side_a, side_b, buckets, kernels, results, top=top) + "\n",
+                              encoding="utf-8")
+            click.echo(f"wrote {md_out}", err=True)
+        for r in results:
+            if r.breached:
+                breached.append(f"tracekit: threshold breached: {r.gate.text}: {r.describe()}")
+        if results and not breached:
+            click.echo(f"tracekit: all {len(results)} thresholds passed", err=True)
 
     _run(db_path, action)
+    if breached:
+        from tracekit.outputs.charts import printable
+
+        for line in breached:
+            click.echo(printable(line), err=True)
+        raise SystemExit(1)
+
+
+def _print_grammar(ctx: click.Context) -> None:
+    from tracekit.outputs.diff import GATE_GRAMMAR
+
+    click.echo(GATE_GRAMMAR)
+    ctx.exit(0)
 
 
 @click.group("export")
