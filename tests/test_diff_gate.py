@@ -24,7 +24,7 @@ def pair_db(tmp_path_factory) -> tuple[Path, dict[str, int]]:
                     (NSYS_L2, SHARED_META[NSYS_L2.name])):
         res = db.import_paths([t], meta=meta)[0]
         assert res.status == "imported"
-        ids[t.name] = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [t.name]).fetchone()[0]
+        ids[t.name] = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [t.name]).fetchall()[0][0]
     db.close()
     return path, ids
 

@@ -38,7 +38,7 @@ def original_kernel_count(trace: Path) -> int:
     if trace.suffix == ".sqlite":
         con = sqlite3.connect(f"file:{trace}?mode=ro", uri=True)
         try:
-            return con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+            return con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchall()[0][0]
         finally:
             con.close()
     events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
@@ -58,7 +58,7 @@ def fixture_db(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("trace", RUNS, ids=lambda p: p.name)
 def test_export_reads_back_with_identical_counts_stages_and_categories(fixture_db, trace, tmp_path):
     db = tracekit.open(fixture_db, read_only=True)
-    run_id = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchone()[0]
+    run_id = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchall()[0][0]
     out = tmp_path / f"{trace.name.split('.')[0]}.perfetto.json.gz"
     res = tk("export", "perfetto", str(run_id), "--db", str(fixture_db), "-o", str(out))
     assert res.returncode == 0, res.stderr
@@ -77,10 +77,10 @@ def test_export_reads_back_with_identical_counts_stages_and_categories(fixture_d
 
     back = tracekit.open(tmp_path / "back.duckdb")
     assert back.import_paths([out])[0].status == "imported"
-    new_id = back.con.execute("SELECT run_id FROM runs").fetchone()[0]
+    new_id = back.con.execute("SELECT run_id FROM runs").fetchall()[0][0]
     for table in TABLES:
         q = f"SELECT count(*) FROM {table} WHERE run_id = ?"
-        assert back.con.execute(q, [new_id]).fetchone() == db.con.execute(q, [run_id]).fetchone(), table
+        assert back.con.execute(q, [new_id]).fetchall()[0] == db.con.execute(q, [run_id]).fetchall()[0], table
     assert back.con.execute(GROUPS, [new_id]).fetchall() == db.con.execute(GROUPS, [run_id]).fetchall()
 
 
@@ -88,3 +88,63 @@ def test_export_of_a_missing_run_is_one_line(fixture_db, tmp_path):
     res = tk("export", "perfetto", "999", "--db", str(fixture_db), "-o", str(tmp_path / "x.json"))
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0
     assert "no run 999" in res.stderr and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("trace", RUNS, ids=lambda p: p.name)
+def test_proto_export_parses_with_perfettos_own_protos(fixture_db, trace, tmp_path):
+    """The protobuf form, checked with the perfetto package's generated proto classes (the
+    schema Perfetto's trace processor reads): it parses; packets are on one sequence whose state
+    is cleared first, in time order; every slice is on a declared track; rebuilt by begin/end
+    nesting per track, the slices are exactly the JSON export's (category, name, start,
+    duration), so no slice was cut or mis-nested; kernels carry tracekit's stage and category;
+    every kernel's incoming flow starts at a launch."""
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+    from tracekit.outputs import perfetto
+
+    db = tracekit.open(fixture_db, read_only=True)
+    run_id = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [trace.name]).fetchall()[0][0]
+    out = tmp_path / "run.pftrace"
+    res = tk("export", "perfetto", str(run_id), "--db", str(fixture_db), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    parsed = Trace.FromString(out.read_bytes())
+    declared: set[int] = set()
+    stacks: dict[int, list] = {}
+    slices = []
+    last = -1
+    first_event = True
+    flows_out, flows_in = set(), set()
+    for p in parsed.packet:
+        assert p.trusted_packet_sequence_id == 1
+        if p.HasField("track_descriptor"):
+            declared.add(p.track_descriptor.uuid)
+            continue
+        te = p.track_event
+        if first_event:
+            assert p.sequence_flags & 1  # SEQ_INCREMENTAL_STATE_CLEARED
+            first_event = False
+        assert p.timestamp >= last and te.track_uuid in declared
+        last = p.timestamp
+        if te.type == TrackEvent.TYPE_SLICE_BEGIN:
+            args = {a.name: a for a in te.debug_annotations}
+            stacks.setdefault(te.track_uuid, []).append((p.timestamp, te.name, list(te.categories), args))
+            flows_out.update(te.flow_ids)
+            flows_in.update(te.terminating_flow_ids)
+        else:
+            assert te.type == TrackEvent.TYPE_SLICE_END and stacks.get(te.track_uuid)
+            start, name, cats, args = stacks[te.track_uuid].pop()
+            slices.append((cats[0], name, start, p.timestamp - start, args))
+    assert not any(stacks.values())
+    doc = perfetto.trace_events(db, run_id)
+    want = sorted((e["cat"], e["name"], round(e["ts"] * 1000), round(e["dur"] * 1000))
+                  for e in doc["traceEvents"] if e["ph"] == "X")
+    assert sorted(s[:4] for s in slices) == want
+    kernels = [s for s in slices if s[0] == "kernel"]
+    assert len(kernels) == original_kernel_count(trace)
+    stored = sorted(db.con.execute("SELECT coalesce(stage, ''), coalesce(category, '') FROM kernels "
+                                   "WHERE run_id = ?", [run_id]).fetchall())
+    got = sorted((a["tracekit.stage"].string_value if "tracekit.stage" in a else "",
+                  a["tracekit.category"].string_value if "tracekit.category" in a else "")
+                 for *_, a in kernels)
+    assert got == stored
+    assert flows_in <= flows_out

@@ -29,7 +29,7 @@ def control_db(tmp_path_factory) -> tuple[Path, str]:
     shutil.copy(NSYS_L3_SHAPES, trace)
     con = sqlite3.connect(trace)
     short_id = con.execute(
-        "SELECT shortName FROM CUPTI_ACTIVITY_KIND_KERNEL GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+        "SELECT shortName FROM CUPTI_ACTIVITY_KIND_KERNEL GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchall()[0][0]
     con.execute("UPDATE StringIds SET value = ? WHERE id = ?", [KERNEL, short_id])
     con.commit()
     con.close()
@@ -38,7 +38,7 @@ def control_db(tmp_path_factory) -> tuple[Path, str]:
     meta = {**SHARED_META[NSYS_L3_SHAPES.name], "model": MODEL}
     assert db.import_paths([trace], meta=meta)[0].status == "imported"
     # The names reached the database unchanged: tracekit stores what the trace says.
-    assert db.con.execute("SELECT count(*) FROM kernels WHERE short_name = ?", [KERNEL]).fetchone()[0] > 0
+    assert db.con.execute("SELECT count(*) FROM kernels WHERE short_name = ?", [KERNEL]).fetchall()[0][0] > 0
     db.close()
     return db_path, work
 

@@ -70,7 +70,7 @@ def _chart_command(name: str, help_text: str, title: str) -> click.Command:
                 chart, data = charts.build(db, name)
             _write_chart(chart, out, title)
             for line in data.subtitle():
-                click.echo(f"tracekit: {line}", err=True)
+                click.echo(f"tracekit: {charts.printable(line)}", err=True)
             click.echo(f"wrote {out}", err=True)
 
         _run(db_path, action)
@@ -208,13 +208,18 @@ def export_group() -> None:
 @click.argument("run_id", type=int)
 @db_option
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Output file (.json, or .json.gz to compress).")
-def export_perfetto_cmd(run_id: int, db_path: str, out: Path) -> None:
-    """Write RUN as a Chrome JSON trace for ui.perfetto.dev: the original kernels, launches,
-    operators and ranges on their threads and streams, plus tracekit's stage, pass, category,
-    rule and evidence (in each kernel's args and on `tracekit` tracks). `tracekit import`
-    reads the file back."""
+              help="Output file: .json or .json.gz (Chrome JSON), .pftrace (Perfetto protobuf).")
+@click.option("--format", "fmt", type=click.Choice(["json", "proto"]), default=None,
+              help="Chrome JSON (default; `tracekit import` reads it back) or Perfetto protobuf "
+                   "(needs the perfetto package); by default from the file name.")
+def export_perfetto_cmd(run_id: int, db_path: str, out: Path, fmt: str | None) -> None:
+    """Write RUN for ui.perfetto.dev: the original kernels, launches, operators and ranges on
+    their threads and streams, plus tracekit's stage, pass, category, rule and evidence (in each
+    kernel's args and on `tracekit` tracks)."""
     from tracekit.outputs import perfetto
 
-    n = _run(db_path, lambda db: perfetto.export(db, run_id, out))
-    click.echo(f"wrote {out} ({n:,} events)", err=True)
+    if fmt is None:
+        fmt = "proto" if out.name.endswith(perfetto.PROTO_SUFFIXES) else "json"
+    write = perfetto.export_proto if fmt == "proto" else perfetto.export
+    n = _run(db_path, lambda db: write(db, run_id, out))
+    click.echo(f"wrote {out} ({n:,} {'packets' if fmt == 'proto' else 'events'})", err=True)

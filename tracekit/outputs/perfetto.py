@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,167 @@ def export(db: Queryable, run_id: int, out: Path) -> int:
         tmp.write_bytes(data)
     tmp.replace(out)
     return len(trace["traceEvents"])
+
+
+# -- Perfetto's own protobuf format ------------------------------------------------------------
+
+PROTO_SUFFIXES = (".pftrace", ".perfetto-trace", ".pb")
+
+
+def _annotation(ann: Any, name: str, value: Any) -> None:
+    ann.name = name
+    if isinstance(value, bool):
+        ann.bool_value = value
+    elif isinstance(value, int) and -(1 << 63) <= value < (1 << 63):
+        ann.int_value = value
+    elif isinstance(value, float):
+        ann.double_value = value
+    elif isinstance(value, str):
+        ann.string_value = value
+    else:
+        ann.string_value = json.dumps(value)
+
+
+def proto_bytes(trace: dict) -> bytes:
+    """The Chrome JSON trace of trace_events() as a Perfetto protobuf trace (TrackEvent): the same
+    slices on the same tracks, args as debug annotations, launch -> kernel flows. Needs the
+    `perfetto` package (`pip install 'tracekit[perfetto]'`), whose proto classes write it."""
+    try:
+        from perfetto.trace_builder.proto_builder import TraceProtoBuilder
+    except ImportError:
+        raise TracekitError("the Perfetto protobuf format needs the perfetto package: "
+                            "pip install 'tracekit[perfetto]' (or write .json, which needs nothing)") from None
+    events = trace["traceEvents"]
+    gpus = {d["id"] for d in trace.get("deviceProperties", [])}
+    names: dict[tuple, str] = {}
+    for e in events:
+        if e.get("ph") == "M" and e["name"] in ("process_name", "thread_name"):
+            key = (e["pid"],) if e["name"] == "process_name" else (e["pid"], e["tid"])
+            names[key] = e["args"]["name"]
+
+    builder = TraceProtoBuilder()
+    seq = 1
+    uuids: dict[tuple, int] = {}
+
+    def is_gpu(pid: Any) -> bool:
+        return pid in gpus or (isinstance(pid, int) and pid >= DECISION_PID)
+
+    def lane_track(pid: Any, tid: Any, lane: int) -> int:
+        """Lane 0 is the thread or stream itself; lane k > 0 a child track holding slices that
+        overlap others of that thread without nesting in them (a track's slices must nest)."""
+        base = track(pid, tid)
+        if lane == 0:
+            return base
+        key = (pid, tid, lane)
+        if key not in uuids:
+            uuids[key] = len(uuids) + 1
+            pkt = builder.add_packet()
+            pkt.trusted_packet_sequence_id = seq
+            desc = pkt.track_descriptor
+            desc.uuid = uuids[key]
+            desc.parent_uuid = base
+            desc.name = f"{names.get((pid, tid), f'thread {tid}')} (overlapping {lane})"
+        return uuids[key]
+
+    def track(pid: Any, tid: Any) -> int:
+        """Track uuid of (pid, tid); GPU and tracekit tracks are named tracks under a named parent
+        (a device is no process), host threads are thread tracks of their process."""
+        if (pid, tid) in uuids:
+            return uuids[pid, tid]
+        if (pid,) not in uuids:
+            uuids[(pid,)] = len(uuids) + 1
+            pkt = builder.add_packet()
+            pkt.trusted_packet_sequence_id = seq
+            desc = pkt.track_descriptor
+            desc.uuid = uuids[(pid,)]
+            if is_gpu(pid):
+                desc.name = names.get((pid,), f"GPU {pid}")
+            else:
+                desc.process.pid = int(pid or 0)
+                desc.process.process_name = names.get((pid,), f"process {pid}")
+        uuids[pid, tid] = len(uuids) + 1
+        pkt = builder.add_packet()
+        pkt.trusted_packet_sequence_id = seq
+        desc = pkt.track_descriptor
+        desc.uuid = uuids[pid, tid]
+        desc.parent_uuid = uuids[(pid,)]
+        if is_gpu(pid):
+            desc.name = names.get((pid, tid), f"stream {tid}")
+        else:
+            desc.thread.pid = int(pid or 0)
+            desc.thread.tid = int(tid or 0)
+            desc.thread.thread_name = names.get((pid, tid), f"thread {tid}")
+        return uuids[pid, tid]
+
+    def ns(us: float) -> int:
+        return round(us * 1000)
+
+    flows_out = {(e["pid"], e["tid"], ns(e["ts"])): e["id"] for e in events if e.get("ph") == "s"}
+    # Begin and end of every slice, ordered so that nested slices open outer-first and close
+    # inner-first when they share a timestamp.
+    marks = []
+    lanes: dict[tuple, list[list[int]]] = defaultdict(list)  # (pid, tid) -> per lane, the open ends
+    lane_of: dict[int, int] = {}
+    xs = sorted((ns(e["ts"]), -ns(e["dur"]), i) for i, e in enumerate(events) if e.get("ph") == "X")
+    for start, neg_dur, i in xs:
+        end = start - neg_dur
+        open_ends = lanes[events[i]["pid"], events[i]["tid"]]
+        for k, stack in enumerate([*open_ends, None]):
+            if stack is None:
+                stack = []
+                open_ends.append(stack)
+            while stack and stack[-1] <= start:
+                stack.pop()
+            if not stack or stack[-1] >= end:  # nests in the innermost open slice of this lane
+                stack.append(end)
+                lane_of[i] = k
+                break
+    for i, e in enumerate(events):
+        if e.get("ph") != "X":
+            continue
+        start, end = ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])
+        marks.append((start, 1, -(end - start), i))
+        # Ends before begins at one timestamp (a slice ending where the next starts), except a
+        # zero-length slice's own end; of two identical slices, the later-opened closes first.
+        marks.append((end, 0 if end > start else 2, -start, -i))
+    marks.sort()
+    first = True
+    for ts, kind, _, i in marks:
+        is_begin = kind == 1
+        e = events[abs(i)]
+        uuid = lane_track(e["pid"], e["tid"], lane_of[abs(i)])  # its descriptor goes first
+        pkt = builder.add_packet()
+        pkt.timestamp = ts
+        pkt.trusted_packet_sequence_id = seq
+        if first:
+            pkt.sequence_flags = 1  # SEQ_INCREMENTAL_STATE_CLEARED
+            first = False
+        te = pkt.track_event
+        te.track_uuid = uuid
+        if not is_begin:
+            te.type = te.TYPE_SLICE_END
+            continue
+        te.type = te.TYPE_SLICE_BEGIN
+        te.name = e["name"] or ""
+        te.categories.append(e["cat"])
+        for key, value in (e.get("args") or {}).items():
+            if value is not None:
+                _annotation(te.debug_annotations.add(), key, value)
+        if e["cat"] in ("cuda_runtime", "cuda_driver"):
+            fid = flows_out.get((e["pid"], e["tid"], ts))
+            if fid is not None:
+                te.flow_ids.append(int(fid) & ((1 << 64) - 1))
+        elif e["cat"] == "kernel" and "correlation" in e.get("args", {}):
+            te.terminating_flow_ids.append(int(e["args"]["correlation"]) & ((1 << 64) - 1))
+    return builder.serialize()
+
+
+def export_proto(db: Queryable, run_id: int, out: Path) -> int:
+    """Write `run_id` as a Perfetto protobuf trace; return the number of packets."""
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
+
+    data = proto_bytes(trace_events(db, run_id))
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    return len(Trace.FromString(data).packet)
