@@ -34,11 +34,17 @@ GROUPS = ("SELECT stage, step, iteration, category, rule_id, evidence, count(*) 
 
 
 def original_kernel_count(trace: Path) -> int:
-    """Kernels in the trace file itself, read without tracekit."""
+    """Kernels in the trace file itself, read without tracekit. An nsys trace of whole CUDA graphs
+    (`--cuda-graph-trace=graph`) has one GPU activity row per graph execution, which tracekit
+    keeps as one kernel row."""
     if trace.suffix == ".sqlite":
         con = sqlite3.connect(f"file:{trace}?mode=ro", uri=True)
         try:
-            return con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchall()[0][0]
+            n = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchall()[0][0]
+            if con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'CUPTI_ACTIVITY_KIND_GRAPH_TRACE'"
+                           ).fetchall()[0][0]:
+                n += con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_GRAPH_TRACE").fetchall()[0][0]
+            return n
         finally:
             con.close()
     events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]

@@ -18,6 +18,10 @@ KERNEL_SCHEMA = pa.schema([
     ("registers", pa.int32()), ("shared_static", pa.int64()), ("shared_dynamic", pa.int64()),
     ("graph_node_id", pa.int64()),
 ])
+# Short name of a CUDA graph traced whole (nsys --cuda-graph-trace=graph): one kernel-like row per
+# graph execution, its kernels unknown (readers/nsys_sqlite.py). Stage attribution and the views
+# (composition: bucket 'CUDA graph (whole)') recognise those rows by it.
+WHOLE_GRAPH_SHORT_NAME = "CUDA graph (whole)"
 LAUNCH_SCHEMA = pa.schema([
     ("launch_id", pa.int64()), ("name", pa.string()), ("kind", pa.string()),
     ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
