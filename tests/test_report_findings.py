@@ -112,6 +112,14 @@ def test_stage_bound_reads_the_gpu_and_host_columns():
     assert "of a 43.00 ms host-side extent" in findings.stage_bound(row, "generation").text
     s = findings.stage_bound(row, "summarization")
     assert s.verdict == "GPU-bound" and "GPU busy 7.50 ms of a 8.00 ms GPU span" in s.text
+    # Busy under GPU_BOUND of the span, but the span outlasts the host's extent: the host ran ahead.
+    ahead = {"gpu_busy_summarization_ns": 7_600_000, "gpu_span_summarization_ns": 9_660_000,
+             "host_summarization_ns": 7_110_000}
+    a = findings.stage_bound(ahead, "summarization")
+    assert a.verdict == "GPU-bound" and "the host finished 2.55 ms before the GPU" in a.text
+    mid = {"gpu_busy_summarization_ns": 6_000_000, "gpu_span_summarization_ns": 9_000_000,
+           "host_summarization_ns": 10_000_000}
+    assert findings.stage_bound(mid, "summarization").verdict == "neither clearly"
     # Today's columns: kernel time against the wall (marker) extent; none at all: unknown, said why.
     assert findings.stage_bound({"generation_ns": 5, "wall_generation_ns": 50}, "generation").verdict == "host-bound"
     unknown = findings.stage_bound({"generation_ns": 5}, "generation")

@@ -14,9 +14,10 @@ import polars as pl
 
 from tracekit.outputs.charts import Queryable, query
 
-# A stage is GPU-bound when the GPU is busy for at least this share of the stage's elapsed time,
-# host-bound when it is busy for less than HOST_BOUND (the GPU waits on the host for most of it);
-# in between the page says neither clearly bounds it.
+# A stage is host-bound when the GPU is busy for less than HOST_BOUND of the stage's elapsed time
+# (it waits on the host for most of it); GPU-bound when the GPU's span outlasts the host-side
+# extent (the host ran ahead and work queued up) or the GPU is busy for at least GPU_BOUND of it;
+# otherwise the page says neither clearly bounds it.
 GPU_BOUND = 0.8
 HOST_BOUND = 0.5
 MAX_RUN_BLOCKS = 30
@@ -56,7 +57,7 @@ def _col(row: dict, *names: str) -> float | None:
 
 def stage_bound(row: dict, stage: str) -> Bound:
     """GPU busy time against the stage's elapsed time (the longer of its host-side extent and its
-    GPU span). Without the gpu_busy_* column, summed kernel time stands for busy time (an upper
+    GPU span), and whether the GPU span outlasts the host-side extent. Without the gpu_busy_* column, summed kernel time stands for busy time (an upper
     bound where kernels overlap) and the wall/host marker extent for the elapsed time."""
     busy = _col(row, f"gpu_busy_{stage}_ns")
     measure = "GPU busy"
@@ -71,10 +72,13 @@ def stage_bound(row: dict, stage: str) -> Bound:
     frac = busy / elapsed
     what = "host-side extent" if elapsed == host else "GPU span"
     detail = f"{measure} {_ms(busy)} of a {_ms(elapsed)} {what} ({min(frac, 1.0):.0%})"
-    if frac >= GPU_BOUND:
-        return Bound("GPU-bound", f"GPU-bound: {detail}")
     if frac < HOST_BOUND:
         return Bound("host-bound", f"host-bound, the GPU idles most of the stage: {detail}")
+    if host and span and span > host:
+        # The host finished issuing the stage before the GPU finished running it: work queued up.
+        return Bound("GPU-bound", f"GPU-bound: {detail}; the host finished {_ms(span - host)} before the GPU")
+    if frac >= GPU_BOUND:
+        return Bound("GPU-bound", f"GPU-bound: {detail}")
     return Bound("neither clearly", f"neither the GPU nor the host clearly bounds it: {detail}")
 
 
