@@ -144,7 +144,15 @@ def test_section_providers_plug_in_and_a_failing_one_costs_its_section(db_path, 
     truth = dict(db.con.execute("SELECT run_id, count(*) FROM kernels GROUP BY 1").fetchall())
     assert dict(counts.iter_rows()) == truth
     assert re.search(r'id="sec-roofline".*could not be made: RuntimeError: no peaks measured', html_text, re.S)
-    assert report.SECTION_PROVIDERS == []  # the default list is untouched by passing providers
+    assert [p.name for p in report.SECTION_PROVIDERS] == ["roofline"]  # untouched by passing providers
+
+
+def test_the_roofline_section_is_in_the_default_report(db_path, tmp_path):
+    db = tracekit.open(db_path, read_only=True)
+    index = write_report(db, tmp_path / "out", images=False)
+    html_text = index.read_text()
+    assert 'id="sec-roofline"' in html_text and "could not be made" not in html_text
+    assert 'id="tab-roofline"' in html_text and (tmp_path / "out" / "roofline.csv").exists()
 
 
 def test_csv_cells_that_spreadsheets_run_are_text(db_path, tmp_path):

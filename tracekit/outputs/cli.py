@@ -25,6 +25,8 @@ _COMMANDS = [
     ("tracekit.outputs.cli_charts", "export_group"),
     ("tracekit.outputs.cli_capture", "capture_group"),
     ("tracekit.outputs.cli_capture", "sweep_cmd"),
+    ("tracekit.outputs.cli_roofline", "roofline_cmd"),
+    ("tracekit.outputs.cli_dataset", "dataset_group"),
 ]
 
 

@@ -366,11 +366,25 @@ class SectionProvider:
     figures: Callable[[Queryable], object] | None = None
 
 
-# Later sections, in page order. The roofline and multi-rank work add theirs here, e.g.
-#   SectionProvider("roofline", "Roofline", roofline.roofline_tables, roofline.roofline_figures)
+def _roofline_tables(db: Queryable) -> object:
+    from tracekit.outputs.charts_roofline import roofline_tables
+
+    return roofline_tables(db)
+
+
+def _roofline_figures(db: Queryable) -> object:
+    from tracekit.outputs.charts_roofline import roofline_figures
+
+    return roofline_figures(db)
+
+
+# Later sections, in page order (imported when the report is made, so a feature's module loads
+# only then). The multi-rank work adds its own the same way, e.g.
 #   SectionProvider("ranks", "Ranks and communication", ranks.rank_tables, ranks.rank_figures)
 # A provider that raises costs its own section (the page says why), never the report.
-SECTION_PROVIDERS: list[SectionProvider] = []
+SECTION_PROVIDERS: list[SectionProvider] = [
+    SectionProvider("roofline", "Roofline", _roofline_tables, _roofline_figures),
+]
 
 
 def _as_tables(value: object) -> list[Table]:

@@ -2,6 +2,9 @@
 
 Views are created as TEMP views on every connection, so they work on read-only databases and
 always match the installed code (an old database never carries stale view definitions).
+Files run in name order; a view may read only views of files before it (work_roofline.sql, last,
+reads step_totals). The roofline views also read the GPU peak tables, which `create_views`
+installs on the connection first (tracekit.peaks).
 """
 
 from __future__ import annotations
@@ -84,6 +87,12 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
         raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
 
 
+def _roofline_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    from tracekit import peaks
+
+    peaks.install(con)
+
+
 def _with_partition(sql: str) -> str:
     """The view text with stages.PARTITION (the columns that separate processes and GPUs) written
     in: `{{partition}}` -> `pid, device`, `{{partition:k}}` -> `k.pid, k.device`,
@@ -101,6 +110,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     _check_tables(con)
     _ensure_passes(con)
     _added_columns(con)
+    _roofline_inputs(con)
     root = resources.files(__package__)
     for name in sql_files():
         con.execute(_with_partition(root.joinpath(name).read_text()))

@@ -1,7 +1,8 @@
 -- @view composition
 -- Where the GPU kernel time goes, in the study's buckets (its Figure 7):
 -- 'Sum GEMM', 'Sum GEMV' (summarization stage), 'Gen GEMM', 'Gen GEMV' (generation stage),
--- 'ATTN' (both stages); the shared kernels of mixed passes are 'Mixed GEMM' / 'Mixed GEMV'; every
+-- 'ATTN' (both stages); MoE expert GEMMs as 'Sum MoE GEMM', 'Gen MoE GEMV', ...; the shared
+-- kernels of mixed passes are 'Mixed GEMM' / 'Mixed GEMV'; every
 -- other category keeps its own name (NORM, ELEMWISE, ...), kernels no rule classified are
 -- 'Unclassified', and CUDA graphs traced whole (one row per launch, kernels unknown: see the nsys
 -- reader) are 'CUDA graph (whole)', so nothing is hidden.
@@ -29,6 +30,10 @@ measured AS (
                 WHEN category = 'ATTN' THEN 'ATTN'
                 WHEN category IN ('GEMM', 'GEMV') AND scope = 'measured stages'
                     THEN CASE stage WHEN 'summarization' THEN 'Sum ' WHEN 'mixed' THEN 'Mixed ' ELSE 'Gen ' END
+                         -- MoE expert GEMMs apart from dense ones (evidence 'moe:...', also
+                         -- through a split-K reduce: 'prev_gemm:moe:...'): e.g. 'Gen MoE GEMV'.
+                         || CASE WHEN regexp_matches(coalesce(evidence, ''), '^(prev_gemm:)?moe:')
+                                 THEN 'MoE ' ELSE '' END
                          || category
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
