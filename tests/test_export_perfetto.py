@@ -84,6 +84,11 @@ def test_export_reads_back_with_identical_counts_stages_and_categories(fixture_d
     back = tracekit.open(tmp_path / "back.duckdb")
     assert back.import_paths([out])[0].status == "imported"
     new_id = back.con.execute("SELECT run_id FROM runs").fetchall()[0][0]
+    # The metadata came back through the manifest written beside the export.
+    meta = "SELECT key, value FROM run_meta WHERE run_id = ? ORDER BY key"
+    before = dict(db.con.execute(meta, [run_id]).fetchall())
+    after = dict(back.con.execute(meta, [new_id]).fetchall())
+    assert {k: after.get(k) for k in before} == before
     for table in TABLES:
         q = f"SELECT count(*) FROM {table} WHERE run_id = ?"
         assert back.con.execute(q, [new_id]).fetchall()[0] == db.con.execute(q, [run_id]).fetchall()[0], table

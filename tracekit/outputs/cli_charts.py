@@ -215,11 +215,18 @@ def export_group() -> None:
 def export_perfetto_cmd(run_id: int, db_path: str, out: Path, fmt: str | None) -> None:
     """Write RUN for ui.perfetto.dev: the original kernels, launches, operators and ranges on
     their threads and streams, plus tracekit's stage, pass, category, rule and evidence (in each
-    kernel's args and on `tracekit` tracks)."""
+    kernel's args and on `tracekit` tracks). Beside a JSON export, the run's metadata is written
+    as its capture manifest (unless one is there), so `tracekit import` reads both back."""
     from tracekit.outputs import perfetto
 
     if fmt is None:
         fmt = "proto" if out.name.endswith(perfetto.PROTO_SUFFIXES) else "json"
-    write = perfetto.export_proto if fmt == "proto" else perfetto.export
-    n = _run(db_path, lambda db: write(db, run_id, out))
+    def action(db) -> tuple[int, Path | None]:
+        if fmt == "proto":
+            return perfetto.export_proto(db, run_id, out), None
+        return perfetto.export(db, run_id, out), perfetto.write_manifest(db, run_id, out)
+
+    n, manifest = _run(db_path, action)
     click.echo(f"wrote {out} ({n:,} {'packets' if fmt == 'proto' else 'events'})", err=True)
+    if manifest is not None:
+        click.echo(f"wrote {manifest} (the run's metadata, read by `tracekit import`)", err=True)

@@ -371,3 +371,20 @@ def export_proto(db: Queryable, run_id: int, out: Path) -> int:
     tmp.write_bytes(data)
     tmp.replace(out)
     return len(Trace.FromString(data).packet)
+
+
+def write_manifest(db: Queryable, run_id: int, out: Path) -> Path | None:
+    """Write the run's metadata (run_meta) as the capture manifest beside `out`, where
+    `tracekit import` looks for it, so a re-import keeps model, batch, lengths, ... (which some
+    rules' evidence uses). An existing manifest there is left alone: returns None."""
+    from tracekit.manifest import manifest_path
+
+    path = manifest_path(out)
+    if path.exists():
+        return None
+    meta = {r["key"]: r["value"] for r in _rows(db, "SELECT key, value FROM run_meta WHERE run_id = ? "
+                                                   "ORDER BY key", [run_id])}
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
