@@ -67,7 +67,8 @@ def test_every_view_is_a_polars_frame_and_every_chart_altair(h100_db):
     for name in view_names():
         frame = h100_db.view(name)
         assert isinstance(frame, pl.DataFrame) and frame.height > 0, name
-        assert getattr(h100_db.views, name).equals(frame)
+        # The same rows (views without ORDER BY may return them in another order).
+        assert sorted(map(repr, getattr(h100_db.views, name).rows())) == sorted(map(repr, frame.rows()))
     for name in chart_names():
         assert isinstance(h100_db.chart(name), alt.TopLevelMixin), name
     # A run filter, applied to the view's rows (checked against the unfiltered view).
