@@ -93,7 +93,9 @@ def test_heatmap_panels_per_model_and_batch_and_averages_repeats(shared_db_path)
         assert got[key][0] == pytest.approx(sum(ratios) / len(ratios), rel=1e-12)
         assert got[key][1] == len(ratios)
     spec = charts.to_spec(charts.heatmap_chart(data))
-    assert spec["facet"]["row"]["field"] == "model" and spec["facet"]["column"]["field"] == "batch"
+    # One panel row per model (no run of a cell differs in layers, dtype or GPU here), one column per batch.
+    assert spec["facet"]["row"]["field"] == "panel" and spec["facet"]["column"]["field"] == "batch"
+    assert data.frame["panel"].to_list() == data.frame["model"].to_list()
 
 
 def test_heatmap_names_missing_metadata_instead_of_failing(shared_db_copy):

@@ -19,11 +19,17 @@ from conftest import NSYS_L3_SHAPES, SHARED_META
 
 import tracekit
 from tracekit.outputs.cli import main
-from tracekit.outputs.report import FIGURES, write_report
+from tracekit.outputs.report import FIGURES, provided_sections, write_report
 
 # Closes the JSON block, opens a script, an <img> whose error handler runs code, and an entity.
 PAYLOAD = "</script><script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">&amp;"
 CHART_NAMES = [name for name, _ in FIGURES]
+
+
+def section_counts(db_path: Path) -> tuple[int, int]:
+    """Tables and figures the later sections (SECTION_PROVIDERS: roofline, ...) add for this database."""
+    sections = provided_sections(tracekit.open(db_path, read_only=True))
+    return sum(len(s.tables) for s in sections), sum(len(s.figures) for s in sections)
 
 
 class _Scripts(HTMLParser):
@@ -136,7 +142,9 @@ def test_report_of_an_empty_database_says_there_is_nothing(tmp_path):
     index = write_report(db, tmp_path / "out", images=False)
     text = index.read_text()
     assert text.count("nothing to draw") == len(CHART_NAMES)
-    assert text.count('<p class="empty">(none)</p>') == 5  # runs, stages, composition, top, unclassified
+    extra_tables = sum(len(s.tables) for s in provided_sections(db))
+    # runs, stages, composition, top, unclassified, and each later section's tables
+    assert text.count('<p class="empty">(none)</p>') == 5 + extra_tables
 
 
 def test_hostile_kernel_name_stays_text_in_the_html(hostile_report):
@@ -146,14 +154,15 @@ def test_hostile_kernel_name_stays_text_in_the_html(hostile_report):
     # Two code scripts (bundle, embedder) and one JSON block per chart; nothing injected.
     code = [s for s in p.scripts if s.get("type") != "application/json"]
     assert len(code) == 2 and not [s for s in code if s]
-    assert len(p.scripts) == 2 + len(CHART_NAMES)
+    n_charts = len(CHART_NAMES) + section_counts(out.parent / "hostile.duckdb")[1]
+    assert len(p.scripts) == 2 + n_charts
     assert p.imgs == 0
     assert PAYLOAD not in html_text and "<b>bold</b>" not in html_text
     assert "&lt;/script&gt;&lt;script&gt;document.title=" in html_text
     # The name did reach the data (top kernels table and CSV), unchanged.
     assert any(r["short_name"] == PAYLOAD for r in read_csv(out / "top_kernels.csv"))
     blocks = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', html_text, re.S)
-    assert len(blocks) == len(CHART_NAMES) and not any("<" in b for b in blocks)
+    assert len(blocks) == n_charts and not any("<" in b for b in blocks)
 
 
 def test_hostile_kernel_name_stays_text_in_svg(hostile_report, tmp_path):
@@ -180,12 +189,13 @@ RENDERED = "document.body && document.body.getAttribute('data-charts-rendered') 
 
 
 @needs_chromium
-def test_report_renders_in_chromium_offline(report_dir):
+def test_report_renders_in_chromium_offline(report_dir, shared_db_path):
     expr = (f"({RENDERED}) && [document.body.getAttribute('data-charts-rendered'), "
             "document.body.getAttribute('data-charts-failed'), "
             "document.querySelectorAll('.chart svg.marks').length]")
     page = load_page(file_url(report_dir / "index.html"), expr, timeout=60)
-    assert page.value == [str(len(CHART_NAMES)), "0", len(CHART_NAMES)], "every chart drawn as SVG"
+    n = len(CHART_NAMES) + section_counts(shared_db_path)[1]
+    assert page.value == [str(n), "0", n], "every chart drawn as SVG"
     assert page.errors == []
     assert [u for u in page.requests if not u.startswith("file:")] == []
     assert page.screenshot.startswith(b"\x89PNG") and len(page.screenshot) > 50_000

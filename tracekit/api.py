@@ -79,6 +79,28 @@ class Database:
             " WHERE m.run_id = r.run_id) AS meta FROM runs r ORDER BY r.run_id"
         )
 
+    # -- notebooks (tracekit/outputs/notebook.py): views as polars frames, charts as Altair --
+
+    def view(self, name: str, run_id: int | builtins.list[int] | None = None) -> pl.DataFrame:
+        """An analysis view (stage_ratio, composition, steps, top_kernels, run_info, ...) as polars."""
+        from tracekit.outputs import notebook
+
+        return notebook.view(self, name, run_id)
+
+    @property
+    def views(self):
+        """Attribute access to the views: `db.views.stage_ratio`."""
+        from tracekit.outputs import notebook
+
+        return notebook.Views(self)
+
+    def chart(self, name: str, run_id: int | builtins.list[int] | None = None, **options):
+        """A chart (heatmap, composition, steps, passes, stages, top) as an Altair chart, which a
+        notebook renders inline."""
+        from tracekit.outputs import notebook
+
+        return notebook.chart(self, name, run_id, **options)
+
     def close(self) -> None:
         self.con.close()
 

@@ -8,8 +8,13 @@ the data a chart shows against the database independently of the drawing.
 
 from __future__ import annotations
 
+import json
+import re
+import signal
+import subprocess
+import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +54,44 @@ STAGE_COLORS: dict[str, str] = {
     "warmup": "#dddddd",
 }
 META_KEYS = ("model", "batch", "input_len", "output_len")
+# Fields that make two runs of the same heat-map cell different experiments rather than repeats:
+# runs that differ in one of them get cells of their own (see heatmap_data). run_info columns
+# first, then run_meta keys a capture manifest writes.
+CELL_FIELDS = ("layers", "dtype", "gpu_name")
+CELL_META_KEYS = ("framework", "attn", "compile")
+
+# Characters a renderer must never see: C0/C1 controls, surrogates, and the Unicode
+# noncharacters (U+FDD0..U+FDEF, U+xFFFE/U+xFFFF of every plane). vl-convert's SVG/PNG path
+# aborts the whole process (SIGABRT, not an exception) on the XML-invalid ones, and a browser
+# shows none of them as anything readable.
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"\\U00{p:02x}fffe\\U00{p:02x}ffff" for p in range(17)) + "]"
+)
+
+
+def _escape_char(m: re.Match) -> str:
+    cp = ord(m.group())
+    return f"\\x{cp:02x}" if cp < 0x100 else (f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character, surrogate or noncharacter written as a visible escape
+    (ESC -> `\\x1b`): how an untrusted name is shown in a chart, a page or a terminal."""
+    return _UNPRINTABLE.sub(_escape_char, text)
+
+
+def printable_spec(value: Any) -> Any:
+    """A chart spec (or any JSON value) with every string passed through `printable`: the data,
+    titles and labels drawn from trace names and metadata reach the renderer escaped. Vega
+    expressions and field names never contain such characters, so they are unchanged."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k) if isinstance(k, str) else k: printable_spec(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable_spec(v) for v in value]
+    return value
 
 
 class Queryable(Protocol):
@@ -62,9 +105,26 @@ class ChartData:
     frame: pl.DataFrame
     notes: list[str] = field(default_factory=list)  # one per run left out, starting "run N "
     hint: str = ""                                   # how to fix what the notes report
+    # False where the notes are shown beside the chart (the report's page): the chart then does
+    # not repeat them in its subtitle.
+    notes_in_chart: bool = True
 
     def subtitle(self) -> list[str]:
         return [f"not shown: {n}" for n in self.notes] + ([self.hint] if self.hint else [])
+
+    def chart_subtitle(self) -> list[str]:
+        return self.subtitle() if self.notes_in_chart else []
+
+    def empty_reason(self, default: str) -> list[str]:
+        """Lines for a chart with nothing to draw."""
+        if self.notes_in_chart:
+            return self.subtitle() or [default]
+        return ["see the notes above this chart"] if self.subtitle() else [default]
+
+
+def _titled(chart: alt.TopLevelMixin, title: str, data: ChartData) -> alt.TopLevelMixin:
+    sub = data.chart_subtitle()
+    return chart.properties(title=alt.Title(title, subtitle=sub) if sub else title)
 
 
 def color_of(bucket: str | None) -> str:
@@ -87,15 +147,17 @@ def _color_scale(buckets: list[str]) -> alt.Scale:
 
 
 def _run_label(frame: pl.DataFrame) -> pl.Expr:
-    """`run 3 · llama2-7b · o8` when metadata is known, else `run 3 · <file name>`."""
+    """`run 3 · llama2-7b · b64 · i64 · o8` with the metadata that is known, else
+    `run 3 · <file name>`: runs that differ only in batch or length must not look alike."""
     cols = set(frame.columns)
     model = pl.col("model") if "model" in cols else pl.lit(None, pl.String)
-    out = pl.col("output_len") if "output_len" in cols else pl.lit(None, pl.Int64)
-    return (
-        pl.lit("run ") + pl.col("run_id").cast(pl.String) + pl.lit(" · ")
-        + pl.coalesce(model, pl.col("source_name").str.slice(0, 28))
-        + pl.when(out.is_not_null()).then(pl.lit(" · o") + out.cast(pl.String)).otherwise(pl.lit(""))
-    )
+    label = pl.lit("run ") + pl.col("run_id").cast(pl.String) + pl.lit(" · ") + pl.coalesce(
+        model, pl.col("source_name").str.slice(0, 28))
+    for col, prefix in (("batch", " · b"), ("input_len", " · i"), ("output_len", " · o")):
+        if col in cols:
+            v = pl.col(col)
+            label = label + pl.when(v.is_not_null()).then(pl.lit(prefix) + v.cast(pl.String)).otherwise(pl.lit(""))
+    return label
 
 
 def query(db: Queryable, sql: str, params: list | None = None) -> pl.DataFrame:
@@ -134,12 +196,26 @@ def _notice(title: str, lines: list[str]) -> alt.Chart:
 
 # -- generation-share heat-map (Figure 6) --------------------------------------------------------
 
+def _cell_fields(db: Queryable) -> pl.DataFrame:
+    """run_id and the CELL_FIELDS / CELL_META_KEYS of each run (NULL where unknown)."""
+    cols = set(query(db, "SELECT * FROM run_info LIMIT 0").columns)
+    have = [c for c in CELL_FIELDS if c in cols]
+    meta = ", ".join(f"max(value) FILTER (WHERE key = '{k}') AS \"{k}\"" for k in CELL_META_KEYS)
+    frame = query(db, f"SELECT i.run_id{''.join(f', CAST(i.{c} AS VARCHAR) AS {c}' for c in have)}, m.* "
+                      f"EXCLUDE (run_id) FROM run_info i LEFT JOIN (SELECT run_id, {meta} FROM run_meta "
+                      "GROUP BY run_id) m USING (run_id)")
+    return frame
+
+
 def heatmap_data(db: Queryable) -> ChartData:
-    """Mean generation share per (model, batch, input_len, output_len); runs missing any of
-    those keys, or without stage times, are left out and named in the notes."""
+    """Mean generation share per (model, batch, input_len, output_len) and per every other field
+    (layers, dtype, GPU, framework, attention, compile) to which runs of one such cell give
+    different values: runs are averaged only when they are repeats of one experiment. The differing fields join
+    the model in the panel label. Runs missing any of the four keys, or without stage times, are
+    left out and named in the notes."""
     runs = _runs(db).join(
         query(db, "SELECT run_id, gen_ratio FROM stage_ratio"), on="run_id", how="left"
-    )
+    ).join(_cell_fields(db), on="run_id", how="left")
     notes = []
     for row in runs.iter_rows(named=True):
         missing = [k for k in META_KEYS if row[k] is None]
@@ -148,15 +224,25 @@ def heatmap_data(db: Queryable) -> ChartData:
         elif row["gen_ratio"] is None:
             notes.append(f"run {row['run_id']} ({row['source_name']}): no summarization/generation time")
     complete = runs.drop_nulls([*META_KEYS, "gen_ratio"])
+    extra = [c for c in (*CELL_FIELDS, *CELL_META_KEYS) if c in complete.columns]
+    # A field splits cells when two runs of one cell give it different known values. A run that
+    # does not say (NULL) is not split off on that field: the cell's tooltip lists the run ids.
+    differ = [c for c in extra if not complete.is_empty() and complete.group_by(list(META_KEYS)).agg(
+        pl.col(c).drop_nulls().n_unique().alias("n"))["n"].max() > 1]
+    keys = [*META_KEYS, *differ]
     frame = (
-        complete.group_by(list(META_KEYS))
+        complete.group_by(keys)
         .agg(
             pl.col("gen_ratio").mean(),
             pl.len().alias("n_runs"),
             pl.col("run_id").sort().cast(pl.String).str.join(", ").alias("runs"),
         )
-        .sort(list(META_KEYS))
+        .sort(keys, nulls_last=True)
     )
+    label = pl.col("model")
+    for c in differ:
+        label = label + pl.lit(f" · {c} ") + pl.col(c).fill_null("?")
+    frame = frame.with_columns(label.alias("panel"))
     hint = "set metadata with `tracekit import --meta key=value` or `tracekit meta RUN key=value`"
     return ChartData(frame, notes, hint if notes else "")
 
@@ -164,7 +250,7 @@ def heatmap_data(db: Queryable) -> ChartData:
 def heatmap_chart(data: ChartData) -> alt.TopLevelMixin:
     title = "Generation stage share of kernel time"
     if data.frame.is_empty():
-        return _notice(title + ": nothing to draw", data.subtitle() or ["no runs"])
+        return _notice(title + ": nothing to draw", data.empty_reason("no runs"))
     x = alt.X("input_len:O", title="input length", sort="ascending", axis=alt.Axis(labelAngle=0))
     y = alt.Y("output_len:O", title="output length", sort="descending")
     # Cells of a fixed size, but panels no smaller than the axis titles: a sweep has many cells,
@@ -179,6 +265,7 @@ def heatmap_chart(data: ChartData) -> alt.TopLevelMixin:
         tooltip=[
             alt.Tooltip("model:N"), alt.Tooltip("batch:O"), alt.Tooltip("input_len:O"),
             alt.Tooltip("output_len:O"), alt.Tooltip("gen_ratio:Q", format=".1%"),
+            *[alt.Tooltip(f"{c}:N") for c in (*CELL_FIELDS, *CELL_META_KEYS) if c in data.frame.columns],
             alt.Tooltip("n_runs:Q", title="runs averaged"), alt.Tooltip("runs:N", title="run ids"),
         ],
     )
@@ -187,16 +274,15 @@ def heatmap_chart(data: ChartData) -> alt.TopLevelMixin:
         text=alt.Text("gen_ratio:Q", format=".0%"),
         color=alt.condition("datum.gen_ratio > 0.55", alt.value("white"), alt.value("black")),
     )
-    sub = data.subtitle()
-    return (
+    row = "panel" if "panel" in data.frame.columns else "model"
+    return _titled(
         alt.layer(rect, text, data=data.frame)
         .properties(width=width, height=height)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
-                                                                    labelFontWeight="bold")),
-               column=alt.Column("batch:O", title=None, header=alt.Header(labelExpr="'batch ' + datum.value",
-                                                                         labelFontWeight="bold")))
-        .properties(title=alt.Title(title, subtitle=sub) if sub else title)
-    )
+        .facet(row=alt.Row(f"{row}:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
+                                                                     labelFontWeight="bold")),
+               column=alt.Column("batch:O", title=None, sort="ascending",
+                                 header=alt.Header(labelExpr="'batch ' + datum.value", labelFontWeight="bold"))),
+        title, data)
 
 
 # -- composition bars (Figure 7) -----------------------------------------------------------------
@@ -221,7 +307,7 @@ def composition_data(db: Queryable) -> ChartData:
 def composition_chart(data: ChartData) -> alt.TopLevelMixin:
     title = "Kernel time composition (summarization + generation)"
     if data.frame.is_empty():
-        return _notice(title + ": nothing to draw", data.subtitle() or ["no runs"])
+        return _notice(title + ": nothing to draw", data.empty_reason("no runs"))
     order = data.frame.unique("run", maintain_order=True)["run"].to_list()
     bars = alt.Chart(data.frame).mark_bar().encode(
         x=alt.X("run:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelLimit=220)),
@@ -232,9 +318,11 @@ def composition_chart(data: ChartData) -> alt.TopLevelMixin:
         tooltip=["run:N", "bucket:N", alt.Tooltip("share:Q", format=".1%"),
                  alt.Tooltip("time_ns:Q", format=",d", title="time (ns)")],
     ).properties(width=alt.Step(46), height=260)
-    chart = bars.facet(column=alt.Column("batch_label:N", title=None)).resolve_scale(x="independent")
-    return chart.properties(title=alt.Title(title, subtitle=data.subtitle())
-                            if data.subtitle() else title)
+    # Facets in numeric batch order (1, 8, 64), not as text (1, 64, 8); unknown batch last.
+    facets = data.frame.unique("batch_label", maintain_order=True)["batch_label"].to_list()
+    chart = bars.facet(column=alt.Column("batch_label:N", title=None, sort=facets)).resolve_scale(
+        x="independent")
+    return _titled(chart, title, data)
 
 
 # -- per-step timeline ---------------------------------------------------------------------------
@@ -284,7 +372,7 @@ def steps_data(db: Queryable, run_ids: list[int] | None = None) -> ChartData:
 def steps_chart(data: ChartData) -> alt.TopLevelMixin:
     title = "Kernel time per forward pass (step 0 = summarization; mean over iterations)"
     if data.frame.is_empty():
-        return _notice("Per-step timeline: nothing to draw", data.subtitle() or ["no runs"])
+        return _notice("Per-step timeline: nothing to draw", data.empty_reason("no runs"))
     n_steps = data.frame["step"].n_unique()
     # Up to ~100 passes each gets its own labelled bar; beyond that a continuous axis reads better.
     x = alt.X("step:O", title="forward pass (step)") if n_steps <= 100 else \
@@ -300,8 +388,7 @@ def steps_chart(data: ChartData) -> alt.TopLevelMixin:
     ).properties(width=min(900, max(240, 14 * n_steps)), height=160)
     order = data.frame.unique("run", maintain_order=True)["run"].to_list()
     chart = bars.facet(row=alt.Row("run:N", sort=order, title=None)).resolve_scale(y="independent")
-    return chart.properties(title=alt.Title(title, subtitle=data.subtitle())
-                            if data.subtitle() else title)
+    return _titled(chart, title, data)
 
 
 # -- per-pass kernel time against wall-clock time (step_totals view) -----------------------------
@@ -336,7 +423,7 @@ def passes_data(db: Queryable) -> ChartData:
 def passes_chart(data: ChartData) -> alt.TopLevelMixin:
     title = "Kernel time and wall-clock time per forward pass (step 0 = summarization)"
     if data.frame.is_empty():
-        return _notice("Per-pass times: nothing to draw", data.subtitle() or ["no runs"])
+        return _notice("Per-pass times: nothing to draw", data.empty_reason("no runs"))
     lines = alt.Chart(data.frame).mark_line(point=True).encode(
         x=alt.X("step:Q", title="forward pass (step)", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("ms:Q", title="ms"),
@@ -347,7 +434,7 @@ def passes_chart(data: ChartData) -> alt.TopLevelMixin:
     ).properties(width=420, height=140)
     order = data.frame.unique("run", maintain_order=True)["run"].to_list()
     chart = lines.facet(row=alt.Row("run:N", sort=order, title=None)).resolve_scale(y="independent")
-    return chart.properties(title=alt.Title(title, subtitle=data.subtitle()) if data.subtitle() else title)
+    return _titled(chart, title, data)
 
 
 # -- stage split (stage_ratio view) --------------------------------------------------------------
@@ -417,7 +504,7 @@ def top_kernels_chart(data: ChartData) -> alt.TopLevelMixin:
     ).properties(width=420)
     order = data.frame.unique("run", maintain_order=True)["run"].to_list()
     chart = bars.facet(row=alt.Row("run:N", sort=order, title=None)).resolve_scale(y="independent")
-    return chart.properties(title=alt.Title(title, subtitle=data.subtitle()) if data.subtitle() else title)
+    return _titled(chart, title, data)
 
 
 # -- diff of two runs or groups ------------------------------------------------------------------
@@ -475,33 +562,105 @@ def limit_runs(data: ChartData, max_runs: int, name: str) -> ChartData:
     kept = runs[:max_runs]
     hint = (f"{len(runs) - max_runs} more runs not drawn here: "
             f"`tracekit chart {name} --out FILE`{' --run N' if name == 'steps' else ''} draws them")
-    return ChartData(data.frame.filter(pl.col("run_id").is_in(kept)), data.notes,
-                     "; ".join(h for h in (data.hint, hint) if h))
+    return replace(data, frame=data.frame.filter(pl.col("run_id").is_in(kept)),
+                   hint="; ".join(h for h in (data.hint, hint) if h))
 
 
-def build(db: Queryable, name: str, max_runs: int | None = None) -> tuple[alt.TopLevelMixin, ChartData]:
+def build(db: Queryable, name: str, max_runs: int | None = None,
+          notes_in_chart: bool = True) -> tuple[alt.TopLevelMixin, ChartData]:
+    """The chart `name` of CHARTS and the data it shows. notes_in_chart=False leaves the notes on
+    runs not shown out of the chart's subtitle, for a page that prints them beside it."""
     data_fn, chart_fn = CHARTS[name]
     data = data_fn(db)
     if max_runs is not None and name in PER_RUN_CHARTS:
         data = limit_runs(data, max_runs, name)
+    data.notes_in_chart = notes_in_chart
     return chart_fn(data), data
 
 
 def to_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec with its data inline and every string made printable."""
     # Data is embedded in the spec; views are pre-aggregated, but a long sweep's step timeline
     # can pass Altair's 5000-row guard, which exists for notebooks, not for files.
     with alt.data_transformers.disable_max_rows():
-        return chart.to_dict()
+        return printable_spec(chart.to_dict())
 
 
-def write_image(spec: dict, path: Path, scale: float = 2.0) -> None:
-    """PNG or SVG by the file's suffix, rendered offline by vl-convert."""
+IMAGE_SUFFIXES = (".png", ".svg")
+RENDER_TIMEOUT_S = 120.0  # per chart; the fixtures' charts take well under a second each
+
+
+def _render_one(spec: dict, path: Path, scale: float) -> None:
     import vl_convert as vlc
 
     suffix = path.suffix.lower()
     if suffix == ".png":
-        path.write_bytes(vlc.vegalite_to_png(spec, scale=scale))
-    elif suffix == ".svg":
-        path.write_text(vlc.vegalite_to_svg(spec), encoding="utf-8")
+        data = vlc.vegalite_to_png(spec, scale=scale)
     else:
-        raise ValueError(f"{path}: unsupported image type {suffix!r} (use .png or .svg)")
+        data = vlc.vegalite_to_svg(spec).encode("utf-8")
+    # Written beside and renamed: a renderer that dies midway leaves no half-written image.
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _died(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"the renderer was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"the renderer was killed by signal {-rc}"
+    return f"the renderer exited with status {rc}"
+
+
+def render_images(jobs: list[tuple[dict, list[Path]]], scale: float = 2.0) -> dict[int, str]:
+    """Render each job's spec to each of its paths (.png or .svg) with vl-convert, in a child
+    process: vl-convert aborts the process (SIGABRT) on some inputs instead of raising, and an
+    abort must cost one chart, not the program. Returns {job index: reason} for the jobs that
+    failed; after a crash the child is restarted at the next job."""
+    for _, paths in jobs:
+        for p in paths:
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{p}: unsupported image type {p.suffix!r} (use .png or .svg)")
+    failed: dict[int, str] = {}
+    start = 0
+    while start < len(jobs):
+        todo = jobs[start:]
+        payload = json.dumps({"scale": scale, "jobs": [
+            {"spec": spec, "paths": [str(p) for p in paths]} for spec, paths in todo]})
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tracekit.outputs.render"], input=payload,
+                                  capture_output=True, text=True, timeout=RENDER_TIMEOUT_S * len(todo))
+            out, rc, err = proc.stdout, proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            rc, err = None, ""
+        reported = 0  # the child reports each job, in order, as `ok I` or `error I REASON`
+        for line in out.splitlines():
+            if line.startswith("ok "):
+                reported += 1
+            elif line.startswith("error "):
+                i, _, reason = line[6:].partition(" ")
+                failed[start + int(i)] = reason
+                reported += 1
+        if rc == 0:
+            break
+        # The job after the last one reported was being rendered when the child died.
+        bad = start + reported
+        if bad >= len(jobs):
+            break
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        failed[bad] = ("did not finish within the time limit" if rc is None else _died(rc)) + (
+            f" ({printable(last)[:200]})" if last else "")
+        start = bad + 1
+    return failed
+
+
+def write_image(spec: dict, path: Path, scale: float = 2.0) -> None:
+    """PNG or SVG by the file's suffix, rendered offline by vl-convert in a child process;
+    a renderer failure raises TracekitError with the reason."""
+    from tracekit.errors import TracekitError
+
+    failed = render_images([(spec, [path])], scale=scale)
+    if failed:
+        raise TracekitError(f"{path}: could not render the chart: {failed[0]}")

@@ -22,6 +22,7 @@ _COMMANDS = [
     ("tracekit.outputs.cli_charts", "chart_group"),
     ("tracekit.outputs.cli_charts", "report_cmd"),
     ("tracekit.outputs.cli_charts", "diff_cmd"),
+    ("tracekit.outputs.cli_charts", "export_group"),
     ("tracekit.outputs.cli_capture", "capture_group"),
     ("tracekit.outputs.cli_capture", "sweep_cmd"),
     ("tracekit.outputs.cli_roofline", "roofline_cmd"),

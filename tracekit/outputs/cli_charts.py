@@ -70,7 +70,7 @@ def _chart_command(name: str, help_text: str, title: str) -> click.Command:
                 chart, data = charts.build(db, name)
             _write_chart(chart, out, title)
             for line in data.subtitle():
-                click.echo(f"tracekit: {line}", err=True)
+                click.echo(f"tracekit: {charts.printable(line)}", err=True)
             click.echo(f"wrote {out}", err=True)
 
         _run(db_path, action)
@@ -112,12 +112,25 @@ def report_cmd(db_path: str, out_dir: Path, title: str) -> None:
               help="Also draw the deltas to this .png, .svg or .html file.")
 @click.option("--top", default=15, show_default=True, type=click.IntRange(1, 10_000),
               help="How many kernels to list.")
+@click.option("--fail-if", "fail_if", multiple=True, metavar="THRESHOLD",
+              help="Exit 1 when the change from A to B breaches THRESHOLD (repeatable), e.g. "
+                   "'gen_ratio>+0.02', 'bucket:Gen GEMV:time>+10%', 'kernel:nvjet*:time>+5%'. "
+                   "Grammar: tracekit diff --help-thresholds.")
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the diff (and threshold results) as markdown, e.g. for a pull-request comment.")
+@click.option("--help-thresholds", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _p, v: _print_grammar(ctx) if v else None,
+              help="Print the --fail-if grammar and exit.")
 @format_option
-def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str) -> None:
+def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fail_if: tuple[str, ...],
+             md_out: Path | None, fmt: str) -> None:
     """Compare B with A: per-bucket and per-kernel changes (B minus A).
 
     A and B are run ids (3, or 3,5 for a group) or metadata selectors for groups
     (model=llama2-7b,batch=1). Groups are compared by their mean per run.
+
+    As a CI gate: each --fail-if THRESHOLD that B breaches prints one line
+    `tracekit: threshold breached: ...` on stderr, and the exit status is 1.
     """
     import polars as pl
 
@@ -126,6 +139,13 @@ def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str)
 
     if out is not None:
         _check_out(out)
+    gates = []
+    for text in fail_if:
+        try:
+            gates.append(diff.parse_gate(text))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fail-if") from None
+    breached: list[str] = []
 
     def action(db) -> None:
         side_a, side_b = diff.resolve(db, a), diff.resolve(db, b)
@@ -152,5 +172,61 @@ def diff_cmd(a: str, b: str, db_path: str, out: Path | None, top: int, fmt: str)
             chart = charts.diff_chart(buckets, kernels, side_a.label, side_b.label, top=top)
             _write_chart(chart, out, "tracekit diff")
             click.echo(f"wrote {out}", err=True)
+        results = diff.evaluate_gates(db, side_a, side_b, gates, buckets, kernels)
+        if md_out is not None:
+            md_out.write_text(diff.markdown(side_a, side_b, buckets, kernels, results, top=top) + "\n",
+                              encoding="utf-8")
+            click.echo(f"wrote {md_out}", err=True)
+        for r in results:
+            if r.breached:
+                breached.append(f"tracekit: threshold breached: {r.gate.text}: {r.describe()}")
+        if results and not breached:
+            click.echo(f"tracekit: all {len(results)} thresholds passed", err=True)
 
     _run(db_path, action)
+    if breached:
+        from tracekit.outputs.charts import printable
+
+        for line in breached:
+            click.echo(printable(line), err=True)
+        raise SystemExit(1)
+
+
+def _print_grammar(ctx: click.Context) -> None:
+    from tracekit.outputs.diff import GATE_GRAMMAR
+
+    click.echo(GATE_GRAMMAR)
+    ctx.exit(0)
+
+
+@click.group("export")
+def export_group() -> None:
+    """Write a run out for other tools."""
+
+
+@export_group.command("perfetto")
+@click.argument("run_id", type=int)
+@db_option
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Output file: .json or .json.gz (Chrome JSON), .pftrace (Perfetto protobuf).")
+@click.option("--format", "fmt", type=click.Choice(["json", "proto"]), default=None,
+              help="Chrome JSON (default; `tracekit import` reads it back) or Perfetto protobuf "
+                   "(needs the perfetto package); by default from the file name.")
+def export_perfetto_cmd(run_id: int, db_path: str, out: Path, fmt: str | None) -> None:
+    """Write RUN for ui.perfetto.dev: the original kernels, launches, operators and ranges on
+    their threads and streams, plus tracekit's stage, pass, category, rule and evidence (in each
+    kernel's args and on `tracekit` tracks). Beside a JSON export, the run's metadata is written
+    as its capture manifest (unless one is there), so `tracekit import` reads both back."""
+    from tracekit.outputs import perfetto
+
+    if fmt is None:
+        fmt = "proto" if out.name.endswith(perfetto.PROTO_SUFFIXES) else "json"
+    def action(db) -> tuple[int, Path | None]:
+        if fmt == "proto":
+            return perfetto.export_proto(db, run_id, out), None
+        return perfetto.export(db, run_id, out), perfetto.write_manifest(db, run_id, out)
+
+    n, manifest = _run(db_path, action)
+    click.echo(f"wrote {out} ({n:,} {'packets' if fmt == 'proto' else 'events'})", err=True)
+    if manifest is not None:
+        click.echo(f"wrote {manifest} (the run's metadata, read by `tracekit import`)", err=True)
