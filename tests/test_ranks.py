@@ -14,6 +14,7 @@ import sqlite3
 import statistics
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import ROOT, shared_trace, tk
 
@@ -345,3 +346,18 @@ def test_database_written_before_ranks_reads_read_only_and_upgrades_on_write(tmp
     cols = {r[0] for r in rw.con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'kernel_rows'").fetchall()}
     assert "rank" in cols and rw.con.execute("SELECT * FROM stage_ratio").fetchall() == want
     rw.close()
+
+
+def test_report_has_the_ranks_section_with_the_raw_waits(tp_db, tmp_path):
+    """The report's ranks section: its CSV carries each rank's wait as the raw events give it."""
+    from tracekit.outputs.report import write_report
+
+    db, paths = tp_db
+    offset = db.con.execute("SELECT clock_offset_ns FROM run_ranks WHERE rank = 1").fetchall()[0][0]
+    waits = _raw_waits(paths, offset)
+    index = write_report(db, tmp_path / "report", images=False)
+    html = index.read_text()
+    assert "Ranks and communication" in html and "Kernel time per rank" in html
+    per_rank = pl.read_csv(tmp_path / "report" / "rank_stage_ratio.csv")
+    for rank in (0, 1):  # every collective of this trace is inside a stage
+        assert per_rank.filter(pl.col("rank") == rank)["comm_wait_ns"].sum() == waits[rank]
