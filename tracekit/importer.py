@@ -152,7 +152,10 @@ def import_paths(
                                                           seconds=time.perf_counter() - t0)))
             continue
         first_of[h] = f
-        existing = find_run(con, h)
+        try:
+            existing = find_run(con, h)
+        except duckdb.Error as exc:  # a damaged database fails at its first read, not at open
+            raise DatabaseUnusable(_one_line(exc)) from None
         if existing is not None and not replace:
             results.append(_report(on_result, ImportResult(str(f), "skipped", run_id=existing,
                                                           seconds=time.perf_counter() - t0)))
@@ -194,6 +197,13 @@ def import_paths(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C arriving while DuckDB ran a query: duckdb 1.x raises
+    InterruptException, duckdb 2 a RuntimeError "Query interrupted"."""
+    return isinstance(exc, duckdb.InterruptException) or (
+        type(exc) is RuntimeError and "interrupted" in str(exc).lower())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -239,7 +249,7 @@ def _store(
             con.execute("ROLLBACK")
         except duckdb.Error:
             pass  # the transaction is already gone with a failed connection; nothing was committed
-        if isinstance(exc, duckdb.InterruptException):
+        if is_interrupt(exc):
             raise KeyboardInterrupt from None  # Ctrl-C while DuckDB ran: the user's, not this file's
         if isinstance(exc, TracekitError):
             return ImportResult(str(f), "failed", error=str(exc) if isinstance(exc, TraceError)

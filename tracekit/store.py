@@ -98,7 +98,9 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
         except duckdb.Error as exc:
             raise TracekitError(f"{path}: not a tracekit/DuckDB database ({_first_line(exc)})") from None
     try:
-        con.execute("SET lock_configuration = true")
+        # A second connection to a file this process has open shares its (already locked) instance.
+        if not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
+            con.execute("SET lock_configuration = true")
         check_stored(con, path)
         if not read_only:
             ensure_schema(con)

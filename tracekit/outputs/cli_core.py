@@ -77,6 +77,8 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
     database as it was; the other files still import. The same content twice is one run.
     Ctrl-C stops the batch (exit 130); the file being stored is rolled back.
     """
+    import duckdb
+
     from tracekit.importer import expand
     from tracekit.outputs.format import terminal_safe
 
@@ -121,6 +123,10 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
         if bar is not None:
             bar.stop()
         fail(f"{db_path}: {exc}" if not str(exc).startswith(str(db_path)) else str(exc))
+    except duckdb.Error as exc:  # a damaged database can open, then fail at a read
+        if bar is not None:
+            bar.stop()
+        fail(f"{db_path}: cannot use this database ({_first_line(exc)})")
     finally:
         if bar is not None:
             bar.stop()
@@ -186,8 +192,16 @@ format_option = click.option("--format", "fmt", type=click.Choice(["table", "csv
 @format_option
 def runs_cmd(db_path, fmt) -> None:
     """List imported runs with their metadata."""
+    import duckdb
+
     db = open_db(db_path, read_only=True)
-    _print(db.runs(), fmt)
+    try:
+        runs = db.runs()
+    except duckdb.Error as exc:  # a damaged database can open, then fail at a read
+        fail(f"{db_path}: cannot use this database ({_first_line(exc)})")
+    finally:
+        db.close()
+    _print(runs, fmt)
 
 
 @click.command("query")
@@ -214,14 +228,18 @@ def query_cmd(sql, db_path, fmt) -> None:
             fail("query: nothing to print: the SQL is empty or is a statement without a result")
         df = pl.from_arrow(printable(rel).to_arrow_table())
         _print(df, fmt)
-    except duckdb.InterruptException:
-        click.echo("tracekit: error: query: interrupted", err=True)
-        sys.exit(130)
     except KeyboardInterrupt:
         click.echo("tracekit: error: query: interrupted", err=True)
         sys.exit(130)
-    except duckdb.Error as exc:
-        fail(f"query: {_first_line(exc)}")
+    except Exception as exc:
+        from tracekit.importer import is_interrupt
+
+        if is_interrupt(exc):  # Ctrl-C inside DuckDB: InterruptException, or duckdb 2's RuntimeError
+            click.echo("tracekit: error: query: interrupted", err=True)
+            sys.exit(130)
+        if isinstance(exc, duckdb.Error):
+            fail(f"query: {_first_line(exc)}")
+        fail(f"query: the result cannot be printed as {fmt} ({type(exc).__name__}: {_first_line(exc)})")
     finally:
         db.close()
 
