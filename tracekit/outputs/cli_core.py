@@ -222,12 +222,16 @@ def query_cmd(sql, db_path, fmt) -> None:
     from tracekit.outputs.format import printable
 
     db = open_db(db_path, read_only=True)
-    try:
+
+    def run():
         rel = db.con.sql(sql)
-        if rel is None:
+        return None if rel is None else printable(rel).to_arrow_table()
+
+    try:
+        table = _interruptible(db.con, run)
+        if table is None:
             fail("query: nothing to print: the SQL is empty or is a statement without a result")
-        df = pl.from_arrow(printable(rel).to_arrow_table())
-        _print(df, fmt)
+        _print(pl.from_arrow(table), fmt)
     except KeyboardInterrupt:
         click.echo("tracekit: error: query: interrupted", err=True)
         sys.exit(130)
@@ -241,7 +245,50 @@ def query_cmd(sql, db_path, fmt) -> None:
             fail(f"query: {_first_line(exc)}")
         fail(f"query: the result cannot be printed as {fmt} ({type(exc).__name__}: {_first_line(exc)})")
     finally:
-        db.close()
+        try:
+            db.close()
+        except duckdb.Error:
+            pass  # interrupted: the query's thread may still hold the connection; the process ends
+
+
+def _interruptible(con, work):
+    """work() (DuckDB calls on `con`), with Ctrl-C interrupting the query that runs. duckdb 2
+    stops a query on SIGINT itself; duckdb 1.x does not look at signals while a query runs, so
+    Python's handler, which writes the signal to a wakeup fd even then, wakes a thread here that
+    interrupts the connection. The KeyboardInterrupt follows as soon as work() returns."""
+    import signal
+    import socket
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    old = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            try:
+                data = r.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGINT in data:
+                try:
+                    con.interrupt()
+                except Exception:
+                    pass  # nothing running any more
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return work()
+    finally:
+        signal.set_wakeup_fd(old)
+        r.shutdown(socket.SHUT_RDWR)
+        watcher.join(1)
+        r.close()
+        w.close()
 
 
 def _first_line(exc: BaseException) -> str:
