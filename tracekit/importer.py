@@ -181,8 +181,9 @@ def import_paths(
             r.seconds += hash_s + parse_s  # the file's whole time, not only its storing
             results.append(_report(on_result, r))
     except DatabaseUnusable as exc:
-        # Nothing more can be stored: every file not yet stored gets its line, then the caller stops.
-        for f, _, _ in todo[done:]:
+        # Nothing more can be stored: the file that found it out and every file after it get their
+        # line, then the caller stops.
+        for f, _, _ in todo[done - 1:]:
             results.append(_report(on_result, ImportResult(
                 str(f), "failed", error=f"{f}: not imported: the database cannot be written ({exc})")))
         raise

@@ -55,6 +55,8 @@ def _trace_kind(path: str) -> str | None:
             head = f.read(64)
     except OSError:
         return None  # DuckDB says why it cannot open it
+    if head[8:12] == b"DUCK":
+        return None  # a DuckDB file: its first 8 bytes are a checksum, which may start like anything
     for magic, kind in _TRACE_MAGIC:
         if head.startswith(magic):
             return kind

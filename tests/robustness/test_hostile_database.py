@@ -150,3 +150,18 @@ def test_every_connection_is_opened_without_external_access(shared_db_path):
         db.close()
         assert got == {"enable_external_access": "false", "autoinstall_known_extensions": "false",
                        "autoload_known_extensions": "false", "lock_configuration": "true"}
+
+
+def test_a_database_whose_checksum_starts_like_a_trace_is_still_a_database(tmp_path):
+    """A DuckDB file starts with an 8-byte checksum (any bytes: it was '{' for a test database once)
+    and then `DUCK`: only a file without that magic is looked at as a possible trace."""
+    from tracekit.store import _trace_kind
+
+    db = tmp_path / "real.duckdb"
+    tracekit.open(db).close()
+    head = bytearray(db.read_bytes()[:4096])
+    assert head[8:12] == b"DUCK"
+    for first in (b"{", b"[", b"\x1f\x8b", b"SQLite format 3\x00"[:8]):
+        probe = tmp_path / "probe.duckdb"
+        probe.write_bytes(bytes(first) + bytes(head[len(first):]))
+        assert _trace_kind(str(probe)) is None, first
