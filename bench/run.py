@@ -1,7 +1,7 @@
 """tracekit benchmarks (issue 6): times each import stage and the comparisons, writes bench/RESULTS.md.
 
     .venv/bin/python bench/run.py                 # make inputs if missing, run everything
-    .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs
+    .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs, scale
 
 Every measurement runs in a fresh child process, so its peak RSS (from wait4) is its own and no
 import or cache is shared between repeats; wall and CPU (user+sys) seconds are both recorded,
@@ -186,13 +186,60 @@ def c_views(db: str) -> dict:
     return out
 
 
-def c_build_runs(db: str, runs: str) -> dict:
-    build_many_runs_db(Path(db), int(runs))
+def c_build_runs(db: str, runs: str, only: str = "") -> dict:
+    build_many_runs_db(Path(db), int(runs), tuple(only.split(",")) if only else None)
     return {}
+
+
+def c_build_dataset(ds: str, runs: str) -> dict:
+    return {"runs": build_many_runs_dataset(Path(ds), int(runs))}
+
+
+def c_views_dataset(ds: str) -> dict:
+    """As c_views, over the Parquet dataset: an in-memory DuckDB of views (tracekit.dataset)."""
+    from tracekit.dataset import connect_dataset
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    con = connect_dataset(ds)
+    out["open"] = time.perf_counter() - t
+    for view in ("stage_ratio", "composition"):
+        t = time.perf_counter()
+        tbl = con.sql(f"SELECT * FROM {view}").to_arrow_table()
+        out[view] = time.perf_counter() - t
+        out[f"{view}_rows"] = tbl.num_rows
+    out["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return out
 
 
 def c_build_kernels(db: str, n: str) -> dict:
     return {"kernels": build_kernels_db(Path(db), int(n))}
+
+
+def c_attach_copy(ds: str, db: str) -> dict:
+    from tracekit.dataset import attach
+
+    t = time.perf_counter()
+    n = attach(ds, db, copy=True)[1]
+    return {"attach_copy": time.perf_counter() - t, "runs": n}
+
+
+def c_dask_start(workers: str) -> dict:
+    """What `dataset import --workers N` pays before the first file: a local Dask cluster of N
+    worker processes started and stopped."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    t = time.perf_counter()
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    client.wait_for_workers(int(workers))
+    up = time.perf_counter() - t
+    client.close()
+    cluster.close()
+    return {"start": up, "start+stop": time.perf_counter() - t}
 
 
 def c_machine() -> dict:
@@ -200,7 +247,9 @@ def c_machine() -> dict:
 
 
 CHILDREN = {
-    "build_runs": c_build_runs, "build_kernels": c_build_kernels, "machine": c_machine,
+    "build_runs": c_build_runs, "build_dataset": c_build_dataset, "views_dataset": c_views_dataset,
+    "attach_copy": c_attach_copy, "dask_start": c_dask_start,
+    "build_kernels": c_build_kernels, "machine": c_machine,
     "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
     "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
 }
@@ -310,6 +359,17 @@ def cli_import(paths: list[Path], db: Path, jobs: int = 1) -> list[str]:
     return [PY, "-m", "tracekit.outputs.cli", "import", *map(str, paths), "--db", str(db), "-j", str(jobs), "-q"]
 
 
+def cli_dataset_import(paths: list[Path], ds: Path, workers: int) -> list[str]:
+    return [PY, "-m", "tracekit.outputs.cli", "dataset", "import", *map(str, paths), "--to", str(ds),
+            "--workers", str(workers), "-q"]
+
+
+def fresh_dir(d: Path):
+    def go() -> None:
+        shutil.rmtree(d, ignore_errors=True)
+    return go
+
+
 def fresh(db: Path):
     def go() -> None:
         for suffix in ("", ".wal"):
@@ -387,6 +447,49 @@ def build_many_runs_db(db: Path, runs: int, only: tuple[str, ...] | None = None)
     con.close()
 
 
+def build_many_runs_dataset(ds: Path, runs: int) -> int:
+    """A Parquet dataset with `runs` runs: the four shared fixtures imported (tracekit.dataset,
+    in process), then the tables the stage_ratio / composition views read (runs, kernels, passes)
+    copied under new run keys, one directory per run as an import writes them. The other tables
+    have no files: the dataset's views stand in empty ones for them."""
+    import duckdb
+
+    sys.path.insert(0, str(ROOT))
+    from tracekit.dataset import RUN_DIR_PREFIX, import_to_dataset
+
+    shutil.rmtree(ds, ignore_errors=True)
+    shared = sorted((ROOT / "fixtures" / "shared").glob("*.sqlite")) + sorted(
+        (ROOT / "fixtures" / "shared").glob("*.json.gz"))
+    assert all(r.status == "imported" for r in import_to_dataset(shared, ds))
+    con = duckdb.connect()
+    staging = ds.parent / (ds.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    base = sorted(ds.glob(f"{RUN_DIR_PREFIX}*"))
+    keys = ", ".join(f"('{d.name.split('=', 1)[1]}', {b})" for b, d in enumerate(base))
+    con.execute(f"CREATE TABLE base(run_key VARCHAR, b BIGINT); INSERT INTO base VALUES {keys}")
+    for t in ("runs", "kernels", "passes"):
+        src = ", ".join(f"'{d / (t + '.parquet')}'" for d in base)
+        # copy i is of base run i % 4, under key printf('%013x', i): distinct, and its run_id is that number
+        hashes = ", x.content_hash || '-' || k.i AS content_hash" if t == "runs" else ""
+        con.execute(
+            f"COPY (SELECT x.* EXCLUDE (run_key, b) REPLACE (k.i AS run_id{hashes}), printf('%013x', k.i) AS run_key "
+            f"FROM (SELECT * FROM read_parquet([{src}], hive_partitioning = true, hive_types = {{'run_key': VARCHAR}}) "
+            f"JOIN base USING (run_key)) x JOIN (SELECT i, i % {len(base)} AS b FROM range({runs}) r(i)) k USING (b)) "
+            f"TO '{staging / t}' (FORMAT parquet, PARTITION_BY (run_key), COMPRESSION zstd)")
+    for d in base:
+        shutil.rmtree(d)
+    for part in sorted((staging / "runs").iterdir()):
+        final = ds / part.name
+        final.mkdir()
+        for t in ("runs", "kernels", "passes"):
+            files = list((staging / t / part.name).glob("*.parquet"))
+            if files:
+                os.rename(files[0], final / f"{t}.parquet")
+    shutil.rmtree(staging)
+    return len(list(ds.glob(f"{RUN_DIR_PREFIX}*")))
+
+
 def build_kernels_db(db: Path, n_kernels: int) -> int:
     """A database holding about n_kernels kernels: the shared fixtures' runs, kernel rows, verdict
     rows and ops (what classification reads) copied under new run_ids."""
@@ -416,7 +519,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="tracekit benchmarks")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", action="append", choices=["kineto", "nsys", "classify", "views", "jobs"])
+    ap.add_argument("--only", action="append", choices=["kineto", "nsys", "classify", "views", "jobs", "scale"])
+    ap.add_argument("--scale-runs", type=lambda v: [int(x) for x in v.split(",")], default=[1_000, 10_000],
+                    help="run counts for the views-over-many-runs figures (store, dataset, dataset copy)")
     ap.add_argument("--hta-python", default=os.environ.get("HTA_PYTHON", ""),
                     help="python of a throwaway venv with holistictraceanalysis installed")
     ap.add_argument("--hta-repeat", type=int, default=2)
@@ -431,8 +536,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1:])))
         return
-    groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs"])
-    ensure_inputs()
+    groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs", "scale"])
+    if groups & {"kineto", "nsys"}:
+        ensure_inputs()
     results: dict = json.loads(args.results.read_text()) if args.results.exists() else {}
     # The parent stays small: a forked child's peak RSS (wait4) counts the parent's RSS at fork,
     # so everything heavy, building databases included, happens in children.
@@ -513,10 +619,44 @@ def main() -> None:
         if "jobs" in groups:
             files = ensure_jobs_inputs(8)
             print(f"jobs: {len(files)} files of {files[0].stat().st_size / 1e6:.1f} MB gz")
-            res["jobs"] = {"load": load(), "files": len(files)}
+            res["jobs"] = {"load": load(), "files": len(files), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             for j in (1, 2):
                 repeat(f"import 8 files --jobs {j}", lambda j=j: cli_import(files, db, j), n, res["jobs"],
                        prepare=fresh(db))
+            # The same files into the Parquet dataset: in this process (1), then a local Dask
+            # cluster of 2 worker processes, whose start-up is measured on its own.
+            ds = tmp / "jobs_ds"
+            for w in (1, 2):
+                repeat(f"dataset import 8 files --workers {w}", lambda w=w: cli_dataset_import(files, ds, w), n,
+                       res["jobs"], prepare=fresh_dir(ds))
+            repeat("local Dask cluster of 2 workers: start (+stop)", lambda: child_cmd("dask_start", 2), n, res["jobs"])
+            res["jobs"]["load_after"] = load()
+        if "scale" in groups:
+            # Views over many runs: the DuckDB store; the Parquet dataset read live; its copy.
+            res["scale"] = {"load": load(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            g = res["scale"]
+            for runs in args.scale_runs:
+                label = f"{runs:,} runs"
+                store = tmp / f"store{runs}.duckdb"
+                t = time.perf_counter()
+                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes"))
+                print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
+                repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
+                store.unlink()
+                ds = tmp / f"ds{runs}"
+                t = time.perf_counter()
+                spawn_rusage(child_cmd("build_dataset", ds, runs))
+                print(f"scale: dataset of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
+                live = 1 if runs > 1000 else n  # each live query opens every run's files: slow, run once
+                repeat(f"dataset views: stage_ratio + composition, {label}", lambda d=ds: child_cmd("views_dataset", d),
+                       live, g)
+                copy = tmp / f"copy{runs}.duckdb"
+                repeat(f"dataset attach --copy, {label}", lambda d=ds, c=copy: child_cmd("attach_copy", d, c), 1, g,
+                       prepare=fresh(copy))
+                repeat(f"dataset copy: stage_ratio + composition, {label}", lambda c=copy: child_cmd("views", c), n, g)
+                copy.unlink()
+                shutil.rmtree(ds)
+            g["load_after"] = load()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["load_after"] = load()

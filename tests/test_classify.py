@@ -13,11 +13,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_META
+from conftest import KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES, SHARED_META, shared_trace
 from conftest import run_id_of as run_id
 
+import tracekit
 from tracekit.enrich.classify import classify
-from tracekit.enrich.rules import CATEGORIES, RuleSet
+from tracekit.enrich.rules import CATEGORIES, KernelContext, RuleSet
 from tracekit.outputs.cli import main
 from tracekit.readers.common import KERNEL_SCHEMA, to_table
 from tracekit.store import insert_kernels
@@ -122,8 +123,10 @@ def test_decode_without_shapes_is_gemv_by_name_and_agrees_with_the_shaped_twin(d
             "SELECT k.name, o.input_dims FROM kernels k JOIN ops o ON o.run_id = k.run_id AND o.op_id = k.op_id "
             "WHERE k.run_id = ? AND k.name LIKE 'nvjet%'", [run_id(con, KINETO_L2)]).fetchall():
         twin_m.setdefault(name, set()).add(activation_rows(dims))
+    batch = SHARED_META[NSYS_L2.name]["batch"]
     for name, category, evidence in unshaped:
-        assert evidence == "name"
+        # The run's metadata gives the batch, so the decode pass decides (issue 12 item 5).
+        assert evidence == f"pass:decode,batch={batch}"
         assert category == "GEMV"
         assert max(twin_m[name]) <= GEMV_MAX_M, name
     prefill = con.execute(
@@ -273,3 +276,289 @@ def test_split_k_reduce_edge_cases_and_reclassification():
     disabled.rules = [r for r in disabled.rules if r.id != "cublas.nvjet-skinny"]
     classify(con, [1], disabled)
     assert verdicts()[1] == (1, "GEMM", "name") and verdicts()[3] == (3, "GEMM", "prev_gemm:name")
+
+
+def test_split_k_reduce_follows_a_gemm_of_its_own_gpu(tmp_path):
+    """Issue 11: the follow join ignored the device, so a reduce could take the class (and
+    evidence) of a GEMM on another GPU. In this export two processes on GPUs 0 and 1 both use
+    stream 7; the predecessor of each reduce is read here from the SQLite file itself."""
+    import sqlite3
+
+    import tracekit
+
+    src = ROOT / "fixtures" / "variants" / "nsys_two_processes_two_gpus.sqlite"
+    lite = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    rows = lite.execute(
+        "SELECT k.deviceId, k.streamId, k.start, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL k "
+        "JOIN StringIds s ON s.id = k.shortName ORDER BY k.deviceId, k.streamId, k.start").fetchall()
+    # For each reduce: the (device, ordinal among that queue's kernels) of the latest cuBLAS GEMM before it.
+    want: list[tuple[int, int, int]] = []  # (device, reduce ordinal, gemm ordinal)
+    queue: tuple | None = None
+    for device, stream, _start, name in rows:
+        if (device, stream) != queue:
+            queue, ordinal, last_gemm = (device, stream), -1, None
+        ordinal += 1
+        if name.startswith("nvjet_"):
+            last_gemm = ordinal
+        elif name == "splitKreduce_kernel" and last_gemm is not None:
+            want.append((device, ordinal, last_gemm))
+    assert {d for d, _, _ in want} == {0, 1}
+
+    with tracekit.open(tmp_path / "two.duckdb") as db:
+        [result] = db.import_paths([src])
+        assert result.status == "imported", result.error
+        got = db.con.execute(
+            "SELECT device, category, evidence FROM kernels ORDER BY device, stream, start_ns, kernel_id").fetchall()
+    by_device: dict[int, list] = {}
+    for device, category, evidence in got:
+        by_device.setdefault(device, []).append((category, evidence))
+    for device, reduce_at, gemm_at in want:
+        category, evidence = by_device[device][reduce_at]
+        gemm_category, gemm_evidence = by_device[device][gemm_at]
+        if evidence.startswith("prev_gemm:"):
+            assert (category, evidence) == (gemm_category, "prev_gemm:" + gemm_evidence), (device, reduce_at)
+
+
+@pytest.mark.parametrize(("name", "op", "dims", "category"), [
+    # Real names: nvjet from the shared H100 traces; FBGEMM's from its own source (fbgemm_gpu),
+    # which name "gemm" but are no matrix product.
+    ("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", "aten::mm", "[[8, 4096], [4096, 4096]]", "GEMV"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "aten::mm", "[[1024, 4096], [4096, 4096]]", "GEMM"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+     "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
+     "aten::_softmax", "[[8, 128256], [], []]", "SAMPLING"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+     "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
+     "aten::_softmax", "[[16, 12, 5185, 5185], [], []]", "ATTN"),
+    ("void fbgemm_gpu::split_embedding_codegen_forward_unweighted_kernel<float, float>(...)", None, None, "EMBED"),
+    ("void fbgemm_gpu::_float_to_FP8rowwise_cuda_kernel<float>(float const*, int, int, unsigned char*, bool)",
+     None, None, "MEMCPY"),
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)", None, None, "COMM"),
+])
+def test_suggest_proposes_a_category_from_the_evidence(name, op, dims, category):
+    """Issue 16: every draft was `category = "OTHER"  # TODO`."""
+    from tracekit.outputs.cli_rules import suggest_category, suggest_rule
+
+    rules = RuleSet.load(include_user=False)
+    got, reason = suggest_category(name, name, op, dims, rules.gemv_max_m, rules.shape_ops)
+    assert got == category, reason
+    draft = tomllib.loads(suggest_rule(name, name, 0.1, 3, op, dims, rules))["rule"][0]
+    assert draft["category"] == category
+    assert reason and reason.split()[0] in ("op", "name", "no")
+
+
+def test_suggest_drafts_gemv_and_gemm_from_op_shapes(db, tmp_path):
+    """With the cuBLAS rules disabled, the drafts for the nvjet kernels say GEMV or GEMM as the
+    aten::mm shapes recorded in the trace say (read here with plain json)."""
+    con, path = db
+    con.close()
+    pack = tmp_path / "nocublas"
+    pack.mkdir()
+    (pack / "off.toml").write_text('[pack]\nname = "off"\ndisable = ["cublas.nvjet", "cublas.nvjet-skinny", '
+                                   '"cublas.splitk-reduce", "gemm.generic"]\n')
+    assert cli("classify", "--db", str(path), "--rules", str(pack)).exit_code == 0
+    with duckdb.connect(str(path), read_only=True) as con2:
+        run = run_id(con2, KINETO_L3)
+    result = cli("rules", "suggest", "--db", str(path), "--run", str(run), "--top", "40")
+    assert result.exit_code == 0, result.output
+    # Independent reading: every M of an aten::mm / aten::addmm activation in the trace.
+    import gzip
+    events = json.loads(gzip.decompress(KINETO_L3.read_bytes()))["traceEvents"]
+    ms = set()
+    for e in events:
+        if e.get("cat") == "cpu_op" and e.get("name") in ("aten::mm", "aten::addmm"):
+            dims = e["args"].get("Input Dims") or []
+            act = dims[1] if e["name"] == "aten::addmm" else dims[0]
+            if act:
+                ms.add(math.prod(act[:-1]))
+    drafted = re.findall(r'^category = "(\w+)"  # from the evidence: op aten::(?:mm|addmm) with M=(\d+)',
+                         result.stdout, re.M)
+    assert len(drafted) >= 2 and {c for c, _ in drafted} == {"GEMV", "GEMM"}, result.stdout
+    for category, m in drafted:
+        assert int(m) in ms
+        assert category == ("GEMV" if int(m) <= GEMV_MAX_M else "GEMM")
+
+
+SOFTMAX = ("void at::native::<unnamed>::cunn_SoftMaxForward<(int)4, float, float, float, "
+           "at::native::<unnamed>::SoftMaxForwardEpilogue>(T4 *, const T2 *, int)")
+NVJET = "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT"
+EMBED = ("void at::native::<unnamed>::indexSelectSmallIndex<c10::BFloat16, long, unsigned int, (int)2, (int)2, "
+         "(int)-2>(at::cuda::detail::TensorInfo<T1, T3>, at::cuda::detail::TensorInfo<const T1, T3>, "
+         "at::cuda::detail::TensorInfo<const T2, T3>, int, int, T3, long)")
+
+
+@pytest.mark.parametrize(("last_dim", "category"), [(128256, "SAMPLING"), (32000, "SAMPLING"), (5185, "ATTN"),
+                                                     (77, "ATTN")])
+def test_softmax_is_sampling_only_over_a_vocabulary(last_dim, category):
+    """Issue 12: cunn_SoftMaxForward was always SAMPLING; on a vision trace it is the attention
+    softmax over 5185 keys (the shape the issue reports)."""
+    rules = RuleSet.load(include_user=False)
+    d = rules.decide(KernelContext(SOFTMAX, op="aten::_softmax", last_dim=last_dim))
+    assert d.category == category and d.evidence == f"shape:last_dim={last_dim}"
+
+
+def _generated_run(kernels: list[tuple[int, str, int, int]]):
+    """A database holding one run of the given (kernel_id, name, stream, start) rows, no ops."""
+    from importlib import resources
+
+    con = duckdb.connect()
+    con.execute(resources.files("tracekit").joinpath("schema.sql").read_text())
+    con.execute("INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version, "
+                "imported_at) VALUES (1, 'x', 'x', 'nsys-sqlite', 'h', 't', now())")
+    rows = to_table({
+        "kernel_id": [i for i, *_ in kernels], "name": [n for _, n, *_ in kernels],
+        "short_name": [n[:20] for _, n, *_ in kernels], "start_ns": [s for *_, s in kernels],
+        "end_ns": [s + 1 for *_, s in kernels], "dur_ns": [1] * len(kernels),
+        "stream": [st for _, _, st, _ in kernels],
+    }, KERNEL_SCHEMA).append_column("op_id", pa.nulls(len(kernels), pa.int64()))
+    con.register("_rows", rows)
+    insert_kernels(con, 1, "_rows")
+    return con
+
+
+def test_softmax_without_shapes_is_decided_by_its_place():
+    """No shapes: a softmax followed by a matrix product (attention's P x V) is attention; one after
+    the pass's last matrix product (the next GEMM comes after the next pass's embedding lookup, or
+    never) is the sampling softmax over the vocabulary."""
+    con = _generated_run([
+        (0, NVJET, 7, 0), (1, SOFTMAX, 7, 10), (2, NVJET, 7, 20),      # Q K^T, softmax, P V
+        (3, NVJET, 7, 30), (4, SOFTMAX, 7, 40), (5, EMBED, 7, 50),     # LM head, softmax, next pass
+        (6, NVJET, 7, 60), (7, SOFTMAX, 8, 65),                        # other stream: nothing after it
+        (8, NVJET, 7, 70), (9, SOFTMAX, 7, 80),                        # the trace ends
+    ])
+    classify(con, [1], RuleSet.load(include_user=False))
+    got = dict(((k, (c, e)) for k, c, e in con.execute(
+        "SELECT kernel_id, category, evidence FROM kernels WHERE kernel_id IN (1, 4, 7, 9)").fetchall()))
+    assert got == {1: ("ATTN", "place:before-gemm"), 4: ("SAMPLING", "place:after-last-gemm"),
+                   7: ("SAMPLING", "place:last"), 9: ("SAMPLING", "place:last")}
+
+
+# -- MoE (issue 12 item 4) --------------------------------------------------------------------------
+
+def _grouped_mm_tokens_per_expert(trace: Path) -> dict[str, set[float]]:
+    """Independent reading: tokens per expert of every aten::_grouped_mm in the trace, from its own
+    input dims (routed tokens [T, K] x expert weights [E, K, N]), keyed by the pass it runs in as
+    its T shows (prefill T = batch x input x top-k)."""
+    import gzip
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    out: dict[str, set[float]] = {}
+    for e in events:
+        if e.get("cat") == "cpu_op" and e.get("name") == "aten::_grouped_mm":
+            tokens, weights = e["args"]["Input Dims"][:2]
+            out.setdefault("all", set()).add(tokens[0] / weights[0])
+    return out
+
+
+def test_moe_expert_gemms_are_gemv_or_gemm_by_tokens_per_expert(tmp_path):
+    """Mixtral (8 experts, top-2) at batch 8: in decode each expert sees 8 x 2 / 8 = 2 tokens (the
+    GEMV regime) though its kernel is a CUTLASS grouped GEMM; in prefill 128. Read from the
+    trace's own op shapes."""
+    from conftest import shared_trace
+
+    import tracekit
+
+    trace = shared_trace("h200/mixtral-8x7b-2L_b8_i64_o8.pt.trace.json.gz")
+    per_expert = _grouped_mm_tokens_per_expert(trace)["all"]
+    assert min(per_expert) <= GEMV_MAX_M < max(per_expert)
+    with tracekit.open(tmp_path / "moe.duckdb") as db:
+        [r] = db.import_paths([trace])
+        assert r.status == "imported", r.error
+        rows = db.con.execute(
+            "SELECT k.category, k.evidence, k.stage, count(*) FROM kernels k "
+            "WHERE k.evidence LIKE 'moe:%' GROUP BY ALL").fetchall()
+    assert rows
+    seen = set()
+    for category, evidence, _stage, _n in rows:
+        tpe = float(evidence.split("tokens/expert=")[1])
+        assert tpe in per_expert
+        assert category == ("GEMV" if tpe <= GEMV_MAX_M else "GEMM")
+        seen.add(category)
+    assert seen == {"GEMV", "GEMM"}
+    # decode passes are the GEMV ones
+    assert {c for c, _e, s, _n in rows if s == "generation"} == {"GEMV"}
+
+
+def test_moe_without_shapes_uses_batch_top_k_and_experts_from_the_metadata(tmp_path):
+    """The same trace with its op shapes removed (as a CUDA-graph replay has none): tokens per
+    expert come from the run's metadata (batch, and the HF config's top-k and experts)."""
+    import gzip
+
+    from conftest import shared_trace
+
+    import tracekit
+
+    trace = shared_trace("h200/mixtral-8x7b-2L_b8_i64_o8.pt.trace.json.gz")
+    manifest = json.loads(trace.with_name("mixtral-8x7b-2L_b8_i64_o8.manifest.json").read_text())
+    config = json.loads(manifest["config"])
+    want = manifest["batch"] * config["num_experts_per_tok"] / config["num_local_experts"]
+    obj = json.loads(gzip.decompress(trace.read_bytes()))
+    for e in obj["traceEvents"]:
+        if isinstance(e.get("args"), dict):
+            for key in ("Input Dims", "Input type", "Input Strides", "Concrete Inputs"):
+                e["args"].pop(key, None)
+    copy = tmp_path / "mixtral-noshapes.pt.trace.json"
+    copy.write_text(json.dumps(obj))
+    with tracekit.open(tmp_path / "moe.duckdb") as db:
+        [r] = db.import_paths([copy], meta={"batch": str(manifest["batch"]), "input_len": str(manifest["input_len"]),
+                                            "moe_top_k": str(config["num_experts_per_tok"]),
+                                            "moe_experts": str(config["num_local_experts"])})
+        assert r.status == "imported", r.error
+        rows = db.con.execute("SELECT DISTINCT category, evidence FROM kernels WHERE evidence LIKE 'moe:%' "
+                              "AND stage = 'generation'").fetchall()
+    assert rows == [("GEMV", f"moe:pass:decode,batch={manifest['batch']},tokens/expert={want:g}")]
+
+
+# -- CUDA graphs (issue 12 item 5) ------------------------------------------------------------------
+
+def test_cuda_graph_decode_gemms_are_decided_by_their_pass(tmp_path):
+    """Replayed graph kernels carry no CPU op, so no shapes: with the batch known (1, as
+    ../shared/traces/h200/README.md records), every linear of a decode pass has M = 1 and is GEMV,
+    whatever its tile; the marked and unmarked traces of the same run give the same composition."""
+    import gzip
+
+    from conftest import shared_trace
+
+    import tracekit
+
+    marked = shared_trace("h200/llama3-8b-2L-cudagraph_marked_b1_i64_o16.pt.trace.json.gz")
+    unmarked = shared_trace("h200/llama3-8b-2L-cudagraph_unmarked_b1_i64_o16.pt.trace.json.gz")
+    # Independent reading: the kernels launched by cudaGraphLaunch (by correlation) include
+    # cuBLAS GEMMs (the decode pass's linears).
+    events = json.loads(gzip.decompress(marked.read_bytes()))["traceEvents"]
+    graph_corr = {e["args"]["correlation"] for e in events
+                  if e.get("cat") == "cuda_runtime" and e.get("name", "").startswith("cudaGraphLaunch")}
+    replayed = [e["name"] for e in events if e.get("cat") == "kernel" and e["args"].get("correlation") in graph_corr]
+    assert sum(n.startswith("nvjet_") for n in replayed) > 0
+
+    shares = {}
+    with tracekit.open(tmp_path / "cg.duckdb") as db:
+        for trace in (marked, unmarked):
+            [r] = db.import_paths([trace], meta={"batch": "1"})
+            assert r.status == "imported", r.error
+            run = r.run_id
+            rows = db.con.execute(
+                "SELECT DISTINCT category, evidence FROM kernels WHERE run_id = ? AND stage = 'generation' "
+                "AND rule_id LIKE 'cublas.%' AND op_id IS NULL", [run]).fetchall()
+            assert rows and {c for c, _ in rows} == {"GEMV"}, rows
+            assert {e.removeprefix("prev_gemm:") for _, e in rows} == {"pass:decode,batch=1"}
+            shares[trace.name] = dict(db.con.execute(
+                "SELECT bucket, share FROM composition WHERE run_id = ?", [run]).fetchall())
+    a, b = shares.values()
+    for bucket in set(a) | set(b):
+        assert abs(a.get(bucket, 0) - b.get(bucket, 0)) < 0.01, bucket
+
+
+def test_composition_shows_moe_gemv_apart_from_dense(tmp_path):
+    """Decode expert GEMMs land in 'Gen MoE GEMV', dense decode linears stay in 'Gen GEMV'; the
+    bucket holds exactly the time of the grouped-GEMM kernels of decode (names read here with
+    plain json; the run's stages from tracekit). Queried with a run_id filter (DuckDB 2.0.1)."""
+    trace = shared_trace("h200/mixtral-8x7b-2L_b8_i64_o8.pt.trace.json.gz")
+    with tracekit.open(tmp_path / "moe.duckdb") as db:
+        [r] = db.import_paths([trace])
+        shares = dict(db.con.execute("SELECT bucket, time_ns FROM composition WHERE run_id = ?",
+                                     [r.run_id]).fetchall())
+        grouped = db.con.execute(
+            "SELECT sum(dur_ns) FROM kernels WHERE run_id = ? AND stage = 'generation' "
+            "AND name LIKE '%GroupProblemShape%'", [r.run_id]).fetchone()[0]
+    assert shares["Gen MoE GEMV"] == grouped > 0
+    assert shares.get("Gen GEMV", 0) > 0  # the dense attention projections and the LM head

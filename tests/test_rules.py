@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import tk
 
 from tracekit.enrich.rules import (
     KernelContext,
+    RegexError,
     RuleError,
     RuleSet,
     ShapeOp,
-    UnsafeRegex,
-    compile_safe,
+    compile_regex,
     m_from_dims,
 )
 from tracekit.outputs.cli import main
@@ -43,23 +47,48 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-# -- regex safety ------------------------------------------------------------------------------
+# -- regexes: RE2 ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pattern", [r"^(\w+_)+kernel$", r"(a*)*b", r"(?:x+y?)+z", r"^\w+_\w+_\w+z", r"a.*b.*c", r"(a)\1"])
-def test_unsafe_patterns_are_refused(pattern):
-    with pytest.raises(UnsafeRegex):
-        compile_safe(pattern)
+# Each of these backtracks catastrophically in Python's re (the first is issue 17's bypass of the
+# old checker); RE2 accepts them and matches in time linear in the name.
+@pytest.mark.parametrize("pattern", [r"(\w|\w\w)*Q", r"(a|aa)*b", r"^(\w+_)+kernel$", r"(a*)*b",
+                                     r"(?:x{1,20}){1,20}y", r"^\w+_\w+_\w+z", r"a.*b.*c"])
+def test_backtracking_patterns_match_in_linear_time(pattern):
+    compiled = compile_regex(pattern)
+    name = "a" * 200_000  # no match anywhere: the worst case of a backtracking engine
+    started = time.perf_counter()
+    assert compiled.search(name) is None
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("pattern", [r"gemm(?=_kernel)", r"(?<!cutlass)gemm", r"(?!x)y", r"(a)\1", r"a++",
+                                     r"(?>ab)c", "gemm(_kernel"])
+def test_patterns_outside_re2_are_refused_with_one_line(pattern):
+    with pytest.raises(RegexError) as err:
+        compile_regex(pattern)
+    assert "RE2" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("pattern", [r"^nvjet_", r"\bsplitKreduce_kernel\b", r"^triton_\w*?_fused_\w*?rsqrt",
                                      r"\breduce_kernel<.*\bMeanOps<float", r"^(?:void )?(?:internal::)?gemv"])
 def test_ordinary_patterns_are_accepted(pattern):
-    assert compile_safe(pattern).search is not None
+    assert compile_regex(pattern).search("x") is None
 
 
-def test_invalid_regex_raises_re_error():
-    with pytest.raises(re.error):
-        compile_safe("gemm(_kernel")
+def test_a_backtracking_rule_does_not_stall_classification(tmp_path, shared_db_copy):
+    """Issue 17: one rule `(\\w|\\w\\w)*Q` made classify never finish on the bundled fixtures."""
+    write_pack(tmp_path / "r", "slow.toml", """
+        [[rule]]
+        id = "slow.q"
+        regex = '(\\w|\\w\\w)*Q'
+        category = "OTHER"
+        explain = "exponential in a backtracking engine"
+        examples = ['xQ']
+    """)
+    started = time.perf_counter()
+    result = run_cli("classify", "--db", str(shared_db_copy), "--rules", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.stdout
+    assert time.perf_counter() - started < 60
 
 
 # -- M from op shapes --------------------------------------------------------------------------
@@ -106,11 +135,14 @@ def test_op_condition_gives_op_evidence():
     assert (with_op.category, with_op.evidence) == ("ACT", "op:aten::gelu")
 
 
-def test_names_are_truncated_before_matching():
+def test_long_names_are_matched_whole_in_linear_time():
+    """RE2 needs no cut: text past 4 KiB is seen (it was not, with the old truncation)."""
     rules = RuleSet.load(include_user=False)
     long_name = "void at::native::foo<" + "x" * 5000 + ">(FillFunctor)"
-    assert rules.decide(KernelContext(long_name)).category is None
-    assert rules.decide(KernelContext("nvjet_" + "y" * 10000)).category == "GEMM"
+    started = time.perf_counter()
+    assert rules.decide(KernelContext(long_name)).category == "MEMSET"
+    assert rules.decide(KernelContext("nvjet_" + "y" * 1_000_000)).category == "GEMM"
+    assert time.perf_counter() - started < 5
 
 
 # -- layering ----------------------------------------------------------------------------------
@@ -185,7 +217,7 @@ def marked_lines(path: Path) -> list[int]:
 
 @pytest.mark.parametrize(("case", "kind"), [
     ("bad_regex", "invalid regex"),
-    ("unsafe_regex", "nested unbounded quantifiers"),
+    ("not_re2", "not a valid RE2 pattern"),
     ("duplicate_id", "duplicate id"),
     ("failing_example", "example"),
     ("shadowed", "shadowed"),
@@ -229,3 +261,136 @@ def test_explain_names_the_winner_and_the_other_matches():
     shaped = run_cli("rules", "explain", NVJET_DECODE, "--op", "aten::mm", "--m", "64")
     assert shaped.stdout.startswith("GEMM by rule cublas.nvjet-skinny") and "shape:M=64" in shaped.stdout.splitlines()[0]
     assert run_cli("rules", "explain", "mystery_kernel").stdout.startswith("unclassified")
+
+
+# -- odd rule files: one line naming the file, never a traceback or a hang ------------------------
+
+def _odd_files(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    cases = {
+        "settings-int": "settings = 5\n",
+        "rule-not-table": "rule = [1, 2]\n",
+        "rule-string": 'rule = "x"\n',
+        "shape-ops-int": "shape_ops = 3\n",
+        "pack-int": "pack = 4\n",
+        "deep-nesting": "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        "deep-inline-tables": "x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n",
+    }
+    out = {}
+    for name, text in cases.items():
+        d = root / name
+        d.mkdir()
+        (d / "pack.toml").write_text(text)
+        out[name] = d
+    loop = root / "symlink-loop"
+    loop.mkdir()
+    (loop / "self.toml").symlink_to("self.toml")
+    out["symlink-loop"] = loop
+    fifo = root / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "pipe.toml")
+    out["fifo"] = fifo
+    dev = root / "dev-zero"
+    dev.mkdir()
+    (dev / "zero.toml").symlink_to("/dev/zero")
+    out["dev-zero"] = dev
+    return out
+
+
+def test_odd_rule_files_give_one_line_naming_the_file(tmp_path):
+    for case, d in _odd_files(tmp_path / "odd").items():
+        proc = tk("rules", "check", str(d), timeout=60)
+        assert proc.returncode == 1, (case, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, (case, proc.stderr)
+        problems = [line for line in proc.stdout.splitlines() if line.strip()]
+        assert problems and all(str(d.relative_to(tmp_path)) in line or d.name in line for line in problems), (
+            case, proc.stdout)
+        # classify (strict load) stops with one line too.
+        proc = tk("classify", "--db", str(tmp_path / f"{case}.duckdb"), "--rules", str(d), timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (case, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("tracekit: error:") and d.name in lines[0], (case, lines)
+
+
+def test_check_recurses_into_a_tree_of_packs(tmp_path):
+    """Issue 11: `rules check DIR` looked only at DIR/*.toml and passed vacuously on a tree."""
+    tree = tmp_path / "packs"
+    shutil.copytree(BROKEN / "failing_example", tree / "team-a" / "gemm")
+    (tree / "team-a" / "gemm" / "up").symlink_to("../..")  # a directory loop ends
+    result = run_cli("rules", "check", str(tree))
+    assert result.exit_code == 1 and "example" in result.stdout, result.stdout
+    # ... and the same tree loads for classification.
+    loaded = RuleSet.load([tree], include_user=False, strict=False)
+    assert any(r.path.name == "pack.toml" and "team-a" in str(r.path) for r in loaded.rules)
+
+
+def test_check_fails_on_a_directory_without_rule_files(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("no rules here")
+    result = run_cli("rules", "check", str(tmp_path / "empty"))
+    assert result.exit_code == 1 and "no rule files" in result.stdout, result.stdout
+
+
+def test_check_is_near_linear_in_the_number_of_rules(tmp_path):
+    """Issue 17: 20k rules took 275 s (every example tried against every rule)."""
+    def pack(n: int) -> Path:
+        lines = ["[pack]", f'name = "big{n}"']
+        for i in range(n):
+            lines += ["[[rule]]", f'id = "big{n}.r{i}"', f"regex = '^kern{i}_[a-z]+_x$'", 'category = "GEMM"',
+                      'explain = "generated"', f"examples = ['kern{i}_abc_x']", f"not_examples = ['kern{i}_abc_y']"]
+        d = tmp_path / f"big{n}"
+        d.mkdir()
+        (d / "big.toml").write_text("\n".join(lines))
+        return d
+
+    times = {}
+    for n in (2000, 8000):
+        d = pack(n)
+        started = time.perf_counter()
+        result = run_cli("rules", "check", str(d))
+        times[n] = time.perf_counter() - started
+        assert result.exit_code == 0 and f"ok: {n} rules" in result.stdout, result.stdout
+    # 4x the rules: quadratic would be 16x; allow generous noise on a shared machine.
+    assert times[8000] < 8 * times[2000] + 1.0, times
+
+
+def test_a_fifo_or_device_named_on_the_command_line_does_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        proc = tk("rules", "check", path, timeout=60)
+        assert proc.returncode == 1 and "not a regular file" in proc.stdout, (path, proc.stdout, proc.stderr)
+        proc = tk("classify", "--db", str(tmp_path / "x.duckdb"), "--rules", path, timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _itanium_nested_last(mangled: str) -> str:
+    """Independent reading of `_ZN<len><id>...<len><id>I...` (or `_ZL<len><id>`): the last
+    length-prefixed identifier of the nested name, i.e. the function's own name."""
+    rest = mangled[3:] if mangled.startswith(("_ZN", "_ZL")) else mangled[2:]
+    last = None
+    while rest and rest[0].isdigit():
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        n = int(rest[:digits])
+        last, rest = rest[digits:digits + n], rest[digits + n:]
+    return last
+
+
+def test_mangled_kernel_names_get_a_demangled_short_name():
+    """Issue 12: mangled (`_Z...`) names were shown unshortened. Real names from the traces in
+    ../shared/traces (aiter and SGLang on MI300X, Mixtral's CUTLASS grouped GEMM on H200)."""
+    from tracekit.readers.common import demangle, short_name
+
+    names = [
+        "_ZN5aiter24add_rmsnorm_quant_kernelIDF16bDF16bLi256ELi16ELb1ELb0ELb1ELi1EEEvPT0_PT_PfS4_S4_S4_diiiiiiib",
+        "_ZN7sgl_hip10activation18act_and_mul_kernelI14__hip_bfloat16TnPFT_RKS3_EXadL_Z4siluIS2_ES3_S5_EEEEvPS3_PS4_i",
+        "_ZL23rocblas_gemvt_sn_reduceILi256ELi8EfPKf16rocblas_bfloat16Evi",
+    ]
+    for name in names:
+        assert short_name(name) == _itanium_nested_last(name), name
+        assert demangle(name) != name and "(" in demangle(name)
+    assert short_name("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_TNT") == "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_TNT"
+    assert demangle("_Zgarbage") == "_Zgarbage"  # not a valid mangled name: kept as it is
+    # Rules see the demangled name: the aiter norm is NORM by a rule written on demangled text.
+    rules = RuleSet.load(include_user=False)
+    assert rules.decide(KernelContext(demangle(names[0]), short_name(names[0]))).category == "NORM"

@@ -4,7 +4,7 @@ place, and verdicts kept per (run, context) give what a fresh import gives after
 from __future__ import annotations
 
 import duckdb
-from conftest import SHARED_TRACES, tk
+from conftest import SHARED_META, SHARED_TRACES, tk
 from test_classify import RULES_FIXTURES
 
 import tracekit
@@ -77,8 +77,8 @@ def test_reclassifying_after_rules_edits_equals_a_fresh_import(shared_db_copy, t
     db.close()
 
     fresh = tracekit.open(tmp_path / "fresh.duckdb")
-    for trace in SHARED_TRACES:  # the same run ids, in the same order
-        assert fresh.import_paths([trace])[0].status == "imported"
+    for trace in SHARED_TRACES:  # the same run ids and metadata (a decode pass's batch decides), in order
+        assert fresh.import_paths([trace], meta=SHARED_META[trace.name])[0].status == "imported"
     fresh.con.execute("BEGIN TRANSACTION")
     classify(fresh.con, None, final)
     fresh.con.execute("COMMIT")

@@ -38,22 +38,27 @@ def _label(marker_stage: str, it: int, last: int, step: int) -> tuple[str, int, 
 
 
 def _assign(kernels, markers):
-    """kernels: (key, thread, launch_t, dur, short); markers: (thread, start, end, stage, order_key).
+    """kernels: (key, thread, launch_t, dur, short); markers: (thread, start, end, stage, order_key),
+    a thread being (process, thread id).
 
     Returns [(stage, iteration, step, dur, short)] with the innermost marker around each launch;
     iterations start at each summarization marker; the last iteration is the measurement.
+    Iterations are numbered within each process (a thread is (process, thread)): several
+    processes in one trace each run their own sequence, and each has its own measurement.
     """
     markers = sorted(markers, key=lambda m: (m[1], m[4]))
-    it, gen, info = -1, 0, {}
-    for m in markers:
-        if m[3] == "summarization":
-            it, gen = it + 1, 0
-            info[m] = ("summarization", it, 0)
-        else:
-            gen += 1
-            info[m] = ("generation", it, gen)
-    n_gen = Counter(i for s, i, _ in info.values() if s == "generation")
-    last = max(i for i in range(it + 1) if n_gen[i] == max(n_gen.values()))
+    info, last = {}, {}
+    for proc in {m[0][0] for m in markers}:
+        it, gen = -1, 0
+        for m in (m for m in markers if m[0][0] == proc):
+            if m[3] == "summarization":
+                it, gen = it + 1, 0
+                info[m] = ("summarization", it, 0)
+            else:
+                gen += 1
+                info[m] = ("generation", it, gen)
+        n_gen = Counter(i for m, (s, i, _) in info.items() if s == "generation" and m[0][0] == proc)
+        last[proc] = max(i for i in range(it + 1) if n_gen[i] == max(n_gen.values()))
     out = []
     for _, thread, t, dur, short in kernels:
         around = [m for m in markers if m[0] == thread and m[1] <= t <= m[2]]
@@ -61,7 +66,7 @@ def _assign(kernels, markers):
             out.append(("other", None, None, dur, short))
             continue
         stage, i, step = info[min(around, key=lambda m: m[2] - m[1])]
-        out.append((*_label(stage, i, last, step), dur, short))
+        out.append((*_label(stage, i, last[thread[0]], step), dur, short))
     return out
 
 
@@ -75,15 +80,16 @@ def nsys_truth(path: Path) -> list[tuple]:
         # Only the capture script's own NVTX labels; emit_nvtx's echoes of record_function are
         # not needed to know the pass.
         if text == "summarization":
-            markers.append((gtid, start, end, "summarization", 0))
+            markers.append(((gtid >> 24, gtid), start, end, "summarization", 0))
         elif m := _GEN_STEP.fullmatch(text or ""):
-            markers.append((gtid, start, end, "generation", int(m.group(1))))
+            markers.append(((gtid >> 24, gtid), start, end, "generation", int(m.group(1))))
     kernels = con.execute(
-        "SELECT k.correlationId, r.globalTid, r.start, k.end - k.start, s.value "
+        "SELECT k.correlationId, r.globalTid >> 24, r.globalTid, r.start, k.end - k.start, s.value "
         "FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN StringIds s ON s.id = k.shortName "
         "JOIN CUPTI_ACTIVITY_KIND_RUNTIME r ON r.correlationId = k.correlationId "
         "AND r.globalTid >> 24 = k.globalPid >> 24"
     ).fetchall()
+    kernels = [(c, (p, g), t, d, n) for c, p, g, t, d, n in kernels]
     assert len(kernels) == con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchall()[0][0]
     return _assign(kernels, markers)
 

@@ -70,8 +70,8 @@ def test_stage_ratio_wall_from_nvtx(shared_db_path):
     db = tracekit.open(shared_db_path, read_only=True)
     row = db.query("SELECT * FROM stage_ratio WHERE run_id = ?", [run_of(db.con, NSYS_L2)]).row(0, named=True)
     ws, wg = summ[1] - summ[0], gens[-1][1] - gens[0][0]
-    assert (row["wall_summarization_ns"], row["wall_generation_ns"]) == (ws, wg)
-    assert row["wall_gen_ratio"] == pytest.approx(wg / (ws + wg), rel=1e-12)
+    assert (row["host_summarization_ns"], row["host_generation_ns"]) == (ws, wg)
+    assert row["host_gen_ratio"] == pytest.approx(wg / (ws + wg), rel=1e-12)
 
 
 def test_stage_ratio_wall_from_annotations(shared_db_path):
@@ -84,7 +84,7 @@ def test_stage_ratio_wall_from_annotations(shared_db_path):
     wg = _ns(gens[-1]["ts"]) + _ns(gens[-1]["dur"]) - _ns(gens[0]["ts"])
     db = tracekit.open(shared_db_path, read_only=True)
     row = db.query("SELECT * FROM stage_ratio WHERE run_id = ?", [run_of(db.con, KINETO_L3)]).row(0, named=True)
-    assert (row["wall_summarization_ns"], row["wall_generation_ns"]) == (ws, wg)
+    assert (row["host_summarization_ns"], row["host_generation_ns"]) == (ws, wg)
 
 
 def test_wall_is_null_when_inferred(copy_db):
@@ -94,9 +94,9 @@ def test_wall_is_null_when_inferred(copy_db):
     copy_db.con.execute("DELETE FROM ranges WHERE run_id = ?", [rid])
     attribute_stages(copy_db.con, rid)
     row = copy_db.query("SELECT * FROM stage_ratio WHERE run_id = ?", [rid]).row(0, named=True)
-    assert row["wall_summarization_ns"] is None and row["wall_gen_ratio"] is None
+    assert row["host_summarization_ns"] is None and row["host_gen_ratio"] is None
     assert row["gen_ratio"] is not None
-    walls = copy_db.query("SELECT wall_ns FROM step_totals WHERE run_id = ?", [rid])["wall_ns"]
+    walls = copy_db.query("SELECT host_ns FROM step_totals WHERE run_id = ?", [rid])["host_ns"]
     assert len(walls) == 16 and walls.null_count() == 16
 
 
@@ -188,7 +188,7 @@ def test_step_totals_against_trace(shared_db_path, path):
 def test_step_totals_wall_is_marker_duration(shared_db_path):
     summ, gens = _nsys_measured_markers(NSYS_L2)
     db = tracekit.open(shared_db_path, read_only=True)
-    walls = db.con.execute("SELECT wall_ns FROM step_totals WHERE run_id = ? AND iteration = 1 ORDER BY step",
+    walls = db.con.execute("SELECT host_ns FROM step_totals WHERE run_id = ? AND iteration = 1 ORDER BY step",
                            [run_of(db.con, NSYS_L2)]).fetchall()
     assert [w for (w,) in walls] == [summ[1] - summ[0]] + [e - s for s, e, _ in gens]
 
@@ -238,7 +238,7 @@ def test_views_work_read_only_without_passes_table(shared_db_path, tmp_path):
     db = tracekit.open(dst, read_only=True)
     assert db.query("SELECT * FROM step_totals").is_empty()
     ratio = db.query("SELECT * FROM stage_ratio ORDER BY run_id")
-    assert ratio["wall_generation_ns"].null_count() == 4 and ratio["gen_ratio"].null_count() == 0
+    assert ratio["host_generation_ns"].null_count() == 4 and ratio["gen_ratio"].null_count() == 0
 
 
 def _documented_columns(sql: str) -> dict[str, list[str]]:

@@ -65,10 +65,11 @@ def test_composition_markdown(shared_db_path):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["run_id", "source_name", "bucket", "time_ms", "share"]
+    assert header == ["run_id", "source_name", "scope", "bucket", "time_ms", "share"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert [row[2] for row in rows[:5]] == ["Sum GEMM", "Sum GEMV", "Gen GEMM", "Gen GEMV", "ATTN"]
-    assert sum(float(row[4]) for row in rows) == pytest.approx(1.0, abs=1e-3)
+    assert {row[2] for row in rows} == {"measured stages"}
+    assert [row[3] for row in rows[:5]] == ["Sum GEMM", "Sum GEMV", "Gen GEMM", "Gen GEMV", "ATTN"]
+    assert sum(float(row[5]) for row in rows) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_unknown_run_is_one_line_error(shared_db_path):

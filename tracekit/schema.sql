@@ -19,7 +19,9 @@ CREATE TABLE IF NOT EXISTS runs (
     stage_method     VARCHAR,            -- how stages were decided: 'markers:nvtx' | 'markers:annotation' | 'inferred:<how>' | 'none'
     iterations       INTEGER,            -- complete summarization+generation sequences found
     n_kernels        BIGINT,
-    kernel_time_ns   BIGINT
+    kernel_time_ns   BIGINT,
+    stage_confidence VARCHAR,            -- how sure stage_method is: 'high' | 'medium' | 'low' | 'none'
+    stage_reason     VARCHAR             -- one sentence: why that method and confidence (why no split, for 'none')
 );
 
 -- Every key=value known about a run: --meta > capture manifest > found in the trace.
@@ -76,7 +78,7 @@ CREATE TABLE IF NOT EXISTS kernel_rows (
     launch_id     BIGINT,                -- -> launches.launch_id (CUDA API call, via correlation)
     op_id         BIGINT,                -- -> ops.op_id (innermost CPU operator around the launch)
     range_id      BIGINT,                -- -> ranges.range_id (innermost NVTX range / annotation around the launch)
-    stage         VARCHAR,               -- 'summarization' | 'generation' | 'warmup' | 'other'
+    stage         VARCHAR,               -- 'summarization' | 'generation' | 'mixed' | 'warmup' | 'other' | 'unattributed'
     step          INTEGER,               -- 0 = summarization, k = k-th generation pass; NULL outside passes
     iteration     INTEGER,               -- which summarization+generation sequence (0-based); NULL outside
     -- A kernel that takes the class of the GEMM it completes (a split-K reduce): per kernel, because
@@ -179,11 +181,31 @@ CREATE TABLE IF NOT EXISTS passes (
     pass_id    INTEGER NOT NULL,     -- 0.. in start order
     iteration  INTEGER,              -- NULL before the first summarization pass
     step       INTEGER,              -- 0 = summarization, k = k-th generation pass of its iteration
-    stage      VARCHAR NOT NULL,     -- what its kernels got: summarization | generation | warmup | other
+    stage      VARCHAR NOT NULL,     -- what its kernels got: summarization | generation | mixed | warmup | other
     source     VARCHAR NOT NULL,     -- 'nvtx' | 'user_annotation' | 'inferred'
     name       VARCHAR,              -- marker label (NULL when inferred)
     range_id   BIGINT,               -- -> ranges.range_id of the marker
     start_ns   BIGINT NOT NULL,      -- marker extent (CPU clock), or GPU span of its kernels when inferred
     end_ns     BIGINT NOT NULL,
-    n_kernels  BIGINT NOT NULL
+    n_kernels  BIGINT NOT NULL,
+    -- The pass's partition (enrich/stages.py PARTITION: kernel_rows columns): a marker whose
+    -- kernels ran on several devices is one pass per device; NULL where its kernels' value is NULL.
+    pid        BIGINT,
+    device     INTEGER,
+    grammar    VARCHAR,              -- which label grammar: 'stage-label' | 'vllm' | 'sglang' | 'trtllm' | 'inferred'
+    ctx_tokens BIGINT,               -- prefill tokens of the step, where an engine's marker says
+    gen_tokens BIGINT,               -- decode tokens of the step, where an engine's marker says
+    evidence   VARCHAR               -- mixed passes: 'split:tokens=C/G' (shared kernels apportioned so) or 'split:unknown ...'
 );
+
+-- Columns added after databases were first written. tracekit/views/__init__.py adds them to a
+-- tracekit database on a writable open, and stands NULLs in for them on a read-only one (never to
+-- a foreign database: only where `runs` has tracekit's own columns).
+-- @added runs stage_confidence VARCHAR
+-- @added runs stage_reason VARCHAR
+-- @added passes pid BIGINT
+-- @added passes device INTEGER
+-- @added passes grammar VARCHAR
+-- @added passes ctx_tokens BIGINT
+-- @added passes gen_tokens BIGINT
+-- @added passes evidence VARCHAR

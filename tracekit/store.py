@@ -481,11 +481,11 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
 
             plan_stages(con, r, f"(SELECT {STAGE_INPUT} FROM _tk_krows)")
             try:
-                kp = con.execute("SELECT kernel_id, pass_id FROM _tk_kstage").fetchnumpy()
+                kp = con.execute("SELECT kernel_id, pass_id, stage FROM _tk_kstage").fetchnumpy()
             finally:
                 drop_plan(con)
             passes = con.execute(f"SELECT pass_id, stage, step, iteration FROM passes WHERE run_id = {r}").fetchall()
-            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes).items():
+            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes, kp["stage"]).items():
                 src = src.append_column(name, column)
                 cols.append(name)
         con.unregister("_tk_krows")
@@ -502,13 +502,19 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
     return True
 
 
-def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple]) -> dict[str, pa.Array]:
-    """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids), else
-    'other' and NULL. Per-row work stays in NumPy: 375k stage strings cost more than the rest."""
+def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple],
+                   kernel_stages: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids; -1: no
+    pass), else 'other' and NULL; `kernel_stages` (for kernel_ids), where given, is each listed
+    kernel's own stage (a mixed pass's one-sided kernels, unattributed kernels). Per-row work stays
+    in NumPy: 375k stage strings cost more than the rest."""
     size = max((p[0] for p in passes), default=-1) + 2  # slot 0: no pass
     of = np.zeros(n, np.int64)
     of[np.asarray(kernel_ids, np.int64)] = np.asarray(pass_ids, np.int64) + 1
-    words = ["other", *sorted({p[1] for p in passes} - {"other"})]
+    own, own_codes = None, None
+    if kernel_stages is not None and len(kernel_stages):
+        own, own_codes = np.unique(np.asarray(kernel_stages, dtype=object).astype(str), return_inverse=True)
+    words = ["other", *sorted(({p[1] for p in passes} | set(own if own is not None else [])) - {"other"})]
     code = np.zeros(size, np.int32)
     step, iteration = np.zeros(size, np.int32), np.zeros(size, np.int32)
     step_ok, iteration_ok = np.zeros(size, bool), np.zeros(size, bool)
@@ -516,8 +522,11 @@ def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes:
         code[pass_id + 1] = words.index(stage)
         step[pass_id + 1], step_ok[pass_id + 1] = st or 0, st is not None
         iteration[pass_id + 1], iteration_ok[pass_id + 1] = it or 0, it is not None
+    codes = code[of]
+    if own is not None:
+        codes[np.asarray(kernel_ids, np.int64)] = np.array([words.index(w) for w in own], np.int32)[own_codes]
     return {
-        "stage": pa.DictionaryArray.from_arrays(pa.array(code[of]), pa.array(words, pa.string())),
+        "stage": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(words, pa.string())),
         "step": pa.array(step[of], mask=~step_ok[of]),
         "iteration": pa.array(iteration[of], mask=~iteration_ok[of]),
     }

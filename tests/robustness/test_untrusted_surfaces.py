@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
+import time
 from pathlib import Path
 
 import pytest
@@ -22,48 +22,57 @@ HOSTILE_META = '"><svg onload=alert(2)>'
 
 # ---- rules --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pattern", [r"(a+)+$", r"^(\w+)\1", r"(x|y+)*z", r"\w+_\w+_\w+z"])
-def test_backtracking_prone_patterns_are_refused(pattern):
-    with pytest.raises((rules.UnsafeRegex, re.error)):
-        rules.compile_safe(pattern)
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(x|y+)*z", r"\w+_\w+_\w+z", r"(\w|\w\w)*Q", r"(a|aa)*b"])
+def test_backtracking_prone_patterns_match_in_linear_time(pattern):
+    """Rule regexes are RE2: patterns that backtrack exponentially in Python's re are harmless."""
+    compiled = rules.compile_regex(pattern)
+    started = time.perf_counter()
+    assert compiled.search("a" * 100_000 + "!") is None
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("pattern", [r"^(\w+)\1", r"(?=gemm)", r"(?<=x)y"])
+def test_patterns_outside_re2_are_refused(pattern):
+    with pytest.raises(rules.RegexError):
+        rules.compile_regex(pattern)
 
 
 @pytest.mark.parametrize("pattern", [r"^nvjet_sm90_tst_\d+x\d+", r"gemv", r"^triton_\w*?_fused_\w*?rsqrt"])
 def test_ordinary_patterns_compile(pattern):
-    assert rules.compile_safe(pattern).pattern == pattern
+    assert rules.compile_regex(pattern).pattern == pattern
 
 
 def test_rule_dir_is_data_not_code(tmp_path):
     """A rules directory holding Python next to TOML: nothing is imported or executed, and a
-    TOML pack with an unsafe pattern is a load error naming the file."""
+    TOML pack with a pattern outside RE2 is a load error naming the file."""
     marker = tmp_path / "executed"
     d = tmp_path / "rules"
     d.mkdir()
     (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     (d / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     (d / "10-evil.toml").write_text(
-        '[pack]\nname = "evil"\n\n[[rule]]\nid = "evil.slow"\nregex = \'(a+)+$\'\ncategory = "GEMM"\n'
+        '[pack]\nname = "evil"\n\n[[rule]]\nid = "evil.slow"\nregex = \'(?=a)a\'\ncategory = "GEMM"\n'
         f'explain = "__import__(\'os\').system(\'touch {marker}\')"\nexamples = [\'aaa\']\n'
     )
     with pytest.raises(rules.RuleError) as err:
         rules.RuleSet.load([d], include_user=False)
-    assert "10-evil.toml" in str(err.value) and "backtrack" in str(err.value)
+    assert "10-evil.toml" in str(err.value) and "RE2" in str(err.value)
     lenient = rules.RuleSet.load([d], include_user=False, strict=False)
     assert "evil.slow" not in lenient.by_id
     assert not marker.exists()
 
 
-def test_matching_sees_a_bounded_prefix_of_huge_names(tmp_path):
-    """Names are cut to MAX_NAME_LEN before matching, so a 1 MB name costs what 4 KiB does: text
-    past the bound is invisible to an (unanchored) rule."""
+def test_huge_names_are_matched_whole_in_linear_time(tmp_path):
+    """RE2 is linear in the text, so a 1 MB name needs no cut: the rule sees all of it."""
     d = tmp_path / "rules"
     d.mkdir()
-    (d / "10-t.toml").write_text('[pack]\nname = "t"\n\n[[rule]]\nid = "t.nvjet"\nregex = \'nvjet_\'\n'
+    (d / "10-t.toml").write_text('[pack]\nname = "t"\n\n[[rule]]\nid = "t.nvjet"\nregex = \'(\\w|\\w\\w)*nvjet_\'\n'
                                  'category = "GEMM"\nexplain = "test"\nexamples = [\'nvjet_sm90\']\n')
     rs = rules.RuleSet.load([d], include_user=False, include_builtin=False)
-    n = rules.MAX_NAME_LEN
-    assert rs.decide(rules.KernelContext(name="x" * (n - 6) + "nvjet_" + "x" * (1 << 20))).rule_id == "t.nvjet"
-    assert rs.decide(rules.KernelContext(name="x" * n + "nvjet_" + "x" * (1 << 20))).rule_id is None
+    started = time.perf_counter()
+    assert rs.decide(rules.KernelContext(name="x" * (1 << 20) + "nvjet_")).rule_id == "t.nvjet"
+    assert rs.decide(rules.KernelContext(name="x" * (1 << 20))).rule_id is None
+    assert time.perf_counter() - started < 5
 
 
 # ---- report -------------------------------------------------------------------------------------

@@ -18,10 +18,39 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from tracekit.enrich.rules import GEMM_FAMILY, MAX_NAME_LEN, KernelContext, RuleSet, m_from_dims
+from tracekit.enrich.rules import (
+    GEMM_FAMILY,
+    Decision,
+    KernelContext,
+    RuleSet,
+    groups_from_dims,
+    last_dim_from_dims,
+    m_from_dims,
+)
+from tracekit.readers.common import demangle
 from tracekit.store import DIM_COLS
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
+_PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
+_MOE = "moe?"            # an expert GEMM without shapes: its pass and the MoE metadata give tokens/expert
+_PLACE = "place?"        # + category: a softmax without shapes, that category when no GEMM follows in its pass
+_MARKERS = (_PENDING, _PASS, _MOE)
+# One GPU work queue: a stream of one device in one process (NULLs compare as equal here).
+_QUEUE = ("coalesce(r.pid, -1) AS pid, coalesce(r.device, -1) AS device, "
+          "coalesce(r.stream, -1) AS stream")  # verdict evidence of kernels that take the preceding GEMM's class
+
+
+def _pending_evidence(d: Decision, rules: RuleSet) -> str:
+    """The verdict's evidence, or a marker (ending in '?...') for what is settled per kernel."""
+    if d.follows_gemm:
+        return _PENDING
+    if d.pending == "place":
+        return f"{_PLACE}{rules.by_id[d.rule_id].after_last_gemm}"
+    if d.pending == "pass":
+        return _PASS
+    if d.pending == "moe":
+        return _MOE
+    return d.evidence
 
 
 def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
@@ -40,32 +69,35 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
         f"FROM kernel_contexts c JOIN kernel_names n USING (name_id) "
         f"WHERE c.ctx_id IN (SELECT DISTINCT v.ctx_id FROM kernel_verdicts v WHERE {where_v})"
     ).fetchall()
-    ms: dict[tuple[str, str | None], int | None] = {}
+    shapes: dict[tuple[str, str | None], tuple[int | None, int | None, int | None]] = {}
     candidates: dict[tuple[str, str], list] = {}
     decided: dict[tuple, tuple[str | None, str | None, str]] = {}
     out: dict[str, list] = {"ctx_id": [], "category": [], "rule_id": [], "evidence": []}
     for ctx_id, name, short, op_name, input_dims, *dim_values in rows:
-        m = None
-        if op_name in rules.shape_ops:
-            if (op_name, input_dims) not in ms:
-                ms[(op_name, input_dims)] = m_from_dims(input_dims, rules.shape_ops[op_name])
-            m = ms[(op_name, input_dims)]
+        if (op_name, input_dims) not in shapes:
+            spec = rules.shape_ops.get(op_name)
+            shapes[(op_name, input_dims)] = (
+                m_from_dims(input_dims, spec) if spec else None,
+                groups_from_dims(input_dims, spec) if spec else None,
+                last_dim_from_dims(input_dims) if op_name else None,
+            )
+        m, experts, last_dim = shapes[(op_name, input_dims)]
         given = dict(zip(DIM_COLS, dim_values, strict=True))
         seen = tuple(given[d] for d in dims)
         op = op_name if rules.uses_op else None
         # Only what some rule looks at tells contexts apart for the rules.
-        key = (name, short, op, m, seen)
+        key = (name, short, op, m, experts, last_dim, seen)
         if key not in decided:
             ctx = KernelContext(
-                name=name[:MAX_NAME_LEN], short_name=short[:MAX_NAME_LEN], op=op, m=m,
+                name=demangle(name), short_name=short, op=op, m=m, experts=experts, last_dim=last_dim,
                 grid=tuple(given[c] if c in dims else None for c in DIM_COLS[:3]),
                 block=tuple(given[c] if c in dims else None for c in DIM_COLS[3:]),
             )
-            # Regexes see only the names, so each distinct name is matched against every rule once.
+            # Regexes see only the names: each distinct name goes through the rules' RE2 sets once.
             if (name, short) not in candidates:
-                candidates[(name, short)] = [r for r in rules.rules if r.regex_matches(ctx)]
+                candidates[(name, short)] = rules.candidates(ctx)
             d = rules.decide(ctx, candidates[(name, short)])
-            decided[key] = (d.category, d.rule_id, _PENDING if d.follows_gemm else d.evidence)
+            decided[key] = (d.category, d.rule_id, _pending_evidence(d, rules))
         category, rule_id, evidence = decided[key]
         out["ctx_id"].append(ctx_id)
         out["category"].append(category)
@@ -76,11 +108,14 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
 
 
 def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = None,
-             rules: RuleSet | None = None) -> None:
-    """Fill the verdicts (kernels.category / rule_id / evidence) of `run_ids` (all runs when None)."""
+             rules: RuleSet | None = None, *, refresh: bool = False) -> None:
+    """Fill the verdicts (kernels.category / rule_id / evidence) of `run_ids` (all runs when None).
+
+    The per-kernel part (split-K reduces, GEMMs decided by their pass, MoE experts, softmax by its
+    place) is redone for runs where a verdict changed, or for every selected run with `refresh`
+    (after the run's metadata or stages changed: `tracekit classify` does that)."""
     rules = rules if rules is not None else RuleSet.load()
     where_v = _run_filter(run_ids, "v.")
-    family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
     try:
         con.register("_tk_decided", _decide(con, rules, where_v))
         # Only verdicts that differ are written: after a rules edit, what the edit changed.
@@ -96,19 +131,24 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             "UPDATE kernel_verdicts SET category = n.category, rule_id = n.rule_id, evidence = n.evidence "
             "FROM _tk_new n WHERE kernel_verdicts.run_id = n.run_id AND kernel_verdicts.ctx_id = n.ctx_id"
         )
-        # A reduce's class depends on its GEMM's: redo a run's followers when a verdict of either
-        # kind changed there (before or after), and only then.
-        touched = [r[0] for r in con.execute(
-            f"SELECT DISTINCT run_id FROM _tk_new WHERE category IN ({family}) OR old_category IN ({family}) "
-            f"OR evidence = '{_PENDING}' OR old_evidence = '{_PENDING}' ORDER BY 1"
-        ).fetchall()]
+        if refresh:
+            touched = [r[0] for r in con.execute(
+                f"SELECT DISTINCT run_id FROM kernel_verdicts v WHERE {where_v} ORDER BY 1").fetchall()]
+        else:
+            # Runs where a verdict changed, and runs with kernels their pass decides (a batch is
+            # known): that answer depends on the GEMV threshold too, which no verdict records.
+            touched = [r[0] for r in con.execute(
+                f"SELECT run_id FROM _tk_new UNION SELECT DISTINCT v.run_id FROM kernel_verdicts v "
+                f"JOIN ({_meta_sql(_run_filter(run_ids, ''))}) m ON m.run_id = v.run_id "
+                f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
+                f"ORDER BY 1").fetchall()]
         if touched:
-            _resolve_follows_gemm(con, touched)
+            _resolve_per_kernel(con, touched, rules.gemv_max_m)
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_decided")
-        for table in ("_tk_new", "_tk_follow"):
+        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place"):
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
@@ -119,28 +159,136 @@ def _quietly(call, arg: str) -> None:
         pass
 
 
-def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
-    """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
-    latest GEMM-family kernel that started before it on the same stream of the same run."""
-    family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
-    where_r = _run_filter(run_ids, "r.")
+# Run metadata that gives a pass's tokens: the first key present wins (run_meta, then the HF
+# config a capture manifest stores as `config`).
+_META = {
+    "batch": ("batch", "batch_size"),
+    "input_len": ("input_len", "input_length", "prompt_len"),
+    "top_k": ("moe_top_k", "num_experts_per_tok", "top_k"),
+    "experts": ("moe_experts", "num_local_experts", "num_experts", "n_routed_experts"),
+}
+
+
+def _meta_sql(run_filter: str) -> str:
+    """Per run: batch, input_len, top_k, experts as integers (NULL when unknown)."""
+    cols = []
+    for out, keys in _META.items():
+        picks = [f"max(TRY_CAST(value AS BIGINT)) FILTER (WHERE key = '{k}')" for k in keys]
+        picks += [f"max(TRY_CAST(json_extract_string(TRY_CAST(value AS JSON), '$.{k}') AS BIGINT)) "
+                  f"FILTER (WHERE key = 'config')" for k in keys]
+        cols.append(f"coalesce({', '.join(picks)}) AS {out}")
+    return f"SELECT run_id, {', '.join(cols)} FROM run_meta WHERE {run_filter} GROUP BY run_id"
+
+
+def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+    """What a kernel's context alone cannot decide, decided per kernel (kernel_rows.follow_*), in
+    dependency order: GEMMs by their pass, then split-K reduces by their GEMM, then softmaxes by
+    their place."""
     con.execute(f"UPDATE kernel_rows SET follow_category = NULL, follow_evidence = NULL "
                 f"WHERE {_run_filter(run_ids, '')} AND follow_evidence IS NOT NULL")
+    _resolve_by_pass(con, run_ids, gemv_max_m)
+    _resolve_follows_gemm(con, run_ids)
+    _resolve_by_place(con, run_ids)
+
+
+def _resolve_by_pass(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+    """A GEMM-family kernel without op shapes (a CUDA-graph replay has no CPU op) gets M from the
+    pass it runs in: a decode pass of batch B multiplies B rows by every weight. An expert GEMM
+    (MoE) sees tokens x top-k / experts, tokens being B in decode and B x input_len in prefill.
+    Needs the stage
+    (kernel_rows.stage) and the batch (run metadata); where either is missing the name's class
+    stands, with evidence saying so."""
+    where_r = _run_filter(run_ids, "r.")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tk_pass AS "
+        f"WITH meta AS ({_meta_sql(_run_filter(run_ids, ''))}), "
+        f"k AS (SELECT r.rowid AS rid, r.stage, v.category, v.evidence = '{_MOE}' AS moe, m.batch, "
+        f"             m.input_len, m.top_k, m.experts, "
+        # A prefill pass is no single M for dense layers (HF computes the LM head on the last
+        # token only), so only decode passes decide dense GEMMs; experts see every token in both.
+        f"             CASE WHEN r.stage = 'generation' THEN m.batch "
+        f"                  WHEN r.stage = 'summarization' AND v.evidence = '{_MOE}' "
+        f"                       THEN m.batch * m.input_len END AS tokens "
+        f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+        f"      LEFT JOIN meta m ON m.run_id = r.run_id "
+        f"      WHERE {where_r} AND v.evidence IN ('{_PASS}', '{_MOE}')) "
+        f"SELECT rid, "
+        f"  CASE WHEN moe AND tokens IS NOT NULL AND top_k > 0 AND experts > 0 "
+        f"         THEN CASE WHEN tokens * top_k / experts <= {int(gemv_max_m)} THEN 'GEMV' ELSE 'GEMM' END "
+        f"       WHEN NOT moe AND tokens IS NOT NULL "
+        f"         THEN CASE WHEN tokens <= {int(gemv_max_m)} THEN 'GEMV' ELSE 'GEMM' END "
+        f"       ELSE category END AS category, "
+        f"  CASE WHEN tokens IS NULL THEN (CASE WHEN moe THEN 'moe:name' ELSE 'name' END) "
+        f"       WHEN moe AND NOT (top_k > 0 AND experts > 0) THEN 'moe:name' "
+        f"       ELSE (CASE WHEN moe THEN 'moe:' ELSE '' END) || 'pass:' "
+        f"            || (CASE stage WHEN 'generation' THEN 'decode' ELSE 'prefill' END) || ',batch=' || batch "
+        f"            || (CASE WHEN stage = 'summarization' THEN ',input=' || input_len ELSE '' END) "
+        f"            || (CASE WHEN moe THEN ',tokens/expert=' || "
+        f"                 regexp_replace(printf('%.2f', tokens * top_k / experts), '\\.?0+$', '') ELSE '' END) "
+        f"  END AS evidence "
+        f"FROM k"
+    )
+    con.execute("UPDATE kernel_rows SET follow_category = f.category, follow_evidence = f.evidence "
+                "FROM _tk_pass f WHERE kernel_rows.rowid = f.rid")
+    con.execute("DROP TABLE _tk_pass")
+
+
+def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
+    """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
+    latest GEMM-family kernel that started before it on the same stream of the same process and
+    device of the same run (stream ids repeat across GPUs and processes: stream 7 of GPU 0 is not
+    stream 7 of GPU 1)."""
+    family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
+    where_r = _run_filter(run_ids, "r.")
     rows = (f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
             f"WHERE {where_r}")
+    # The GEMM's class as decided so far: per kernel (by its pass) where that was settled.
+    cat = "coalesce(r.follow_category, v.category)"
+    ev = "coalesce(r.follow_evidence, v.evidence)"
     # Materialised first, then applied by rowid: one UPDATE ... FROM (the ASOF join) took 2.15 s at
     # 10M kernels / 415k reduces, the two steps 0.43 + 0.10 s.
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_follow AS "
         f"SELECT s.rid, coalesce(p.category, s.category) AS category, "
         f"       coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
-        f"FROM (SELECT r.rowid AS rid, r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category "
+        f"FROM (SELECT r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns, v.category "
         f"      {rows} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
-        f"ASOF LEFT JOIN (SELECT r.run_id, coalesce(r.stream, -1) AS stream, r.start_ns, v.category, v.evidence "
-        f"                {rows} AND v.category IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
-        f"ON s.run_id = p.run_id AND s.stream = p.stream AND s.start_ns >= p.start_ns"
+        f"ASOF LEFT JOIN (SELECT r.run_id, {_QUEUE}, r.start_ns, {cat} AS category, {ev} AS evidence "
+        f"                {rows} AND {cat} IN ({family}) AND v.evidence IS DISTINCT FROM '{_PENDING}') p "
+        f"ON s.run_id = p.run_id AND s.pid = p.pid AND s.device = p.device AND s.stream = p.stream "
+        f"AND s.start_ns >= p.start_ns"
     )
     con.execute("UPDATE kernel_rows SET follow_category = f.category, follow_evidence = f.evidence "
                 "FROM _tk_follow f WHERE kernel_rows.rowid = f.rid")
     con.execute("DROP TABLE _tk_follow")
+
+
+def _resolve_by_place(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
+    """A softmax without shapes: over the vocabulary (sampling) when it runs after the last
+    matrix product of its pass, over attention keys otherwise. The next GEMM-family, embedding or
+    sampling kernel on its queue tells: a GEMM next (the attention's P x V) means attention; an
+    embedding lookup or sampling kernel next (the next pass began), or nothing, means it came after
+    the LM head."""
+    where_r = _run_filter(run_ids, "r.")
+    rows = (f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+            f"WHERE {where_r}")
+    cat = "coalesce(r.follow_category, v.category)"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tk_place AS "
+        f"SELECT s.rid, CASE WHEN n.category IN ('GEMM', 'GEMV') THEN s.category ELSE s.after END AS category, "
+        f"       CASE WHEN n.category IN ('GEMM', 'GEMV') THEN 'place:before-gemm' "
+        f"            WHEN n.category IS NULL THEN 'place:last' "
+        f"            ELSE 'place:after-last-gemm' END AS evidence "
+        f"FROM (SELECT r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns, v.category, "
+        f"             substr(v.evidence, {len(_PLACE) + 1}) AS after "
+        f"      {rows} AND starts_with(v.evidence, '{_PLACE}')) s "
+        f"ASOF LEFT JOIN (SELECT r.run_id, {_QUEUE}, r.start_ns, {cat} AS category "
+        f"                {rows} AND {cat} IN ('GEMM', 'GEMV', 'EMBED', 'SAMPLING') "
+        f"                AND NOT starts_with(coalesce(v.evidence, ''), '{_PLACE}')) n "
+        f"ON s.run_id = n.run_id AND s.pid = n.pid AND s.device = n.device AND s.stream = n.stream "
+        f"AND s.start_ns < n.start_ns"
+    )
+    con.execute("UPDATE kernel_rows SET follow_category = f.category, follow_evidence = f.evidence "
+                "FROM _tk_place f WHERE kernel_rows.rowid = f.rid")
+    con.execute("DROP TABLE _tk_place")

@@ -12,14 +12,17 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from re import _constants as _sre  # the parsed pattern is the only reliable view of nesting
-from re import _parser as _sre_parse
+
+import re2
 
 from tracekit.errors import TracekitError
+
+Regex = re2._Regexp  # a compiled RE2 pattern
 
 CATEGORIES = (
     "GEMM", "GEMV", "ATTN", "NORM", "ACT", "ELEMWISE", "REDUCE", "EMBED", "SAMPLING", "COMM",
@@ -33,70 +36,88 @@ DEFAULT_USER_DIR = Path("~/.config/tracekit/rules")
 DEFAULT_GEMV_MAX_M = 8
 
 # ---------------------------------------------------------------------------------------------
-# Regex safety. Rule files come from users and demangled names run to thousands of characters,
-# so a careless pattern could stall classification. Without a second regex engine we bound the
-# risk: names are truncated to MAX_NAME_LEN before matching; an unbounded quantifier may not
-# contain another (`(a+)+` is exponential); and a pattern's backtracking degree - its unbounded
-# quantifiers, plus one when it is not anchored with `^` since re.search retries every offset -
-# is at most 2, keeping the worst case quadratic in the truncated length (measured on a 4 KiB
-# name: `^\w+_\w+_\w+z` ~15 s, `^\w+_\w+z` a few ms). Backreferences are refused.
-MAX_NAME_LEN = 4096
-MAX_REGEX_DEGREE = 2
-_BIG_REPEAT = 16  # a bounded repeat this wide backtracks like an unbounded one
+# Regexes. Rule files come from anyone and demangled names run to thousands of characters, so rule
+# patterns (and `when.op`) use RE2 (google-re2): matching is linear in the name's length whatever
+# the pattern, so no pattern can stall classification. RE2 has no lookarounds, backreferences,
+# possessive or atomic groups, and refuses them at load time. Stage markers go through DuckDB's
+# regexp functions, which are RE2 too: one dialect everywhere (rules/README.md, "Regex dialect").
 
 
-class UnsafeRegex(ValueError):
-    pass
+class RegexError(ValueError):
+    """A pattern that RE2 does not accept; str() is one line."""
 
 
-def _regex_degree(items: Iterable) -> int:
-    total = 0
-    for op, av in items:
-        if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT):
-            _lo, hi, sub = av
-            inner = _regex_degree(sub)
-            if hi == _sre.MAXREPEAT or hi > _BIG_REPEAT:
-                if inner > 0:
-                    raise UnsafeRegex("nested unbounded quantifiers (like (a+)+) can backtrack exponentially")
-                total += 1
-            else:
-                total += hi * inner
-        elif op == _sre.POSSESSIVE_REPEAT:
-            _regex_degree(av[2])
-        elif op == _sre.ATOMIC_GROUP:
-            _regex_degree(av)
-        elif op == _sre.SUBPATTERN:
-            total += _regex_degree(av[-1])
-        elif op == _sre.BRANCH:
-            total += max((_regex_degree(alt) for alt in av[1]), default=0)
-        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-            total += _regex_degree(av[1])
-        elif op in (_sre.GROUPREF, _sre.GROUPREF_EXISTS):
-            raise UnsafeRegex("backreferences are not allowed in rule patterns")
-    return total
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # errors come back as exceptions; RE2's own log would go to stderr
+    return options
 
 
-def _regex_anchored(items: Iterable) -> bool:
-    for op, av in items:
-        if op == _sre.AT:
-            return av in (_sre.AT_BEGINNING, _sre.AT_BEGINNING_STRING)
-        if op == _sre.SUBPATTERN:
-            return _regex_anchored(av[-1])
-        return False
-    return False
+_OPTIONS = _re2_options()
+_NOT_IN_RE2 = "RE2 syntax has no lookarounds, backreferences, possessive or atomic groups"
 
 
-def compile_safe(pattern: str) -> re.Pattern[str]:
-    """Compile a rule pattern; raise re.error or UnsafeRegex with a one-line reason."""
-    compiled = re.compile(pattern)
-    parsed = _sre_parse.parse(pattern, compiled.flags)
-    degree = _regex_degree(parsed) + (0 if _regex_anchored(parsed) else 1)
-    if degree > MAX_REGEX_DEGREE:
-        raise UnsafeRegex(
-            f"pattern may backtrack badly: {degree} unbounded quantifiers counting an unanchored "
-            f"start (at most {MAX_REGEX_DEGREE}); anchor it with ^ or use literal text for .* / \\w+"
-        )
-    return compiled
+def compile_regex(pattern: str) -> Regex:
+    """Compile a rule pattern with RE2; raise RegexError with a one-line reason."""
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise RegexError(f"not a valid RE2 pattern: {reason} ({_NOT_IN_RE2})") from None
+
+
+class _PatternIndex:
+    """Which of many patterns are found in a text, in one pass per chunk (RE2::Set): with
+    thousands of rules, checking and classifying stay linear in the number of rules instead of
+    trying every rule on every name.
+
+    RE2::Set answers "nothing", not an error, when its DFA runs out of memory. Each set therefore
+    ends with an empty pattern, which matches every text: a result without it is such a failure,
+    and that chunk's patterns are then tried one by one (each still linear-time). A chunk that
+    does not compile as a set (too large a DFA) is split, down to single patterns tried alone."""
+
+    CHUNK = 1000
+
+    def __init__(self, patterns: Sequence[tuple[str, Regex]]) -> None:
+        self.regexes = [compiled for _text, compiled in patterns]
+        self.sets: list[tuple[list[int], re2.Set]] = []
+        self.alone: list[int] = []
+        indices = list(range(len(patterns)))
+        for lo in range(0, len(indices), self.CHUNK):
+            self._build([patterns[i][0] for i in indices[lo:lo + self.CHUNK]], indices[lo:lo + self.CHUNK])
+
+    def _build(self, texts: list[str], members: list[int]) -> None:
+        if len(members) == 1:
+            self.alone.append(members[0])
+            return
+        options = _re2_options()
+        options.max_mem = 64 << 20
+        pset = re2.Set.SearchSet(options)
+        try:
+            for text in texts:
+                pset.Add(text)
+            pset.Add("")  # the sentinel: present in every successful result
+            pset.Compile()
+        except re2.error:
+            half = len(members) // 2
+            self._build(texts[:half], members[:half])
+            self._build(texts[half:], members[half:])
+            return
+        self.sets.append((members, pset))
+
+    def search(self, text: str) -> list[int]:
+        """Indices (ascending) of the patterns found in text."""
+        hits: list[int] = []
+        for members, pset in self.sets:
+            found = pset.Match(text) or []
+            if len(members) in found:
+                hits.extend(members[i] for i in found if i < len(members))
+            else:  # DFA out of memory: this chunk pattern by pattern
+                hits.extend(i for i in members if self.regexes[i].search(text) is not None)
+        hits.extend(i for i in self.alone if self.regexes[i].search(text) is not None)
+        return sorted(hits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,10 +132,14 @@ class KernelContext:
     m: int | None = None        # activation rows of the linked GEMM op, when its shapes are known
     grid: tuple[int | None, int | None, int | None] = (None, None, None)
     block: tuple[int | None, int | None, int | None] = (None, None, None)
+    last_dim: int | None = None  # last dim of the op's first input (a softmax's row length)
+    experts: int | None = None  # groups of a grouped (MoE expert) GEMM op, from its shapes
 
     def value(self, key: str) -> int | None:
         if key == "m":
             return self.m
+        if key == "last_dim":
+            return self.last_dim
         dims = self.grid if key.startswith("grid") else self.block
         return dims["xyz".index(key[-1])]
 
@@ -125,6 +150,7 @@ class ShapeOp:
 
     arg: int                    # index of the activation input in input_dims
     batched: bool | None = False  # rows per matrix (bmm); None: batched when the other operand is >= 3-D
+    groups: int | None = None   # grouped GEMM (MoE experts): the input whose first dim is the group count
 
 
 DEFAULT_SHAPE_OPS: dict[str, ShapeOp] = {
@@ -138,7 +164,44 @@ DEFAULT_SHAPE_OPS: dict[str, ShapeOp] = {
     "aten::mv": ShapeOp(1),
     "aten::addmv": ShapeOp(2),
     "aten::_scaled_mm": ShapeOp(0),
+    # torch._grouped_mm(tokens [T, K], weights [E, K, N], offs [E]): T routed tokens over E experts.
+    "aten::_grouped_mm": ShapeOp(0, groups=1),
+    "aten::_scaled_grouped_mm": ShapeOp(0, groups=1),
 }
+
+
+def _dims(input_dims: str | Sequence | None) -> list | None:
+    if input_dims is None:
+        return None
+    try:
+        dims = json.loads(input_dims) if isinstance(input_dims, str) else input_dims
+    except (ValueError, TypeError):
+        return None
+    return dims if isinstance(dims, list) else None
+
+
+def groups_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
+    """Number of groups (experts) of a grouped GEMM op: dim 0 of its 3-D weight input, else the
+    length of the offsets that follow it (2-D weights)."""
+    dims = _dims(input_dims)
+    if spec.groups is None or dims is None:
+        return None
+    for index in (spec.groups, spec.groups + 1):
+        shape = dims[index] if index < len(dims) else None
+        if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
+            if index == spec.groups and len(shape) < 3:
+                continue
+            return shape[0] if shape[0] > 0 else None
+    return None
+
+
+def last_dim_from_dims(input_dims: str | Sequence | None) -> int | None:
+    """Last dim of an op's first input: the row length of a softmax (vocabulary or keys)."""
+    dims = _dims(input_dims)
+    first = dims[0] if dims else None
+    if isinstance(first, list) and first and isinstance(first[-1], int):
+        return first[-1]
+    return None
 
 
 def m_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
@@ -168,22 +231,22 @@ def m_from_dims(input_dims: str | Sequence | None, spec: ShapeOp) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Rules.
 
-_NUMERIC_KEYS = ("m", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
+_NUMERIC_KEYS = ("m", "last_dim", "grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 _CMP = re.compile(r"^\s*(<=|>=|==|!=|<|>)?\s*(\d+)\s*$")
 _OPS = {
     "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
 }
-_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm",
+_RULE_KEYS = {"id", "on", "regex", "category", "explain", "when", "shape", "follows_gemm", "moe", "after_last_gemm", "by_pass",
               "examples", "not_examples"}
-_EXAMPLE_KEYS = {"name", "short_name", "op", "m", "grid", "block"}
+_EXAMPLE_KEYS = {"name", "short_name", "op", "m", "last_dim", "grid", "block"}
 
 
 @dataclass(frozen=True)
 class Condition:
     key: str            # 'op' or one of _NUMERIC_KEYS
     text: str           # as written, for messages
-    op_pattern: re.Pattern[str] | None = None
+    op_pattern: Regex | None = None
     cmp: str = "=="
     value: int = 0
 
@@ -205,21 +268,23 @@ class Rule:
     path: Path
     line: int
     regex: str
-    pattern: re.Pattern[str]
+    pattern: Regex
     category: str
     explain: str
     on: str = "name"
     conditions: tuple[Condition, ...] = ()
     shape: bool = True          # GEMM/GEMV rules: op shapes (M) override the name's class
     follows_gemm: bool = False  # takes the class of the GEMM it completes (splitK reduce)
+    moe: bool = False           # an expert GEMM of a mixture of experts: tokens per expert decide
+    by_pass: bool = True        # GEMM-family without shapes: a decode pass's batch gives its M
+    after_last_gemm: str | None = None  # without shapes: this category when no GEMM follows in its pass
     examples: tuple[KernelContext, ...] = ()
     not_examples: tuple[KernelContext, ...] = ()
     lines: dict[str, int] = field(default_factory=dict)
     text_lines: tuple[str, ...] = ()
 
     def subject(self, ctx: KernelContext) -> str:
-        value = ctx.short_name if self.on == "short_name" and ctx.short_name is not None else ctx.name
-        return value[:MAX_NAME_LEN]
+        return ctx.short_name if self.on == "short_name" and ctx.short_name is not None else ctx.name
 
     def regex_matches(self, ctx: KernelContext) -> bool:
         return self.pattern.search(self.subject(ctx)) is not None
@@ -259,6 +324,15 @@ class Decision:
     rule_id: str | None
     evidence: str
     follows_gemm: bool = False
+    # What classification settles per kernel, where the name alone cannot say: 'pass' (a GEMM
+    # without shapes: the pass it runs in gives M), 'moe' (an expert GEMM without shapes: the
+    # pass and the run's MoE metadata give tokens per expert), 'place' (a softmax without shapes:
+    # where it runs in its pass). None: decided here.
+    pending: str | None = None
+
+
+def moe_evidence(tokens_per_expert: float) -> str:
+    return f"moe:tokens/expert={tokens_per_expert:g}"
 
 
 @dataclass(frozen=True)
@@ -278,11 +352,19 @@ class RuleError(TracekitError):
     """A rule file cannot be used; str() is one line naming the file and problem."""
 
 
+def real_path(path: Path) -> Path:
+    """The resolved path, or the absolute one where it cannot be resolved (a symlink loop)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path).absolute()
+
+
 def display_path(path: Path) -> str:
     """Relative to the working directory when under it (short, no machine paths in output)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # elsewhere, or a symlink loop
         return str(path)
 
 
@@ -344,7 +426,13 @@ def _parse_dims(value: object) -> tuple[int | None, int | None, int | None]:
 
 
 def _example(raw: object, on: str) -> KernelContext:
+    # Examples are kernel names as traces give them; rules see them as classification does
+    # (mangled `_Z...` names demangled, with the short name derived from them).
+    from tracekit.readers.common import demangle, short_name  # pyarrow: not at CLI start-up
+
     if isinstance(raw, str):
+        if raw.startswith("_Z"):
+            return KernelContext(name=demangle(raw), short_name=short_name(raw))
         return KernelContext(name=raw, short_name=raw)
     if not isinstance(raw, dict):
         raise ValueError("an example is a string or a table {name = ..., op = ..., m = ...}")
@@ -358,8 +446,11 @@ def _example(raw: object, on: str) -> KernelContext:
     m = raw.get("m")
     if m is not None and not isinstance(m, int):
         raise ValueError("example m must be an integer")
+    last_dim = raw.get("last_dim")
+    if last_dim is not None and not isinstance(last_dim, int):
+        raise ValueError("example last_dim must be an integer")
     return KernelContext(
-        name=name, short_name=short, op=raw.get("op"), m=m,
+        name=demangle(name), short_name=short, op=raw.get("op"), m=m, last_dim=last_dim,
         grid=_parse_dims(raw["grid"]) if "grid" in raw else (None, None, None),
         block=_parse_dims(raw["block"]) if "block" in raw else (None, None, None),
     )
@@ -374,8 +465,8 @@ def _conditions(when: object) -> tuple[Condition, ...]:
             if not isinstance(raw, str):
                 raise ValueError("when.op must be a regex string (matched in full against the op name)")
             try:
-                out.append(Condition("op", raw, op_pattern=compile_safe(raw)))
-            except re.error as exc:
+                out.append(Condition("op", raw, op_pattern=compile_regex(raw)))
+            except RegexError as exc:
                 raise ValueError(f"invalid regex in when.op: {exc}") from None
         elif key in _NUMERIC_KEYS:
             cmp = _CMP.match(str(raw)) if isinstance(raw, (int, str)) and not isinstance(raw, bool) else None
@@ -402,11 +493,9 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
     if not isinstance(regex, str) or not regex:
         raise _RuleProblem("regex", "schema", "rule needs a regex")
     try:
-        pattern = compile_safe(regex)
-    except re.error as exc:
+        pattern = compile_regex(regex)
+    except RegexError as exc:
         raise _RuleProblem("regex", "regex", f"invalid regex /{regex}/: {exc}") from None
-    except UnsafeRegex as exc:
-        raise _RuleProblem("regex", "unsafe-regex", f"/{regex}/: {exc}") from None
     category = raw.get("category")
     if category not in CATEGORIES:
         raise _RuleProblem("category", "schema", f"category {category!r} is not one of {', '.join(CATEGORIES)}")
@@ -417,9 +506,13 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         conditions = _conditions(raw.get("when", {}))
     except ValueError as exc:
         raise _RuleProblem("when", "schema", str(exc)) from None
-    for flag in ("shape", "follows_gemm"):
+    for flag in ("shape", "follows_gemm", "moe", "by_pass"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise _RuleProblem(flag, "schema", f"{flag} must be true or false")
+    after_last_gemm = raw.get("after_last_gemm")
+    if after_last_gemm is not None and after_last_gemm not in CATEGORIES:
+        raise _RuleProblem("after_last_gemm", "schema",
+                           f"after_last_gemm {after_last_gemm!r} is not one of {', '.join(CATEGORIES)}")
     examples = []
     for key in ("examples", "not_examples"):
         values = raw.get(key, [])
@@ -435,6 +528,7 @@ def _parse_rule(raw: dict, pack: Pack, line: int, keys: dict[str, int], text: tu
         id=rid, pack=pack.name, path=pack.path, line=line, regex=regex, pattern=pattern,
         category=category, explain=explain.strip(), on=on, conditions=conditions,
         shape=raw.get("shape", True), follows_gemm=raw.get("follows_gemm", False),
+        moe=raw.get("moe", False), after_last_gemm=after_last_gemm, by_pass=raw.get("by_pass", True),
         examples=examples[0], not_examples=examples[1], lines=keys, text_lines=text,
     )
 
@@ -445,9 +539,27 @@ class _RuleProblem(Exception):
         self.key, self.kind, self.message = key, kind, message
 
 
+MAX_RULE_FILE_BYTES = 16 << 20  # a rule pack is text a person wrote; /dev/zero is not
+
+
+def _read_rule_file(path: Path) -> str:
+    """The file's text; OSError/ValueError with a one-line reason. Only regular files are opened:
+    a FIFO would block and a device (/dev/zero, /dev/urandom) never ends."""
+    info = os.stat(path)  # follows symlinks; a symlink loop is an OSError (ELOOP)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file (a FIFO, device or directory); rule packs are .toml files")
+    if info.st_size > MAX_RULE_FILE_BYTES:
+        raise ValueError(f"{info.st_size} bytes: larger than the {MAX_RULE_FILE_BYTES >> 20} MiB a rule pack may have")
+    with open(path, "rb") as f:
+        data = f.read(MAX_RULE_FILE_BYTES + 1)
+    if len(data) > MAX_RULE_FILE_BYTES:
+        raise ValueError(f"larger than the {MAX_RULE_FILE_BYTES >> 20} MiB a rule pack may have")
+    return data.decode("utf-8")
+
+
 def _parse_file(path: Path, layer: int, issues: list[Issue]) -> Pack | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_rule_file(path)
         data = tomllib.loads(text)
     except OSError as exc:
         issues.append(Issue(path, 0, "io", f"cannot read: {exc.strerror or exc}"))
@@ -456,6 +568,20 @@ def _parse_file(path: Path, layer: int, issues: list[Issue]) -> Pack | None:
         found = _TOML_LINE.search(str(exc))
         issues.append(Issue(path, int(found.group(1)) if found else 1, "toml", f"invalid TOML: {exc}"))
         return None
+    except RecursionError:
+        issues.append(Issue(path, 1, "toml", "invalid TOML: nested too deeply"))
+        return None
+    except ValueError as exc:
+        issues.append(Issue(path, 0, "io", f"cannot read: {exc}"))
+        return None
+    try:
+        return _parse_data(path, layer, text, data, issues)
+    except RecursionError:
+        issues.append(Issue(path, 1, "schema", "nested too deeply"))
+        return None
+
+
+def _parse_data(path: Path, layer: int, text: str, data: dict, issues: list[Issue]) -> Pack:
 
     def file_issue(kind: str, message: str, key: str | None = None) -> None:
         line = 1
@@ -487,6 +613,9 @@ def _parse_file(path: Path, layer: int, issues: list[Issue]) -> Pack | None:
         else:
             setattr(pack, key, tuple(value))
     settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        file_issue("schema", "[settings] must be a table", "settings")
+        settings = {}
     if "gemv_max_m" in settings:
         value = settings["gemv_max_m"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -495,7 +624,11 @@ def _parse_file(path: Path, layer: int, issues: list[Issue]) -> Pack | None:
             pack.gemv_max_m = value
     for key in set(settings) - {"gemv_max_m"}:
         file_issue("schema", f"unknown setting {key!r}; allowed: gemv_max_m", key)
-    for op, spec in data.get("shape_ops", {}).items():
+    shape_ops = data.get("shape_ops", {})
+    if not isinstance(shape_ops, dict):
+        file_issue("schema", "[shape_ops] must be a table of tables", "shape_ops")
+        shape_ops = {}
+    for op, spec in shape_ops.items():
         batched = spec.get("batched", False) if isinstance(spec, dict) else None
         arg = spec.get("arg") if isinstance(spec, dict) else None
         if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0 or batched not in (True, False, "auto"):
@@ -513,6 +646,8 @@ def _parse_file(path: Path, layer: int, issues: list[Issue]) -> Pack | None:
         line, keys, block = blocks[i] if i < len(blocks) else (1, {}, ())
         rid = raw.get("id") if isinstance(raw, dict) else None
         try:
+            if not isinstance(raw, dict):
+                raise _RuleProblem("rule", "schema", "each rule must be a table: [[rule]]")
             rule = _parse_rule(raw, pack, line, keys, block)
         except _RuleProblem as problem:
             issues.append(Issue(path, keys.get(problem.key, line), problem.kind, problem.message,
@@ -540,13 +675,48 @@ def user_rule_dirs() -> list[Path]:
     return [default] if default.is_dir() else []
 
 
-def _toml_files(where: Path, issues: list[Issue]) -> list[Path]:
-    if where.is_file():
+def rule_files(where: Path) -> list[Path]:
+    """The rule files a path stands for: itself, or every *.toml in a directory tree (a tree of
+    packs), in path order. Each directory is entered once, so a symlink loop ends."""
+    try:
+        if not where.is_dir():
+            return [where]
+    except OSError:
         return [where]
-    if where.is_dir():
-        return sorted(where.glob("*.toml"))
-    issues.append(Issue(where, 0, "io", "no such rules directory or file"))
-    return []
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: Path) -> None:
+        try:
+            info = directory.stat()
+            entries = sorted(directory.iterdir())
+        except OSError:
+            return
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a symlink loop: is_dir() cannot tell, reading it will say why
+                is_dir = False
+            if is_dir:
+                walk(entry)
+            elif entry.name.endswith(".toml"):
+                found.append(entry)
+
+    walk(where)
+    return found
+
+
+def _toml_files(where: Path, issues: list[Issue], required: bool) -> list[Path]:
+    if not os.path.lexists(where):
+        issues.append(Issue(where, 0, "io", "no such rules directory or file"))
+        return []
+    files = rule_files(where)
+    if not files and required:
+        issues.append(Issue(where, 0, "io", "no rule files (*.toml) in this directory or below it"))
+    return files
 
 
 class RuleSet:
@@ -564,7 +734,33 @@ class RuleSet:
                 self.gemv_max_m = pack.gemv_max_m
             self.shape_ops.update(pack.shape_ops)
         self.rules = self._assemble()
-        self.by_id = {r.id: r for r in self.rules}
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The rules in the order they are tried (assigning a new list re-indexes them)."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list[Rule]) -> None:
+        self._rules = list(rules)
+        self.by_id = {r.id: r for r in self._rules}
+        self._index_rules()
+
+    def _index_rules(self) -> None:
+        # One pattern index per subject (name, short_name); positions map back to self.rules.
+        self._indexes: dict[str, tuple[list[int], _PatternIndex]] = {}
+        for on in ("name", "short_name"):
+            positions = [i for i, r in enumerate(self.rules) if r.on == on]
+            self._indexes[on] = (positions, _PatternIndex([(self.rules[i].regex, self.rules[i].pattern)
+                                                            for i in positions]))
+
+    def candidates(self, ctx: KernelContext) -> list[Rule]:
+        """The rules whose regex is found in the kernel's name, in the order they are tried."""
+        found: list[int] = []
+        for on, (positions, index) in self._indexes.items():
+            subject = ctx.short_name if on == "short_name" and ctx.short_name is not None else ctx.name
+            found.extend(positions[i] for i in index.search(subject))
+        return [self.rules[i] for i in sorted(found)]
 
     def _dedupe_packs(self) -> None:
         # A pack named like one in a later layer replaces it whole (copy a built-in pack to your
@@ -647,10 +843,11 @@ class RuleSet:
         packs = []
         seen: set[Path] = set()
         for layer, where in enumerate(layers):
-            for path in _toml_files(where, issues):
-                if path.resolve() in seen:  # the same file reached twice (e.g. --rules rules/)
+            for path in _toml_files(where, issues, required=layer < len(extra_dirs)):
+                real = real_path(path)  # a symlink loop stays as given: reading it reports the problem
+                if real in seen:  # the same file reached twice (e.g. --rules rules/)
                     continue
-                seen.add(path.resolve())
+                seen.add(real)
                 pack = _parse_file(path, layer, issues)
                 if pack is not None:
                     packs.append(pack)
@@ -663,24 +860,41 @@ class RuleSet:
 
     def decide(self, ctx: KernelContext, candidates: Iterable[Rule] | None = None) -> Decision:
         """The first matching rule's verdict; `candidates` (in order) narrows the rules tried."""
-        for rule in self.rules if candidates is None else candidates:
+        for rule in self.candidates(ctx) if candidates is None else candidates:
             if rule.matches(ctx):
                 return self.verdict(rule, ctx)
         return Decision(None, None, "unclassified")
 
     def verdict(self, rule: Rule, ctx: KernelContext) -> Decision:
-        if rule.category in GEMM_FAMILY and rule.shape and ctx.m is not None:
+        gemm = rule.category in GEMM_FAMILY and rule.shape
+        moe = gemm and (rule.moe or ctx.experts is not None)
+        if moe and ctx.m is not None and ctx.experts:
+            # A grouped GEMM's M is the tokens routed to all experts: each expert's matrix
+            # product sees its share, and that share decides GEMV (memory-bound) vs GEMM.
+            per_expert = ctx.m / ctx.experts
+            category = "GEMV" if per_expert <= self.gemv_max_m else "GEMM"
+            return Decision(category, rule.id, moe_evidence(per_expert))
+        if gemm and not moe and ctx.m is not None:
             category = "GEMV" if ctx.m <= self.gemv_max_m else "GEMM"
             return Decision(category, rule.id, f"shape:M={ctx.m}")
         evidence = f"op:{ctx.op}" if rule.uses_op else "name"
         if any(c.key == "m" for c in rule.conditions):
             evidence = f"shape:M={ctx.m}"
-        return Decision(rule.category, rule.id, evidence,
-                        follows_gemm=rule.follows_gemm and rule.category in GEMM_FAMILY)
+        if any(c.key == "last_dim" for c in rule.conditions):
+            evidence = f"shape:last_dim={ctx.last_dim}"
+        follows = rule.follows_gemm and rule.category in GEMM_FAMILY
+        pending = None
+        if moe:
+            evidence, pending = "moe:name", "moe"
+        elif gemm and not follows and ctx.m is None and rule.by_pass:
+            pending = "pass"
+        elif rule.after_last_gemm and ctx.last_dim is None:
+            pending = "place"
+        return Decision(rule.category, rule.id, evidence, follows_gemm=follows, pending=pending)
 
     def explain(self, ctx: KernelContext) -> list[tuple[Rule, str | None]]:
         """Every rule whose regex matches, in order, with why its conditions fail (None: matches)."""
-        return [(r, r.why_not(ctx)) for r in self.rules if r.regex_matches(ctx)]
+        return [(r, r.why_not(ctx)) for r in self.candidates(ctx)]
 
     def with_gemv_max_m(self, value: int) -> RuleSet:
         clone = object.__new__(RuleSet)
@@ -701,7 +915,7 @@ class RuleSet:
     def check(self, only: set[Path] | None = None) -> list[Issue]:
         """Load problems plus failing examples and shadowed rules, for rules in `only` files."""
         def wanted(path: Path) -> bool:
-            return only is None or path.resolve() in only
+            return only is None or real_path(path) in only
 
         issues = [i for i in self.issues if wanted(i.path)]
         for rule in self.rules:
@@ -714,7 +928,7 @@ class RuleSet:
                     issues.append(Issue(rule.path, rule.example_line(ex, "examples"), "example",
                                         f"example does not match: {reason}: {_short(ex.name)}", rule.id))
                     continue
-                first = next(r for r in self.rules if r.matches(ex))
+                first = next(r for r in self.candidates(ex) if r.matches(ex))
                 if first is not rule:
                     taken_by.append(first)
             for ex in rule.not_examples:

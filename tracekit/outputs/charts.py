@@ -308,7 +308,8 @@ def steps_chart(data: ChartData) -> alt.TopLevelMixin:
 
 def passes_data(db: Queryable) -> ChartData:
     """Kernel time and wall-clock time of each forward pass of the measured iteration(s)."""
-    raw = query(db, "SELECT run_id, iteration, step, stage, time_ns, wall_ns FROM step_totals "
+    # host_ns: the pass's marker extent on the CPU clock (step_totals; was wall_ns).
+    raw = query(db, "SELECT run_id, iteration, step, stage, time_ns, host_ns AS wall_ns FROM step_totals "
                     "WHERE stage IN ('summarization', 'generation')")
     n_iter = raw.group_by("run_id").agg(pl.col("iteration").n_unique().alias("n_iter"))
     per = (

@@ -24,6 +24,8 @@ _COMMANDS = [
     ("tracekit.outputs.cli_charts", "diff_cmd"),
     ("tracekit.outputs.cli_capture", "capture_group"),
     ("tracekit.outputs.cli_capture", "sweep_cmd"),
+    ("tracekit.outputs.cli_roofline", "roofline_cmd"),
+    ("tracekit.outputs.cli_dataset", "dataset_group"),
 ]
 
 

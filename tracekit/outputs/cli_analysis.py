@@ -59,24 +59,35 @@ def _run_filter(run_id: int | None, alias: str = "") -> tuple[str, list]:
 @click.command("stages")
 @db_option
 @click.option("--run", "run_id", type=int, default=None, help="Only this run.")
+@click.option("--by-process", is_flag=True,
+              help="One row per process and GPU (stage_ratio_by_process) instead of per run.")
 @format_option
-def stages_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
+def stages_cmd(db_path: str, run_id: int | None, by_process: bool, fmt: str) -> None:
     """Summarization vs generation time per run: the study's generation-stage share.
 
-    gen_ratio is on GPU kernel time of the measured iteration; wall_gen_ratio on the stage
-    marker ranges (empty when stages were inferred). See `tracekit.enrich.stages` for how
-    stages are decided (stage_method).
+    gen_ratio is on GPU kernel time of the measured iteration(s) of every process and GPU
+    together (--by-process: each on its own row). unattributed_ms is kernel time that could not
+    be placed in a stage. host_* are the stage markers' CPU-side extents (empty when inferred);
+    gpu_span_* the stages' extents on the GPU, gpu_busy_* the time a kernel ran inside them: busy
+    far below span means the GPU waited on the host. stage_method says how stages were decided,
+    stage_confidence how sure that is and stage_reason why (and why there is no split, for
+    'none'). See `tracekit.enrich.stages`.
     """
     where, params = _run_filter(run_id, "i.")
+    view, keys = ("stage_ratio_by_process", "s.pid, s.device, ") if by_process else ("stage_ratio", "")
     sql = f"""
-        SELECT i.run_id, i.source_name, i.model, i.batch, i.input_len, i.output_len,
-               i.stage_method, i.iterations,
+        SELECT i.run_id, {keys}i.source_name, i.model, i.batch, i.input_len, i.output_len,
+               i.stage_method, i.iterations, r.stage_confidence, r.stage_reason,
                {_ms('s.summarization_ns')}, {_ms('s.generation_ns')}, {_ms('s.other_ns')},
-               {_ms('s.warmup_ns')}, round(s.gen_ratio, 4) AS gen_ratio,
-               {_ms('s.wall_summarization_ns')}, {_ms('s.wall_generation_ns')},
-               round(s.wall_gen_ratio, 4) AS wall_gen_ratio
-        FROM run_info i JOIN stage_ratio s USING (run_id)
-        WHERE {where} ORDER BY i.run_id"""
+               {_ms('s.warmup_ns')}, {_ms('s.unattributed_ns')}, round(s.gen_ratio, 4) AS gen_ratio,
+               {_ms('s.host_summarization_ns')}, {_ms('s.host_generation_ns')},
+               round(s.host_gen_ratio, 4) AS host_gen_ratio,
+               {_ms('s.gpu_span_summarization_ns')}, {_ms('s.gpu_span_generation_ns')},
+               {_ms('s.gpu_busy_summarization_ns')}, {_ms('s.gpu_busy_generation_ns')},
+               {_ms('s.gpu_idle_summarization_ns')}, {_ms('s.gpu_idle_generation_ns')},
+               round(s.gpu_span_gen_ratio, 4) AS gpu_span_gen_ratio
+        FROM run_info i JOIN {view} s USING (run_id) JOIN runs r USING (run_id)
+        WHERE {where} ORDER BY i.run_id{", s.pid, s.device" if by_process else ""}"""
     print_frame(_frame(db_path, sql, params, run_id), fmt)
 
 
@@ -87,11 +98,13 @@ def stages_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
 def composition_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
     """Kernel time by the study's buckets (Sum/Gen GEMM, Sum/Gen GEMV, ATTN) and other categories.
 
-    Over the measured summarization + generation kernels; shares sum to 1 per run.
+    scope 'measured stages': over the measured summarization + generation (+ mixed) kernels.
+    scope 'whole run': a run whose stages could not be decided (see `tracekit stages`), over all
+    its kernels. Shares sum to 1 per run.
     """
     where, params = _run_filter(run_id, "c.")
     sql = f"""
-        SELECT c.run_id, i.source_name, c.bucket, {_ms('c.time_ns')}, round(c.share, 4) AS share
+        SELECT c.run_id, i.source_name, c.scope, c.bucket, {_ms('c.time_ns')}, round(c.share, 4) AS share
         FROM composition c JOIN run_info i USING (run_id)
         WHERE {where}"""
     print_frame(_frame(db_path, sql, params, run_id), fmt)
@@ -105,21 +118,25 @@ def composition_cmd(db_path: str, run_id: int | None, fmt: str) -> None:
 def steps_cmd(db_path: str, run_id: int, by_category: bool, fmt: str) -> None:
     """Time of every forward pass (step 0 = summarization, k = k-th generation pass).
 
-    Warm-up iterations are listed too, with stage 'warmup'. wall_ms is the pass's marker range.
+    Warm-up iterations are listed too, with stage 'warmup'. host_ms is the pass's marker range on
+    the CPU clock (empty when inferred); gpu_span_ms its kernels' extent on the GPU and
+    gpu_busy_ms the time one of them ran. One row per process and GPU (pid, device).
     """
     if by_category:
         sql = f"""
-            SELECT iteration, step, stage, category, {_ms('time_ns')}, n_kernels
-            FROM steps WHERE run_id = ? ORDER BY iteration, step, time_ns DESC, category"""
+            SELECT pid, device, iteration, step, stage, category, {_ms('time_ns')}, n_kernels
+            FROM steps WHERE run_id = ? ORDER BY pid, device, iteration, step, time_ns DESC, category"""
     else:
         sql = f"""
-            SELECT iteration, step, stage, {_ms('time_ns')}, {_ms('wall_ns')}, n_kernels
-            FROM step_totals WHERE run_id = ? ORDER BY iteration, step"""
+            SELECT pid, device, iteration, step, stage, {_ms('time_ns')}, {_ms('host_ns')}, {_ms('gpu_span_ns')},
+                   {_ms('gpu_busy_ns')}, n_kernels
+            FROM step_totals WHERE run_id = ? ORDER BY pid, device, iteration, step"""
     df = _frame(db_path, sql, [run_id], run_id)
     if df.is_empty():
         # Not an error: the trace simply had neither stage markers nor recognisable passes.
-        click.echo(f"tracekit: run {run_id}: no forward passes found (see stage_method in `tracekit runs`)",
-                   err=True)
+        why = _frame(db_path, "SELECT stage_reason FROM runs WHERE run_id = ?", [run_id], run_id)
+        reason = why["stage_reason"][0] if why.height and why["stage_reason"][0] else "see `tracekit stages`"
+        click.echo(f"tracekit: run {run_id}: no forward passes found: {reason}", err=True)
     print_frame(df, fmt)
 
 

@@ -68,7 +68,8 @@ def tables(db: Queryable) -> list[Table]:
     # shows the keys the charts use (columns of run_info); every key=value is in run_meta.csv.
     all_meta = query(db, "SELECT run_id, key, value, source FROM run_meta ORDER BY run_id, key")
     runs = info.select([c for c in RUN_COLUMNS if c in info.columns])
-    stage = query(db, "SELECT * FROM stage_ratio ORDER BY run_id")
+    stage = query(db, "SELECT s.*, r.stage_method, r.stage_confidence, r.stage_reason "
+                      "FROM stage_ratio s JOIN runs r USING (run_id) ORDER BY run_id")
     comp = query(db, "SELECT run_id, bucket, time_ns, share FROM composition ORDER BY run_id")
     comp = comp.with_columns(
         pl.col("bucket").map_elements(charts.bucket_order, return_dtype=pl.Int64).alias("_o")
@@ -82,7 +83,9 @@ def tables(db: Queryable) -> list[Table]:
               extra={"runs_full": info, "run_meta": all_meta}),
         Table("stage_ratio", "Stage ratios", stage,
               "Kernel time per stage; gen_ratio = generation / (summarization + generation). "
-              "wall_* use the stages' wall-clock spans."),
+              "host_* use the stage markers' CPU-side extents; gpu_span_* / gpu_busy_* / gpu_idle_* the "
+              "stages' extent on the GPU, the time a kernel ran in it and the rest; unattributed_ns is "
+              "kernel time no stage could be given (see stage_confidence / stage_reason in Runs)."),
         Table("composition", "Composition", comp,
               "Share of summarization + generation kernel time per bucket (shares sum to 1 per run)."),
         Table("top_kernels", "Top kernels", top, f"The {TOP_PER_RUN} kernels with the most time in each run."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pycxxfilt
 
 # Column order and types of each table as the store expects them (run_id is added on insert;
 # enrich columns such as kernels.category are filled later, so readers never produce them).
@@ -18,6 +19,10 @@ KERNEL_SCHEMA = pa.schema([
     ("registers", pa.int32()), ("shared_static", pa.int64()), ("shared_dynamic", pa.int64()),
     ("graph_node_id", pa.int64()),
 ])
+# Short name of a CUDA graph traced whole (nsys --cuda-graph-trace=graph): one kernel-like row per
+# graph execution, its kernels unknown (readers/nsys_sqlite.py). Stage attribution and the views
+# (composition: bucket 'CUDA graph (whole)') recognise those rows by it.
+WHOLE_GRAPH_SHORT_NAME = "CUDA graph (whole)"
 LAUNCH_SCHEMA = pa.schema([
     ("launch_id", pa.int64()), ("name", pa.string()), ("kind", pa.string()),
     ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("dur_ns", pa.int64()),
@@ -82,13 +87,32 @@ def to_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def demangle(name: str) -> str:
+    """An Itanium-mangled C++/HIP name (`_Z...`, as ROCm traces and some Kineto traces give
+    them) demangled; any other name as it is.
+
+    LLVM's demangler (pycxxfilt, built into the wheel) rather than the machine's libstdc++
+    `__cxa_demangle` (cxxfilt): the result must not depend on the machine, and the GCC 12
+    libstdc++ tried here fails on `DF16b` (std::bfloat16_t) in aiter / ck_tile kernels, which
+    LLVM's demangler reads, as it reads the C++20 `Tn` template parameters of SGLang's HIP kernels.
+    """
+    if not name.startswith("_Z"):
+        return name
+    try:
+        return pycxxfilt.itanium_demangle(name) or name
+    except ValueError:  # starts like a mangled name but is not one
+        return name
+
+
 def short_name(demangled: str) -> str:
     """The bare function name of a demangled C++ kernel name, as nsys's shortName gives it.
 
     `void at::native::vectorized_gather_kernel<16, long>(char*, ...)` -> `vectorized_gather_kernel`.
     Template and call arguments may themselves contain `::`, so the name is cut at the first `<`
-    or `(` (after dropping anonymous namespaces) before taking the last `::` component.
+    or `(` (after dropping anonymous namespaces) before taking the last `::` component. A name
+    still mangled (`_ZN5aiter24add_rmsnorm_quant_kernelI...`) is demangled first.
     """
+    demangled = demangle(demangled)
     s = demangled.strip().replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     if s.startswith("void "):
         s = s[5:]

@@ -26,6 +26,7 @@ from tracekit.readers.common import (
     MEMOP_SCHEMA,
     OP_SCHEMA,
     RANGE_SCHEMA,
+    WHOLE_GRAPH_SHORT_NAME,
     TraceData,
     short_name,
     to_table,
@@ -408,17 +409,11 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
     names = kernels.column("name").chunk(0).dictionary if kernels.num_rows else pa.array([], pa.string())
     if kernels.num_rows and pc.all(pc.or_(pc.starts_with(names, "<string "), pc.starts_with(names, "<no name>"))).as_py():
         raise TraceError(path, "no kernel name could be resolved (StringIds table missing or malformed)")
+    kernels = _with_whole_graphs(con, tables, kernels, absent)
     if not kernels.num_rows:
-        graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
-        if graphs:
-            raise TraceError(path, f"CUDA graphs were traced as whole graphs ({graphs} launches, no kernels): "
-                                   "capture again with `nsys profile --cuda-graph-trace=node`")
         bad = _count(con, tables, KERNEL_TABLE)
         why = f" ({bad} rows with unusable start/end)" if bad else " (kernel table is empty)"
         raise TraceError(path, f"no GPU kernels in this nsys export{why}")
-    graphs = _count(con, tables, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE")
-    if graphs:
-        absent.append(f"kernels of {graphs} CUDA graph launches traced as whole graphs (--cuda-graph-trace=graph)")
     launches = _launches(fetch, tables, strings, absent)
     ranges, ops = _nvtx(con, tables, strings, absent)
     memops = _memops(con, tables, absent)
@@ -428,6 +423,58 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
         memops=memops, gpu_name=gpu_name, tool_versions=tool_versions, trace_meta=trace_meta,
         absent=absent,
     )
+
+
+GRAPH_TABLE = "CUPTI_ACTIVITY_KIND_GRAPH_TRACE"
+
+
+def _with_whole_graphs(con: sqlite3.Connection, tables: dict[str, set[str]], kernels: pa.Table,
+                       absent: list[str]) -> pa.Table:
+    """The kernel rows plus one row per CUDA graph execution traced whole.
+
+    Under `nsys profile --cuda-graph-trace=graph` (nsys's default) a graph launch is recorded as
+    one CUPTI_ACTIVITY_KIND_GRAPH_TRACE row (its execution on the GPU: first node start to last
+    node end) and its kernels are not recorded. Each such row becomes a kernel-like row named
+    `CUDA graph <graphId> (exec <graphExecId>): kernels not traced`, short name
+    WHOLE_GRAPH_SHORT_NAME, with the graph's device, stream, process and the correlation id of
+    its cudaGraphLaunch, so that it is linked to that launch and takes the stage of the pass that
+    launched it. Its duration is the graph's span on the GPU (gaps between its kernels included),
+    and what ran inside it is unknown: no category by name, and the composition view shows it
+    as its own bucket. runs.absent says how many there were.
+    """
+    cols = tables.get(GRAPH_TABLE)
+    if cols is None or not {"start", "end"} <= cols:
+        return kernels
+    def c(name: str, bits: int = 64) -> str:
+        return _int(f'"{name}"', bits) if name in cols else "NULL"
+    rows = con.execute(
+        f'SELECT "start", "end", {c("deviceId", 32)}, {c("contextId")}, {c("streamId")}, {c("correlationId")}, '
+        f'{c("globalPid")}, {c("graphId")}, {c("graphExecId")} FROM "{GRAPH_TABLE}" WHERE {_GOOD_EXTENT} '
+        'ORDER BY "start", "end"').fetchall()
+    if not rows:
+        return kernels
+    absent.append(f"kernels of {len(rows)} CUDA graph launches traced as whole graphs (--cuda-graph-trace=graph): "
+                  f"each is one row '{WHOLE_GRAPH_SHORT_NAME}'")
+    n = len(rows)
+    start, end, dev, ctx, stream, corr, gpid, gid, xid = (list(v) for v in zip(*rows, strict=True))
+    names = [f"CUDA graph {g} (exec {x}): kernels not traced" for g, x in zip(gid, xid, strict=True)]
+    null32, null64 = pa.nulls(n, pa.int32()), pa.nulls(n, pa.int64())
+    graphs = _table({
+        "kernel_id": null64, "name": pa.array(names, pa.string()).dictionary_encode(),
+        "short_name": pa.array([WHOLE_GRAPH_SHORT_NAME] * n, pa.string()).dictionary_encode(),
+        "start_ns": pa.array(start, pa.int64()), "end_ns": pa.array(end, pa.int64()),
+        "dur_ns": pa.array([e - s for s, e in zip(start, end, strict=True)], pa.int64()),
+        "device": pa.array(dev, pa.int32()), "context": pa.array(ctx, pa.int64()),
+        "stream": pa.array(stream, pa.int64()), "correlation": pa.array(corr, pa.int64()),
+        "pid": pa.array([_gtid_pid(g) for g in gpid], pa.int64()),
+        "grid_x": null32, "grid_y": null32, "grid_z": null32, "block_x": null32, "block_y": null32,
+        "block_z": null32, "registers": null32, "shared_static": null64, "shared_dynamic": null64,
+        "graph_node_id": null64,
+    }, KERNEL_SCHEMA)
+    both = pa.concat_tables([kernels, graphs]).unify_dictionaries().combine_chunks()
+    s, e = both.column("start_ns").to_numpy(), both.column("end_ns").to_numpy()
+    both = both.take(pa.array(np.lexsort((e, s))))
+    return both.set_column(0, "kernel_id", pa.array(np.arange(both.num_rows), pa.int64())).combine_chunks()
 
 
 def _count(con: sqlite3.Connection, tables: dict[str, set[str]], table: str) -> int:

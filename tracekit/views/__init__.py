@@ -2,15 +2,19 @@
 
 Views are created as TEMP views on every connection, so they work on read-only databases and
 always match the installed code (an old database never carries stale view definitions).
+Files run in name order; a view may read only views of files before it (work_roofline.sql, last,
+reads step_totals). The roofline views also read the GPU peak tables, which `create_views`
+installs on the connection first (tracekit.peaks).
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import duckdb
 
-from tracekit.enrich.stages import PASSES_DDL
+from tracekit.enrich.stages import PARTITION, PASSES_DDL
 from tracekit.errors import TracekitError
 
 # Tables the views read (besides `passes`, which create_views supplies when missing).
@@ -41,6 +45,39 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(PASSES_DDL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
 
 
+_ADDED = re.compile(r"^-- @added (\w+) (\w+) (\w+)$", re.M)
+
+
+def _main_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database() "
+        "AND schema_name = 'main'", [table]).fetchall()}
+
+
+def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Columns schema.sql lists as added later (`-- @added TABLE COLUMN TYPE`): added to a
+    database written before them on a writable open; on a read-only one each such table gets a
+    temporary view with the missing columns as NULL, so that the views bind. Only in a tracekit
+    database (its `runs` has content_hash): a foreign file is left exactly as it was."""
+    from tracekit.store import _schema_sql
+
+    if "content_hash" not in _main_columns(con, "runs"):
+        return
+    missing: dict[str, list[tuple[str, str]]] = {}
+    for table, col, typ in _ADDED.findall(_schema_sql()):
+        have = _main_columns(con, table)
+        if have and col not in have:
+            missing.setdefault(table, []).append((col, typ))
+    db = con.execute("SELECT current_database()").fetchall()[0][0]
+    for table, cols in missing.items():
+        try:
+            for col, typ in cols:
+                con.execute(f"ALTER TABLE main.{table} ADD COLUMN IF NOT EXISTS {col} {typ}")
+        except (duckdb.InvalidInputException, duckdb.PermissionException, duckdb.CatalogException):
+            extra = ", ".join(f"NULL::{typ} AS {col}" for col, typ in cols)
+            con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
+
+
 def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
     missing = [t for t in _NEEDED if not _has_table(con, t)]
     if missing:
@@ -50,15 +87,33 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
         raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
 
 
+def _roofline_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    from tracekit import peaks
+
+    peaks.install(con)
+
+
+def _with_partition(sql: str) -> str:
+    """The view text with stages.PARTITION (the columns that separate processes and GPUs) written
+    in: `{{partition}}` -> `pid, device`, `{{partition:k}}` -> `k.pid, k.device`,
+    `{{partition_eq:a:b}}` -> `a.pid IS NOT DISTINCT FROM b.pid AND ...` (NULL equals NULL)."""
+    sql = re.sub(r"\{\{partition_eq:(\w+):(\w+)\}\}", lambda m: " AND ".join(
+        f"{m[1]}.{c} IS NOT DISTINCT FROM {m[2]}.{c}" for c in PARTITION), sql)
+    sql = re.sub(r"\{\{partition:(\w+)\}\}", lambda m: ", ".join(f"{m[1]}.{c}" for c in PARTITION), sql)
+    return sql.replace("{{partition}}", ", ".join(PARTITION))
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """Create (or replace) every analysis view on this connection.
 
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
     _ensure_passes(con)
+    _added_columns(con)
+    _roofline_inputs(con)
     root = resources.files(__package__)
     for name in sql_files():
-        con.execute(root.joinpath(name).read_text())
+        con.execute(_with_partition(root.joinpath(name).read_text()))
 
 
 def view_names() -> list[str]:

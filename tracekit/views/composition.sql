@@ -1,44 +1,63 @@
 -- @view composition
--- Where the measured GPU kernel time goes, in the study's buckets (its Figure 7):
+-- Where the GPU kernel time goes, in the study's buckets (its Figure 7):
 -- 'Sum GEMM', 'Sum GEMV' (summarization stage), 'Gen GEMM', 'Gen GEMV' (generation stage),
--- 'ATTN' (both stages); every other category keeps its own name (NORM, ELEMWISE, ...), and
--- kernels no rule classified are 'Unclassified', so nothing is hidden. Over the kernels of stage
--- 'summarization' and 'generation' only; shares sum to 1 per run. The five study buckets are
--- always present (0 when empty) for runs with measured kernels, so charts line up across runs.
+-- 'ATTN' (both stages); MoE expert GEMMs as 'Sum MoE GEMM', 'Gen MoE GEMV', ...; the shared
+-- kernels of mixed passes are 'Mixed GEMM' / 'Mixed GEMV'; every
+-- other category keeps its own name (NORM, ELEMWISE, ...), kernels no rule classified are
+-- 'Unclassified', and CUDA graphs traced whole (one row per launch, kernels unknown: see the nsys
+-- reader) are 'CUDA graph (whole)', so nothing is hidden.
+-- scope 'measured stages': over the kernels of stages summarization, generation and mixed; the
+-- five study buckets are always present (0 when empty) so charts line up across runs.
+-- scope 'whole run': a run with no measured kernels (its stages could not be decided: see
+-- runs.stage_method / stage_reason) is still shown, over all its kernels, with GEMM / GEMV
+-- unsplit by stage. Shares sum to 1 per run.
 --
 -- @column run_id   INTEGER  the run
--- @column bucket   VARCHAR  study bucket, other category name, or 'Unclassified'
+-- @column scope    VARCHAR  'measured stages' | 'whole run'
+-- @column bucket   VARCHAR  study bucket, other category name, 'CUDA graph (whole)' or 'Unclassified'
 -- @column time_ns  BIGINT   summed kernel duration
--- @column share    DOUBLE   time_ns / the run's summarization + generation kernel time
+-- @column share    DOUBLE   time_ns / the run's time in that scope
 CREATE OR REPLACE TEMP VIEW composition AS
-WITH measured AS (
-    SELECT run_id,
-           CASE WHEN category = 'ATTN' THEN 'ATTN'
-                WHEN category IN ('GEMM', 'GEMV')
-                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' ELSE 'Gen ' END || category
+WITH scoped AS (
+    SELECT k.*, CASE WHEN m.run_id IS NULL THEN 'whole run' ELSE 'measured stages' END AS scope
+    FROM kernels k
+    LEFT JOIN (SELECT DISTINCT run_id FROM kernels WHERE stage IN ('summarization', 'generation', 'mixed')) m
+        USING (run_id)
+),
+measured AS (
+    SELECT run_id, scope,
+           CASE WHEN short_name = 'CUDA graph (whole)' THEN 'CUDA graph (whole)'
+                WHEN category = 'ATTN' THEN 'ATTN'
+                WHEN category IN ('GEMM', 'GEMV') AND scope = 'measured stages'
+                    THEN CASE stage WHEN 'summarization' THEN 'Sum ' WHEN 'mixed' THEN 'Mixed ' ELSE 'Gen ' END
+                         -- MoE expert GEMMs apart from dense ones (evidence 'moe:...', also
+                         -- through a split-K reduce: 'prev_gemm:moe:...'): e.g. 'Gen MoE GEMV'.
+                         || CASE WHEN regexp_matches(coalesce(evidence, ''), '^(prev_gemm:)?moe:')
+                                 THEN 'MoE ' ELSE '' END
+                         || category
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
            dur_ns
-    FROM kernels
-    WHERE stage IN ('summarization', 'generation')
+    FROM scoped
+    WHERE scope = 'whole run' OR stage IN ('summarization', 'generation', 'mixed')
 ),
 study AS (
     SELECT * FROM (VALUES ('Sum GEMM', 1), ('Sum GEMV', 2), ('Gen GEMM', 3), ('Gen GEMV', 4), ('ATTN', 5))
         AS t(bucket, ord)
 ),
 present AS (
-    SELECT run_id, bucket, sum(dur_ns) AS time_ns FROM measured GROUP BY run_id, bucket
+    SELECT run_id, scope, bucket, sum(dur_ns) AS time_ns FROM measured GROUP BY run_id, scope, bucket
 ),
 grid AS (
-    SELECT DISTINCT p.run_id, s.bucket FROM present p, study s
+    SELECT DISTINCT p.run_id, p.scope, s.bucket FROM present p, study s WHERE p.scope = 'measured stages'
     UNION
-    SELECT run_id, bucket FROM present
+    SELECT run_id, scope, bucket FROM present
 ),
 filled AS (
-    SELECT g.run_id, g.bucket, coalesce(p.time_ns, 0)::BIGINT AS time_ns
-    FROM grid g LEFT JOIN present p USING (run_id, bucket)
+    SELECT g.run_id, g.scope, g.bucket, coalesce(p.time_ns, 0)::BIGINT AS time_ns
+    FROM grid g LEFT JOIN present p USING (run_id, scope, bucket)
 )
-SELECT f.run_id, f.bucket, f.time_ns,
+SELECT f.run_id, f.scope, f.bucket, f.time_ns,
        f.time_ns / nullif(sum(f.time_ns) OVER (PARTITION BY f.run_id), 0) AS share
 FROM filled f
 LEFT JOIN study s USING (bucket)
