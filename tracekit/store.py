@@ -84,7 +84,9 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
     told = False
     while True:
         try:
-            con = duckdb.connect(path, read_only=read_only, config=dict(SAFE_CONFIG))
+            # An in-memory database holds nothing anyone sent: it stays as DuckDB opens it (the
+            # Parquet dataset's connections read their files and set their own threads).
+            con = duckdb.connect(path, read_only=read_only, config=dict(SAFE_CONFIG) if path != ":memory:" else {})
             break
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
@@ -101,7 +103,7 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
             raise TracekitError(f"{path}: not a tracekit/DuckDB database ({_first_line(exc)})") from None
     try:
         # A second connection to a file this process has open shares its (already locked) instance.
-        if not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
+        if path != ":memory:" and not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
             con.execute("SET lock_configuration = true")
         check_stored(con, path)
         if not read_only:
@@ -171,7 +173,7 @@ def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
         stored = dict(con.execute(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
             "AND schema_name = 'main' AND table_name = ?", [name]).fetchall())
-        wrong = [c for c, t in columns.items() if c in stored and stored[c] != t]
+        wrong = [c for c, t in columns.items() if c in stored and _family(stored[c]) != _family(t)]
         if wrong:
             c = wrong[0]
             raise TracekitError(f"{path}: refusing this database: {name}.{c} is {stored[c]}, "
@@ -181,6 +183,16 @@ def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
         missing = [t for t in _KERNEL_TABLES if t not in objects]
         if missing:
             raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
+
+
+_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "UBIGINT", "UHUGEINT"}
+
+
+def _family(dtype: str) -> str:
+    """A column type up to integer width (a copied dataset stores run_id as BIGINT): what could
+    change what tracekit computes is a number stored as text or the like, not a wider integer."""
+    return "integer" if dtype in _INTEGERS else dtype
 
 
 def kernels_view_sql() -> str:
