@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capture import hf_pytorch as hf  # noqa: E402
-from capture.models import resolve_model  # noqa: E402
+from tracekit.capture import hf_pytorch as hf  # noqa: E402
+from tracekit.capture.models import resolve_model  # noqa: E402
 
 
 def parse(*argv: str):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capture.manifest import manifest_path, trace_stem, write_json_atomic, write_manifest
+from tracekit.capture.manifest import manifest_path, trace_stem, write_json_atomic, write_manifest
 
 H100 = Path(__file__).resolve().parents[1] / "fixtures" / "h100"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capture.models import BUILTIN, ModelSpecError, param_count, resolve_model, run_name
+from tracekit.capture.models import BUILTIN, ModelSpecError, param_count, resolve_model, run_name
 
-# The study's real configs, copied from the reference STUDY.md table (not from capture/models.py):
+# The study's real configs, copied from the reference STUDY.md table (not from tracekit/capture/models.py):
 # hidden, layers, FFN, heads, KV heads, head dim, vocab.
 STUDY_TABLE = {
     "llama2-7b": (4096, 32, 11008, 32, 32, 128, 32000),

@@ -6,11 +6,11 @@ import csv
 import sys
 from pathlib import Path
 
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capture.manifest import write_json_atomic  # noqa: E402
-from capture.summarize import main  # noqa: E402
+from tracekit.capture.manifest import write_json_atomic  # noqa: E402
+from tracekit.capture.summarize import main  # noqa: E402
 
 
 def manifest(d: Path, name: str, **fields) -> None:

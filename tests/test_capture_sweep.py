@@ -1,7 +1,7 @@
 """Sweeps: grid expansion, skip-done, and resuming after a crash midway.
 
 The GPU runner is replaced by a small script written here that follows the same protocol as
-capture/hf_pytorch.py (trace first, manifest last, through capture.manifest) and can crash on
+tracekit/capture/hf_pytorch.py (trace first, manifest last, through capture.manifest) and can crash on
 purpose in the middle of a run; the sweep itself runs for real, in subprocesses.
 """
 
@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(ROOT))
 
-from capture import sweep  # noqa: E402
+from tracekit.capture import sweep  # noqa: E402
 
 FAKE_RUNNER = textwrap.dedent('''
     import argparse, json, os, sys
     sys.path.insert(0, {root!r})
-    from capture.manifest import write_manifest
+    from tracekit.capture.manifest import write_manifest
     p = argparse.ArgumentParser()
     p.add_argument("--model"); p.add_argument("--out-dir"); p.add_argument("--cells")
     p.add_argument("--layers", type=int)
@@ -84,7 +84,7 @@ def ran(tmp: Path) -> list[str]:
 
 
 def test_study_spec_expands_to_the_papers_grids():
-    spec = sweep.load_spec(ROOT / "capture" / "sweeps" / "study.toml")
+    spec = sweep.load_spec(ROOT / "tracekit" / "capture" / "sweeps" / "study.toml")
     # Figure 6: 2 batches x 9 inputs x 9 outputs; Figure 7: 2 batches x 3 outputs at input 64, of
     # which batch 1 with outputs 8/64/512 is already a Figure 6 cell.
     per_model = 2 * 9 * 9 + (2 * 3 - 3)
@@ -96,7 +96,7 @@ def test_study_spec_expands_to_the_papers_grids():
     assert steps == 2 * (7 + 63 + 511)
 
 
-@pytest.mark.parametrize("spec_file", sorted((ROOT / "capture" / "sweeps").glob("*.toml")))
+@pytest.mark.parametrize("spec_file", sorted((ROOT / "tracekit" / "capture" / "sweeps").glob("*.toml")))
 def test_every_shipped_spec_loads(spec_file):
     assert sweep.load_spec(spec_file).runs
 
@@ -196,7 +196,7 @@ def test_filters_and_overrides(setup, monkeypatch, capsys):
 
 
 def test_nsys_runs_get_a_process_each():
-    spec = sweep.load_spec(ROOT / "capture" / "sweeps" / "h100-fixtures.toml")
+    spec = sweep.load_spec(ROOT / "tracekit" / "capture" / "sweeps" / "h100-fixtures.toml")
     groups = sweep.batches(spec, spec.runs)
     nsys = [g for g in groups if g[0].profiler == "nsys"]
     assert nsys and all(len(g) == 1 for g in nsys)

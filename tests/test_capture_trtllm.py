@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-# capture/ is a top-level folder of the source tree, not part of the installed package
+# tracekit/capture/ is a top-level folder of the source tree, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capture import trtllm  # noqa: E402
-from capture.models import resolve_model  # noqa: E402
+from tracekit.capture import trtllm  # noqa: E402
+from tracekit.capture.models import resolve_model  # noqa: E402
 
 
 def dry_run(capsys, *argv: str) -> list[list[str]]:

@@ -22,7 +22,7 @@ def _whole(path: Path):
     top, span = kineto._split_envelope(path, raw)
     tables = kineto._Tables()
     tables.add(kineto._decode_whole(path, raw, span, exact=True), path, raw)
-    return tables.finish(kineto._envelope(path, raw, top))
+    return tables.finish(kineto._envelope(path, raw, top, tables.notes))
 
 
 @pytest.mark.parametrize("path", [KINETO_L2, KINETO_L3], ids=lambda p: p.name)

@@ -109,7 +109,7 @@ def test_launches_of_runtime_and_driver_tables_in_one_column(big):
 
 
 @pytest.mark.parametrize("change", [
-    f"ALTER TABLE {K} RENAME TO k0; CREATE VIEW {K} AS SELECT * FROM k0",
+    # (a view in a table's place is refused before any read: tests/robustness/test_hostile_sqlite.py)
     f"CREATE TABLE w (a INTEGER PRIMARY KEY, b) WITHOUT ROWID; DROP TABLE {K}; ALTER TABLE w RENAME TO {K}",
     f"ALTER TABLE {K} ADD COLUMN oid INTEGER",
 ])

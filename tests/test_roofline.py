@@ -27,7 +27,7 @@ from conftest import (
 )
 
 import tracekit
-from capture.models import BUILTIN
+from tracekit.capture.models import BUILTIN
 
 H100 = FIXTURES / "h100"
 # H100 traces with op shapes: (trace, metadata a user would give). The fixtures/h100 ones carry

@@ -14,9 +14,6 @@ from conftest import shared_trace
 
 import tracekit
 
-NEEDS_READERS = pytest.mark.xfail(strict=False, reason="needs readers branch (string args.bytes/stream on "
-                                                     "hipMemcpy runtime events are rejected by today's reader)")
-
 LLM_TRACES = [
     "kineto_llama2-7b-4L_b1_i64_o8.pt.trace.json.gz",
     "kineto_llama3-8b-2L_b8_i128_o16.pt.trace.json.gz",
@@ -29,9 +26,9 @@ LLM_TRACES = [
     "h200/llama3-8b-4L_tp2_rank1_b8_i64_o8.pt.trace.json.gz",
     "h200/mixtral-8x7b-2L_b8_i64_o8.pt.trace.json.gz",
     "external/tracelens/h100_Qwen_Qwen1.5-0.5B-Chat__1016005.json.gz",
-    pytest.param("external/tracelens/mi300_Qwen_Qwen1.5-0.5B-Chat__1016005.json.gz", marks=NEEDS_READERS),
-    pytest.param("external/tracelens/inference_sglang_decode_sglang_Qwen3-8B_decode.json.gz", marks=NEEDS_READERS),
-    pytest.param("external/tracelens/inference_vllm_decode_full_graph_execution.json.gz", marks=NEEDS_READERS),
+    "external/tracelens/mi300_Qwen_Qwen1.5-0.5B-Chat__1016005.json.gz",
+    "external/tracelens/inference_sglang_decode_sglang_Qwen3-8B_decode.json.gz",
+    "external/tracelens/inference_vllm_decode_full_graph_execution.json.gz",
 ]
 
 

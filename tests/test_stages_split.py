@@ -272,22 +272,6 @@ def test_stages_cli_says_why_there_is_no_split(tmp_path):
 
 # -- serving engines' step markers --------------------------------------------------------------
 
-def _clean_copy(src: Path, dst: Path) -> Path:
-    """The trace without the string args.bytes / args.stream that today's reader rejects (the
-    readers helper makes the reader accept them; then import the original)."""
-    with gzip.open(src, "rt") as f:
-        doc = json.load(f)
-    for e in doc["traceEvents"]:
-        a = e.get("args")
-        if isinstance(a, dict):
-            for key in ("bytes", "stream", "grid", "block"):
-                if isinstance(a.get(key), str):
-                    del a[key]
-    with gzip.open(dst, "wt") as f:
-        json.dump(doc, f)
-    return dst
-
-
 @pytest.mark.parametrize("rel,engine", [
     ("external/tracelens/inference_vllm_decode_full_graph_execution.json.gz", "vllm"),
     ("external/tracelens/inference_sglang_decode_sglang_Qwen3-8B_decode.json.gz", "sglang"),
@@ -300,9 +284,8 @@ def test_engine_step_markers_on_real_traces(tmp_path, rel, engine):
     # The label's own numbers: context_0 ... generation_32(sq32...) / step[DECODE bs=32].
     assert steps and all(s.stage == "generation" and s.gen_tokens == 32 and s.ctx_tokens == 0 for s in steps)
     assert {s.engine for s in steps} >= {engine}
-    path = _clean_copy(src, tmp_path / src.name)
-    db = _import(tmp_path, path)
-    rid = _rid(db, path)
+    db = _import(tmp_path, src)
+    rid = _rid(db, src)
     method, conf = db.con.execute("SELECT stage_method, stage_confidence FROM runs WHERE run_id = ?",
                                   [rid]).fetchall()[0]
     assert method.startswith("markers:") and engine in method
@@ -365,8 +348,8 @@ def test_serving_window_without_its_markers_gets_no_ratio(tmp_path, rel):
     ev = _kineto_events(src)
     rotary = sum(1 for e in ev if e.get("cat") == "kernel" and "rotary_embedding" in e["name"])
     assert rotary in (24, 36)
-    path = _clean_copy(src, tmp_path / src.name)
-    with gzip.open(path, "rt") as f:
+    path = tmp_path / src.name
+    with gzip.open(src, "rt") as f:
         doc = json.load(f)
     doc["traceEvents"] = [e for e in doc["traceEvents"] if e.get("cat") != "user_annotation"]
     with gzip.open(path, "wt") as f:

@@ -52,13 +52,14 @@ class Database:
         jobs: int = 1,
         on_result=None,
         on_phase=None,
+        group: str | None = None,
     ) -> builtins.list[ImportResult]:
         # The readers and enrichment (numpy, the rules) load only when something is imported:
         # `tracekit runs`, `query` and the analysis commands never need them.
         from tracekit.importer import import_paths
 
         results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
-                               nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase)
+                               nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase, group=group)
         return results
 
     def query(self, sql: str, params: builtins.list | None = None) -> pl.DataFrame:
@@ -73,7 +74,7 @@ class Database:
     def runs(self) -> pl.DataFrame:
         return self.query(
             "SELECT r.run_id, r.source_name, r.format, r.gpu_name, r.n_kernels, r.kernel_time_ns, "
-            "r.stage_method, r.iterations, "
+            "r.stage_method, r.iterations, r.world_size, r.ranks, "
             "(SELECT string_agg(m.key || '=' || m.value, ' ' ORDER BY m.key) FROM run_meta m "
             " WHERE m.run_id = r.run_id) AS meta FROM runs r ORDER BY r.run_id"
         )

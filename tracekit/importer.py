@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from tracekit import __version__
+from tracekit import __version__, ranks
 from tracekit.enrich.classify import classify
 from tracekit.enrich.links import link
 from tracekit.enrich.rules import RuleSet
@@ -22,7 +22,7 @@ from tracekit.errors import TraceError, TracekitError
 from tracekit.manifest import read_manifest
 from tracekit.readers import is_trace_name, read
 from tracekit.readers.common import TraceData
-from tracekit.store import delete_run, find_run, insert_run
+from tracekit.store import delete_run, find_run
 
 
 @dataclass
@@ -94,6 +94,12 @@ def _parse_job(args: tuple[Path, str | None]) -> tuple[TraceData | None, str | N
         return None, f"{args[0]}: could not be read ({type(exc).__name__}: {exc})", time.perf_counter() - t0
 
 
+def _parse_or_error(f: Path, nsys: str | None) -> TraceData | TraceError:
+    """_parse_job's result as a rank group's import takes it: the data, or the file's TraceError."""
+    data, error, _ = _parse_job((f, nsys))
+    return data if data is not None else TraceError(f, (error or "").removeprefix(f"{f}: "))
+
+
 Phase = Callable[[str, str], None]
 
 
@@ -125,17 +131,24 @@ def import_paths(
     jobs: int = 1,
     on_result: Callable[[ImportResult], None] | None = None,
     on_phase: Phase | None = None,
+    group: str | None = None,
 ) -> list[ImportResult]:
     """Import each trace in its own transaction; a failure leaves nothing of that file.
 
     Broken rule files fail the whole call up front (RuleError) rather than every file in turn.
     `on_phase(path, phase)` hears each file's progress: reading, storing, stages, classifying.
+    The rank traces of one job (tracekit.ranks: names with a rank token, or all files with `group`)
+    import as ONE run, in one transaction.
     """
     on_phase = on_phase or _no_phase
     rules = RuleSet.load(rules_dirs or [])
-    files = expand(paths)
+    files, groups = ranks.group_files(expand(paths), group)
     cli_meta = dict(meta or {})
     results: list[ImportResult] = []
+    for g in groups:
+        results.append(_report(on_result, ranks.import_group(
+            con, g, parse=lambda f: _parse_or_error(f, nsys), file_hash=file_hash, find_run=find_run, replace=replace,
+            store=lambda f, h, d, t0: _store(con, f, h, d, cli_meta, replace, rules, t0, on_phase))))
     todo: list[tuple[Path, str, float]] = []  # file, content hash, seconds spent hashing it
     first_of: dict[str, Path] = {}  # content hash -> the first file of this call with it
     for f in files:
@@ -241,8 +254,8 @@ def _store(
         old = find_run(con, h)
         if old is not None:
             delete_run(con, old)
-        run_id = insert_run(con, data, source_path=str(f), content_hash=h, importer_version=__version__,
-                            meta=meta, stages=True)
+        run_id = ranks.insert(con, ranks.prepare(f, data), source_path=str(f), content_hash=h,
+                              importer_version=__version__, meta=meta, stages=True)
         _enrich(con, run_id, rules, on_phase, str(f))
         con.execute("COMMIT")
     except BaseException as exc:

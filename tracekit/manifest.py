@@ -1,30 +1,23 @@
-"""Capture manifests: the sidecar JSON a capture script writes next to each trace."""
+"""Capture manifests: the sidecar JSON a capture script writes next to each trace.
+
+The naming rule (trace name -> manifest name) is tracekit.capture.manifest's, imported from there:
+one rule for the writer and the reader; the capture side imports nothing else of tracekit.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-# Suffixes stripped, in any order, to find a trace's stem: run.pt.trace.json.gz -> run.
-_TRACE_SUFFIXES = (".gz", ".json", ".trace", ".pt", ".sqlite", ".nsys-rep", ".qdstrm")
-
-
-def manifest_path(trace: Path) -> Path:
-    name = trace.name
-    changed = True
-    while changed:
-        changed = False
-        for suf in _TRACE_SUFFIXES:
-            if name.endswith(suf) and len(name) > len(suf):
-                name = name[: -len(suf)]
-                changed = True
-    return trace.with_name(name + ".manifest.json")
+from tracekit.capture.manifest import manifest_candidates, manifest_path  # noqa: F401  (manifest_path: API)
 
 
 def read_manifest(trace: Path) -> dict[str, str]:
-    """The manifest's keys as strings (nested values as JSON), or {} when there is none."""
-    p = manifest_path(trace)
-    if not p.is_file():
+    """The manifest's keys as strings (nested values as JSON), or {} when there is none.
+
+    A rank's trace of a multi-rank job without a manifest of its own takes the job's one manifest."""
+    p = next((c for c in manifest_candidates(trace) if c.is_file()), None)
+    if p is None:
         return {}
     try:
         obj = json.loads(p.read_text())

@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS runs (
     n_kernels        BIGINT,
     kernel_time_ns   BIGINT,
     stage_confidence VARCHAR,            -- how sure stage_method is: 'high' | 'medium' | 'low' | 'none'
-    stage_reason     VARCHAR             -- one sentence: why that method and confidence (why no split, for 'none')
+    stage_reason     VARCHAR,            -- one sentence: why that method and confidence (why no split, for 'none')
+    world_size       INTEGER,            -- ranks of the job (multi-rank runs; NULL: one process on one GPU)
+    ranks            VARCHAR             -- ranks present, and those missing: '0,1' | '1 (missing 0)'
 );
 
 -- Every key=value known about a run: --meta > capture manifest > found in the trace.
@@ -84,8 +86,12 @@ CREATE TABLE IF NOT EXISTS kernel_rows (
     -- A kernel that takes the class of the GEMM it completes (a split-K reduce): per kernel, because
     -- the answer depends on what ran before it on its stream. NULL for every other kernel.
     follow_category VARCHAR,
-    follow_evidence VARCHAR
+    follow_evidence VARCHAR,
+    rank          INTEGER                -- rank of the job that ran it (run_ranks); NULL in a one-rank run
 );
+
+-- A database written before ranks existed gets the column before the view below reads it.
+ALTER TABLE kernel_rows ADD COLUMN IF NOT EXISTS rank INTEGER;
 
 -- One row per (run, context) present in the run; filled by classification.
 CREATE TABLE IF NOT EXISTS kernel_verdicts (
@@ -97,7 +103,7 @@ CREATE TABLE IF NOT EXISTS kernel_verdicts (
 );
 
 -- One row per kernel, every column as the trace and enrichment give it.
-CREATE VIEW IF NOT EXISTS kernels AS
+CREATE OR REPLACE VIEW kernels AS
 SELECT r.run_id,
        r.kernel_id,
        n.name,                               -- demangled name
@@ -109,6 +115,7 @@ SELECT r.run_id,
        coalesce(r.follow_category, v.category) AS category,  -- filled by classification
        v.rule_id,
        coalesce(r.follow_evidence, v.evidence) AS evidence,  -- 'name' | 'shape:M=<m>' | 'op:<op name>' | 'prev_gemm:<evidence>' | 'unclassified'
+       r.rank,                               -- rank of a multi-rank run (NULL: one rank)
        r.stage, r.step, r.iteration
 FROM kernel_rows r
 JOIN kernel_names n ON n.name_id = r.name_id
@@ -124,7 +131,8 @@ CREATE TABLE IF NOT EXISTS launches (
     dur_ns      BIGINT NOT NULL,
     pid         BIGINT,
     tid         BIGINT,
-    correlation BIGINT
+    correlation BIGINT,
+    rank        INTEGER                  -- rank of a multi-rank run (NULL: one rank, or CPU rows shared by ranks)
 );
 
 CREATE TABLE IF NOT EXISTS ranges (
@@ -139,7 +147,8 @@ CREATE TABLE IF NOT EXISTS ranges (
     pid        BIGINT,
     tid        BIGINT,
     depth      INTEGER,                  -- 0 = outermost on its thread
-    parent_id  BIGINT                    -- enclosing range on the same thread
+    parent_id  BIGINT,                   -- enclosing range on the same thread
+    rank        INTEGER                  -- rank of a multi-rank run (NULL: one rank, or CPU rows shared by ranks)
 );
 
 CREATE TABLE IF NOT EXISTS ops (
@@ -156,7 +165,8 @@ CREATE TABLE IF NOT EXISTS ops (
     input_dims  VARCHAR,                 -- JSON list of shapes, e.g. [[1,64],[4096,4096]]
     input_types VARCHAR,                 -- JSON list
     depth       INTEGER,
-    parent_id   BIGINT
+    parent_id   BIGINT,
+    rank        INTEGER                  -- rank of a multi-rank run (NULL: one rank, or CPU rows shared by ranks)
 );
 
 CREATE TABLE IF NOT EXISTS memops (
@@ -172,7 +182,8 @@ CREATE TABLE IF NOT EXISTS memops (
     stream      BIGINT,
     correlation BIGINT,
     copy_kind   VARCHAR,                 -- HtoD, DtoH, DtoD, ...
-    launch_id   BIGINT
+    launch_id   BIGINT,
+    rank        INTEGER                  -- rank of a multi-rank run (NULL: one rank, or CPU rows shared by ranks)
 );
 
 -- One row per forward pass found by stage attribution (enrich/stages.py).
@@ -195,7 +206,28 @@ CREATE TABLE IF NOT EXISTS passes (
     grammar    VARCHAR,              -- which label grammar: 'stage-label' | 'vllm' | 'sglang' | 'trtllm' | 'inferred'
     ctx_tokens BIGINT,               -- prefill tokens of the step, where an engine's marker says
     gen_tokens BIGINT,               -- decode tokens of the step, where an engine's marker says
-    evidence   VARCHAR               -- mixed passes: 'split:tokens=C/G' (shared kernels apportioned so) or 'split:unknown ...'
+    evidence   VARCHAR,              -- mixed passes: 'split:tokens=C/G' (shared kernels apportioned so) or 'split:unknown ...'
+    rank       INTEGER               -- partition column too: the rank of a multi-rank run (NULL: one rank)
+);
+
+-- One row per rank of a multi-rank run (tracekit/ranks.py): where it came from and how its clock was
+-- put on the run's clock. Every time stored for the rank is already shifted by clock_offset_ns.
+CREATE TABLE IF NOT EXISTS run_ranks (
+    run_id          INTEGER NOT NULL,
+    rank            INTEGER NOT NULL,
+    device          INTEGER,              -- GPU index its kernels ran on (lowest, if several)
+    pid             BIGINT,               -- process that launched its kernels (lowest, if several)
+    source_name     VARCHAR,              -- trace file the rank came from
+    content_hash    VARCHAR,              -- sha256 of that file
+    rank_source     VARCHAR NOT NULL,     -- 'distributedInfo' | 'file name' | 'process/device order'
+    clock_offset_ns BIGINT NOT NULL,      -- added to the rank's own times (0 for the reference rank)
+    align_method    VARCHAR NOT NULL,     -- 'reference' | 'collective-end' | 'shared-clock' | 'none'
+    align_events    INTEGER,              -- matched collectives the offset was estimated from
+    align_spread_ns BIGINT,               -- median |end difference| of those collectives after alignment
+    stage_method    VARCHAR,              -- stage attribution of this rank alone
+    iterations      INTEGER,
+    n_kernels       BIGINT,
+    kernel_time_ns  BIGINT
 );
 
 -- Columns added after databases were first written. tracekit/views/__init__.py adds them to a
@@ -209,3 +241,10 @@ CREATE TABLE IF NOT EXISTS passes (
 -- @added passes ctx_tokens BIGINT
 -- @added passes gen_tokens BIGINT
 -- @added passes evidence VARCHAR
+-- @added runs world_size INTEGER
+-- @added runs ranks VARCHAR
+-- @added launches rank INTEGER
+-- @added ranges rank INTEGER
+-- @added ops rank INTEGER
+-- @added memops rank INTEGER
+-- @added passes rank INTEGER

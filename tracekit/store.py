@@ -23,7 +23,8 @@ SCHEMA_VERSION = 2
 TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
-RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes")
+RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
+              "run_ranks")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
@@ -469,6 +470,8 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
         return False
     r = int(run_id)
     src = kernels.drop_columns(["name", "short_name"]).append_column("name_id", name_ids)
+    if "rank" not in src.column_names:  # set by tracekit.ranks for multi-rank runs, never by a reader
+        src = src.append_column("rank", pa.nulls(n, pa.int32()))
     con.register("_tk_krows", src)
     try:
         # The context hash must stay the one the SQL path (and older imports) computed, so DuckDB

@@ -129,8 +129,6 @@ ERRORS = {
     "gzip with a bad CRC": (corrupt_gzip_crc, "corrupt gzip"),
     "NaN timestamps": (nan_timestamps, "invalid JSON"),
     "only negative durations": (all_negative_durations, "no GPU kernels"),
-    "integer beyond 64 bits": (int_beyond_64_bits, "out of range"),
-    "timestamp of the wrong type": (string_timestamp, "not a Chrome/Kineto trace"),
     "empty traceEvents": (empty_trace, "no GPU kernels"),
     "JSON without traceEvents": (no_events_key, "no traceEvents"),
     "whitespace only": (whitespace_only, "unknown format"),
@@ -212,6 +210,27 @@ def test_invalid_utf8_in_kineto_names_is_replaced(tmp_path):
     assert target + "\ufffd\ufffd" in names
     absent = db.con.execute("SELECT absent FROM runs").fetchone()[0]
     assert any("invalid UTF-8" in a for a in absent)
+
+
+def test_integer_beyond_64_bits_is_ignored_and_counted(tmp_path):
+    # A kernel's stream beyond any column's range: that value is ignored (the stream then comes
+    # from the GPU row, as when the arg is absent); every kernel is kept.
+    p = int_beyond_64_bits(tmp_path)
+    obj = json.loads(p.read_text())
+    data = kineto.read(p)
+    assert data.kernels.num_rows == len(kernels_of(obj))
+    assert any("args.stream (integer out of range) on 1 kernel events" in a for a in data.absent), data.absent
+
+
+def test_kernel_with_a_timestamp_of_the_wrong_type_is_skipped_and_counted(tmp_path):
+    # A field tracekit needs, of the wrong type, on one kernel: that kernel cannot be placed on a
+    # timeline, so it is skipped and counted (as a NaN or negative time is); the trace imports.
+    p = string_timestamp(tmp_path)
+    n = len(kernels_of(json.loads(p.read_text())))
+    data = kineto.read(p)
+    assert data.kernels.num_rows == n - 1
+    assert any("ts (string) on 1 kernel events" in a for a in data.absent), data.absent
+    assert any("1 events with missing, NaN or negative timestamps" in a for a in data.absent), data.absent
 
 
 def test_invalid_utf8_in_nsys_strings_is_replaced(tmp_path):

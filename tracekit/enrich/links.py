@@ -64,11 +64,15 @@ def _ints(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
     return c.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), valid
 
 
-def _link_general(rows: pa.Table, launches: pa.Table) -> pa.Array:
-    """Each row's launch when correlation ids repeat (several processes): of the launches with
-    the row's correlation id, the first in launch order whose pid agrees (or either pid is
-    unknown); null when none does. In NumPy rather than a dataframe join so that an import
-    never loads polars (~0.1-0.2 s of start-up)."""
+def _link_general(rows: pa.Table, launches: pa.Table) -> tuple[pa.Array, int]:
+    """Each row's launch when correlation ids repeat (several processes), and how many rows
+    could not be attributed. Candidates are the launches with the row's correlation id whose pid
+    agrees with the row's (or either pid is unknown). Where they all belong to one process, the
+    first in launch order is taken. Where they span processes (a Kineto kernel knows its device,
+    not its process), a launch that starts after the kernel cannot be its launch; of the rest,
+    the one of the process that every unambiguous row on the same device was launched from.
+    Otherwise the row stays unlinked and is counted: a wrong process would be a silent error.
+    In NumPy rather than a dataframe join so that an import never loads polars."""
     n = rows.num_rows
     rc, r_ok = _ints(rows, "correlation")
     if "pid" in rows.column_names:
@@ -89,35 +93,91 @@ def _link_general(rows: pa.Table, launches: pa.Table) -> pa.Array:
     pair_row = np.repeat(np.arange(n), count)
     starts = np.cumsum(count) - count
     pair_cand = keep[lo[pair_row] + (np.arange(pair_row.size) - starts[pair_row])]
-    agree = (~r_has_pid[pair_row] | ~l_has_pid[pair_cand]
-             | (r_pid[pair_row] == l_pid[pair_cand]))
-    ok_rows, first = np.unique(pair_row[agree], return_index=True)
+    exact = r_has_pid[pair_row] & l_has_pid[pair_cand] & (r_pid[pair_row] == l_pid[pair_cand])
+    agree = exact | ~r_has_pid[pair_row] | ~l_has_pid[pair_cand]
+    pr, pc, rank = pair_row[agree], pair_cand[agree], np.where(exact[agree], 0, 1)
+    big = np.iinfo(np.int64).max
+
+    def spanning(pr: np.ndarray, pc: np.ndarray) -> np.ndarray:
+        """Rows of unknown process whose candidates' known processes are more than one."""
+        sel = ~r_has_pid[pr] & l_has_pid[pc]
+        pmin = np.full(n, big, np.int64)
+        pmax = np.full(n, -big, np.int64)
+        np.minimum.at(pmin, pr[sel], l_pid[pc[sel]])
+        np.maximum.at(pmax, pr[sel], l_pid[pc[sel]])
+        return (pmin != pmax) & (pmin != big)
+
+    multi = spanning(pr, pc)
+    if multi.any() and "start_ns" in rows.column_names and "start_ns" in launches.column_names:
+        # A launch cannot start after the kernel it launched did.
+        r_start = _ints(rows, "start_ns")[0]
+        l_start = _ints(launches, "start_ns")[0]
+        keep_ = ~(multi[pr] & (l_start[pc] > r_start[pr]))
+        pr, pc, rank = pr[keep_], pc[keep_], rank[keep_]
+        multi = spanning(pr, pc)
+    lp = np.where(l_has_pid[pc], l_pid[pc], -1)
+    # The first candidate per row: of the row's own process if any, else of an unknown one;
+    # then in launch order (pairs are in launch order within a row).
+    order = np.lexsort((np.arange(pr.size), rank, pr))
+    pr, pc, lp = pr[order], pc[order], lp[order]
+    ok_rows, first = np.unique(pr, return_index=True)
     out = np.zeros(n, np.int64)
     found = np.zeros(n, bool)
-    chosen = pair_cand[agree][first]
+    chosen = pc[first]
     out[ok_rows] = l_id[chosen]
     found[ok_rows] = l_has_id[chosen]
-    return pa.array(out, pa.int64(), mask=~found)
+    found &= ~multi
+    unresolved = int(multi.sum())
+    if unresolved and "device" in rows.column_names:
+        dev, has_dev = _ints(rows, "device")
+        # The process each device's unambiguous rows were launched from (one, or no verdict).
+        settled = np.flatnonzero(found & has_dev & ~multi)
+        chosen_of = np.full(n, -1, np.int64)
+        chosen_of[ok_rows] = chosen
+        owner: dict[int, int] = {}
+        s_pid = np.where(l_has_pid[chosen_of[settled]], l_pid[chosen_of[settled]], -1)
+        for d, p_ in set(zip(dev[settled].tolist(), s_pid.tolist(), strict=True)):
+            owner[d] = p_ if d not in owner else -2  # -2: launched from several processes, no verdict
+        want_pid = np.array([owner.get(d, -2) for d in dev.tolist()], np.int64)
+        want_pid[~has_dev] = -2
+        sel = multi[pr] & (lp == want_pid[pr])
+        rows_ok, first_ok = np.unique(pr[sel], return_index=True)
+        out[rows_ok] = l_id[pc[sel][first_ok]]
+        found[rows_ok] = l_has_id[pc[sel][first_ok]]
+        unresolved -= rows_ok.size
+    return pa.array(out, pa.int64(), mask=~found), unresolved
 
 
-def _link_to_launch(rows: pa.Table, launches: pa.Table) -> pa.Array:
-    """launch_id for each row of kernels/memops, joined on correlation (and pid when both know it)."""
+def _link_to_launch(rows: pa.Table, launches: pa.Table) -> tuple[pa.Array, int]:
+    """launch_id for each row of kernels/memops, joined on correlation (and process where the
+    ids repeat); and the number of rows whose process could not be decided (left unlinked)."""
     if rows.num_rows == 0 or launches.num_rows == 0:
-        return pa.nulls(rows.num_rows, pa.int64())
+        return pa.nulls(rows.num_rows, pa.int64()), 0
     # Correlation ids are unique per process; most traces hold one process, so match on the id
     # and use pid only to break ties between processes.
     fast = _link_unique(rows, launches)
     if fast is not None:
-        return fast
+        return fast, 0
     return _link_general(rows, launches)
 
 
 def link(data: TraceData) -> TraceData:
     ranges, r_parent = _with_nesting(data.ranges)
     ops, o_parent = _with_nesting(data.ops)
-    launch_id = _link_to_launch(data.kernels, data.launches)
+    launch_id, k_unresolved = _link_to_launch(data.kernels, data.launches)
     kernels = data.kernels.append_column("launch_id", launch_id)
-    memops = data.memops.append_column("launch_id", _link_to_launch(data.memops, data.launches))
+    m_launch, m_unresolved = _link_to_launch(data.memops, data.launches)
+    memops = data.memops.append_column("launch_id", m_launch)
+    if data.launches.num_rows:
+        no_launch = int((launch_id.is_null().to_numpy(zero_copy_only=False)
+                         & data.kernels.column("correlation").is_valid().to_numpy(zero_copy_only=False)).sum()) - k_unresolved
+        if no_launch:
+            data.absent.append(f"launch of {no_launch} kernels: no launch event with their correlation id in the trace "
+                               "(recorded outside the profiled window, or removed)")
+    if k_unresolved or m_unresolved:
+        data.absent.append(f"launch of {k_unresolved} kernels and {m_unresolved} memory operations: their correlation "
+                           "ids are used by several processes and nothing in the trace tells which launched them "
+                           "(left unlinked)")
 
     # Where each kernel was launched from: its launch's thread and start time.
     la = data.launches
@@ -130,6 +190,13 @@ def link(data: TraceData) -> TraceData:
         l_pid = l_tid = np.full(len(idx), np.nan)
         l_ts = np.zeros(len(idx), dtype=np.int64)
     l_pid = np.where(has, l_pid, np.nan)
+    # A kernel's process is its launch's (Kineto's GPU rows carry a device, not a process).
+    k_pid = kernels.column("pid")
+    if k_pid.null_count and (fill := has & ~np.isnan(l_pid) & ~k_pid.is_valid().to_numpy(zero_copy_only=False)).any():
+        vals = np.where(fill, np.nan_to_num(l_pid), k_pid.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
+        mask = ~(fill | k_pid.is_valid().to_numpy(zero_copy_only=False))
+        kernels = kernels.set_column(kernels.schema.get_field_index("pid"), kernels.schema.field("pid"),
+                                     pa.array(vals, kernels.schema.field("pid").type, mask=mask))
     op_row = innermost(l_pid, l_tid, l_ts, _np(ops, "pid"), _np(ops, "tid"), _np(ops, "start_ns", "int64"),
                        _np(ops, "end_ns", "int64"), o_parent)
     rg_row = innermost(l_pid, l_tid, l_ts, _np(ranges, "pid"), _np(ranges, "tid"),

@@ -94,7 +94,7 @@ from tracekit.store import table_ddl
 # (processes, GPUs). Stage attribution numbers passes and iterations within each distinct value,
 # and the views (stage_ratio_by_process, the GPU spans) group by them: this is the one place to
 # extend it (e.g. with a rank column); the views receive it through tracekit.views.
-PARTITION: tuple[str, ...] = ("pid", "device")
+PARTITION: tuple[str, ...] = ("pid", "device", "rank")  # rank: multi-rank runs (tracekit/ranks.py)
 
 # Whole-label patterns (RE2, matched case-insensitively against the full label, so that an
 # operator range such as `aten::mm` or a label that merely mentions "decode" never counts).

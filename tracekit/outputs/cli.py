@@ -26,6 +26,7 @@ _COMMANDS = [
     ("tracekit.outputs.cli_capture", "sweep_cmd"),
     ("tracekit.outputs.cli_roofline", "roofline_cmd"),
     ("tracekit.outputs.cli_dataset", "dataset_group"),
+    ("tracekit.outputs.cli_ranks", "ranks_cmd"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""`tracekit capture hf|trtllm` and `tracekit sweep`: thin doors to the scripts in capture/.
+"""`tracekit capture hf|trtllm` and `tracekit sweep`: thin doors to the scripts in tracekit/capture/.
 
 The scripts keep their own argparse parsers (they also run stand-alone on the GPU machine), so
 these commands hand their arguments over untouched; `--help` shows the script's full options.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import click
@@ -17,17 +16,8 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "allo
 
 
 def _capture_module(name: str) -> ModuleType:
-    """capture.<name>, from the installed package or, in a source checkout, the repo root."""
-    try:
-        return importlib.import_module(f"capture.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("capture", f"capture.{name}"):
-            raise
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "capture" / f"{name}.py").is_file():
-        raise click.ClickException("the capture scripts are not installed (they live in the source tree's capture/)")
-    sys.path.insert(0, str(root))
-    return importlib.import_module(f"capture.{name}")
+    """tracekit.capture.<name> (a subpackage: installed with tracekit, and runnable on its own)."""
+    return importlib.import_module(f"tracekit.capture.{name}")
 
 
 def _run(module: str, prog: str, args: list[str]) -> None:

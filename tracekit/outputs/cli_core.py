@@ -70,7 +70,9 @@ def parse_meta(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Parse this many files in parallel processes.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> None:
+@click.option("--group", default=None, metavar="NAME",
+              help="The files are the rank traces of ONE job: import them as one run named NAME.")
+def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet, group) -> None:
     """Import trace files (nsys .sqlite / .nsys-rep, Kineto .json / .json.gz) or directories of them.
 
     Each file is one atomic transaction: a bad file is reported in one line and leaves the
@@ -111,7 +113,8 @@ def import_cmd(paths, db_path, meta, replace, rules_dirs, nsys, jobs, quiet) -> 
 
     try:
         db.import_paths(files, meta=meta_d, replace=replace, rules_dirs=list(rules_dirs), nsys=nsys,
-                        jobs=jobs, on_result=on_result, on_phase=bar.phase if bar is not None else None)
+                        jobs=jobs, on_result=on_result, on_phase=bar.phase if bar is not None else None,
+                        group=group)
     except KeyboardInterrupt:
         if bar is not None:
             bar.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import stat
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -37,9 +38,21 @@ def is_trace_name(path: Path) -> bool:
     return name.endswith(TRACE_SUFFIXES)
 
 
+def require_regular_file(path: Path) -> None:
+    """TraceError unless path is a regular file (after symlinks): a FIFO blocks on open, and
+    /dev/zero or /dev/urandom never end. Call it before anything reads the file (hashing too)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise TraceError(path, f"cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise TraceError(path, "not a regular file (a device, FIFO or socket): a trace is a file")
+
+
 def detect(path: Path) -> str:
     from tracekit.readers import nsys_rep
 
+    require_regular_file(path)
     try:
         with path.open("rb") as f:
             head = f.read(64)

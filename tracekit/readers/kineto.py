@@ -1,5 +1,13 @@
 """Reader for PyTorch profiler / Kineto Chrome traces (`.json`, `.json.gz`, `.pt.trace.json`).
 
+One path (see read): frame the text into slices of whole events -> check each slice's UTF-8 and
+repair it (_utf8) -> decode it (_Events.decode: typed fast paths, then an untyped decode whose
+values are checked field by field) -> route the events into Arrow columns (_Tables). Each
+fallback is chosen by what the input holds, never by which exception a decoder raises: framing
+streams when the file is laid out as Kineto writes it and parses the whole text otherwise;
+decoding falls back from typed to checked values when a typed decoder does not take the text.
+What was tolerated on the way (odd fields, repaired UTF-8, unpaired B/E) goes to runs.absent.
+
 Speed and memory on traces of hundreds of MB come from these choices:
 - The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
   small typed msgspec structs that are turned into Arrow columns and dropped before the next
@@ -20,6 +28,7 @@ writes (see _ns and _ns_array).
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import ctypes.util
 import gc
@@ -30,10 +39,11 @@ import os
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -77,44 +87,51 @@ _WS = b" \t\r\n"
 _ABSENT = msgspec.Raw(b"")
 
 
+# Integers as wide as the columns they go to: a value out of that range is a value of
+# unexpected shape, ignored and counted like one of the wrong type (see _Events).
+_I64_RANGE = (-(1 << 63), (1 << 63) - 1)
+_I32_RANGE = (-(1 << 31), (1 << 31) - 1)
+I64 = Annotated[int, msgspec.Meta(ge=_I64_RANGE[0], le=_I64_RANGE[1])]
+I32 = Annotated[int, msgspec.Meta(ge=_I32_RANGE[0], le=_I32_RANGE[1])]
+
+
 class Args(msgspec.Struct, omit_defaults=True, gc=False):
-    external_id: int | str | None = msgspec.field(default=None, name="External id")
+    external_id: I64 | str | None = msgspec.field(default=None, name="External id")
     # PyTorch 1.8-1.9 wrote the key in lower case on GPU events.
-    external_id_old: int | str | None = msgspec.field(default=None, name="external id")
-    correlation: int | None = None
-    device: int | None = None
-    context: int | None = None
-    stream: int | None = None
-    registers: int | None = msgspec.field(default=None, name="registers per thread")
-    shared: int | None = msgspec.field(default=None, name="shared memory")
-    grid: list[int] | None = None
-    block: list[int] | None = None
+    external_id_old: I64 | str | None = msgspec.field(default=None, name="external id")
+    correlation: I64 | None = None
+    device: I32 | None = None
+    context: I64 | None = None
+    stream: I64 | None = None
+    registers: I32 | None = msgspec.field(default=None, name="registers per thread")
+    shared: I64 | None = msgspec.field(default=None, name="shared memory")
+    grid: list[I64] | None = None  # only x, y, z are kept (int32 columns): see _xyz
+    block: list[I64] | None = None
     # Shapes and types are kept as JSON text: left raw, each distinct value is converted once.
     # An absent key is the empty Raw (no JSON value is empty): rows stay Raw, so their lengths
     # and bytes can be gathered in C (see _json_codes).
     input_dims: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input Dims")
     input_dims_old: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input dims")
     input_type: msgspec.Raw = msgspec.field(default=_ABSENT, name="Input type")
-    nbytes: int | None = msgspec.field(default=None, name="bytes")
+    nbytes: I64 | None = msgspec.field(default=None, name="bytes")
 
 
 class Event(msgspec.Struct, gc=False):
     ph: str | None = None
-    id: int | str | None = None  # flow events (ph s/f) carry the correlation id here
+    id: I64 | str | None = None  # flow events (ph s/f) carry the correlation id here
     cat: str | None = None
     name: str | None = None
-    pid: int | str | None = None
-    tid: int | str | None = None
+    pid: I64 | str | None = None
+    tid: I64 | str | None = None
     ts: float | None = None
     dur: float | None = None
     args: Args | None = None
 
 
-class Trace(msgspec.Struct):
-    """The whole-document shape; used only to word the error for a trace that does not fit it."""
+class _Shape(msgspec.Struct):
+    """The top level of a Chrome trace; used only to word the error for a document that is not one."""
 
-    traceEvents: list[Event] | None = None
-    deviceProperties: list[dict] | None = None
+    traceEvents: list[msgspec.Raw]
 
 
 # The phases of the Chrome trace format and the categories PyTorch profilers write. Decoded as
@@ -135,41 +152,175 @@ class _KnownEvent(msgspec.Struct, gc=False):
     """Event, for traces whose phases and categories are all known ones (see _PHASE)."""
 
     ph: _PHASE | None = None
-    id: int | str | None = None
+    id: I64 | str | None = None
     cat: _CAT | None = None
     name: str | None = None
-    pid: int | str | None = None
-    tid: int | str | None = None
+    pid: I64 | str | None = None
+    tid: I64 | str | None = None
     ts: float | None = None
     dur: float | None = None
     args: Args | None = None
 
 
 class _Events:
-    """Decodes an events array with _KnownEvent, or with Event where that fails."""
+    """The one place that turns a slice of event text into Events. Fallbacks, cheapest first:
+
+    1. _KnownEvent: phases and categories as literals (the fast path for PyTorch's own traces);
+    2. Event: any phase or category string;
+    3. untyped: the text decoded to plain values, each field checked against what Event takes.
+       A value of another type (ROCm's string `stream` / `bytes` on hipMemcpy events, Triton's
+       string `grid`) is dropped and counted in `notes`, never fatal: most fields of most events
+       are not needed, and a kernel whose needed field is unusable is skipped and counted.
+
+    Which step applies is decided by what the text holds, not by which exception a decoder
+    raises (their types change between msgspec releases): a typed decoder either returns or does
+    not, and only the untyped decode can say that the text is not JSON (msgspec.DecodeError,
+    for the caller). Invalid UTF-8 never reaches a decoder: see _utf8.
+    """
 
     def __init__(self) -> None:
         self.known = msgspec.json.Decoder(list[_KnownEvent])
         self.any = msgspec.json.Decoder(list[Event])
+        self.untyped = msgspec.json.Decoder()
 
-    def decode(self, text: bytes | bytearray | memoryview) -> list[Event]:
-        try:
-            return self.known.decode(text)
-        except msgspec.DecodeError:
-            return self.any.decode(text)
+    def decode(self, text: bytes | bytearray | memoryview, notes: _Notes | None = None) -> list[Event]:
+        for typed in (self.known, self.any):
+            try:
+                return typed.decode(text)
+            except msgspec.DecodeError:
+                continue  # a value this type does not take, or not JSON: the steps below decide
+        values = self.untyped.decode(text)  # raises msgspec.DecodeError: not JSON
+        return _checked_events(values, notes if notes is not None else _Notes())
+
+
+class _Notes:
+    """What a read tolerated, for runs.absent: fields of unexpected type, repaired UTF-8."""
+
+    def __init__(self) -> None:
+        self.ignored: Counter[tuple[str, str, str]] = Counter()  # (category, field, JSON type) -> events
+        self.utf8_repaired = 0  # slices of text with invalid UTF-8 replaced by U+FFFD
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.utf8_repaired:
+            out.append("invalid UTF-8 in names (replaced with U+FFFD)")
+        if self.ignored:
+            parts = [f"{f} ({t}) on {n} {c} events" for (c, f, t), n in sorted(self.ignored.items())]
+            shown = "; ".join(parts[:16]) + (f"; and {len(parts) - 16} more" if len(parts) > 16 else "")
+            out.append(f"fields of unexpected type, ignored: {shown}")
+        return out
+
+
+def _json_type(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return "array" if isinstance(v, list) else "object"
+
+
+def _is_any_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unexpected(v: object, wants_list: bool = False) -> str:
+    """How a value that an integer field (or list of integers) did not take is named in absent."""
+    if (_is_any_int(v) and not wants_list) or (wants_list and isinstance(v, list) and v and all(map(_is_any_int, v))):
+        return "integer out of range"
+    return _json_type(v)
+
+
+def _is_int(v: object, bounds: tuple[int, int] = _I64_RANGE) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and bounds[0] <= v <= bounds[1]
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int_list(v: object) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+# Event and Args fields: the check a plain JSON value must pass to be kept.
+_EVENT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "ph": lambda v: isinstance(v, str), "cat": lambda v: isinstance(v, str),
+    "name": lambda v: isinstance(v, str), "id": lambda v: _is_int(v) or isinstance(v, str),
+    "pid": lambda v: _is_int(v) or isinstance(v, str), "tid": lambda v: _is_int(v) or isinstance(v, str),
+    "ts": _is_num, "dur": _is_num,
+}
+_INT_ARGS = {"correlation": "correlation", "context": "context", "stream": "stream",
+             "shared memory": "shared", "bytes": "nbytes"}
+_INT32_ARGS = {"device": "device", "registers per thread": "registers"}
+_ID_ARGS = {"External id": "external_id", "external id": "external_id_old"}
+_LIST_ARGS = {"grid": "grid", "block": "block"}
+_RAW_ARGS = {"Input Dims": "input_dims", "Input dims": "input_dims_old", "Input type": "input_type"}
+
+
+def _checked_events(values: object, notes: _Notes) -> list[Event]:
+    """Events from untyped JSON values: a field whose value Event does not take is left out
+    (as if absent) and counted; an array element that is not an object is skipped and counted."""
+    if not isinstance(values, list):
+        raise msgspec.ValidationError("traceEvents is not an array")
+    out = []
+    ignored = notes.ignored
+    for v in values:
+        if not isinstance(v, dict):
+            ignored[("non-object", "traceEvents[]", _json_type(v))] += 1
+            continue
+        cat = v.get("cat")
+        where = cat if isinstance(cat, str) else "uncategorised"
+        kw: dict[str, object] = {}
+        for key, ok in _EVENT_FIELDS.items():
+            x = v.get(key)
+            if x is None:
+                continue
+            if ok(x):
+                kw[key] = float(x) if key in ("ts", "dur") else x
+            else:
+                ignored[(where, key, _unexpected(x) if key in ("id", "pid", "tid") else _json_type(x))] += 1
+        a = v.get("args")
+        if isinstance(a, dict):
+            kw["args"] = _checked_args(a, where, ignored)
+        elif a is not None:
+            ignored[(where, "args", _json_type(a))] += 1
+        out.append(Event(**kw))
+    return out
+
+
+def _checked_args(a: dict, where: str, ignored: Counter) -> Args:
+    kw: dict[str, object] = {}
+    for table, ok in ((_INT_ARGS, _is_int), (_INT32_ARGS, lambda x: _is_int(x, _I32_RANGE)),
+                      (_ID_ARGS, lambda x: _is_int(x) or isinstance(x, str)), (_LIST_ARGS, _is_int_list)):
+        for key, field_ in table.items():
+            x = a.get(key)
+            if x is None:
+                continue
+            if ok(x):
+                kw[field_] = x
+            else:
+                ignored[(where, f"args.{key}", _unexpected(x, table is _LIST_ARGS))] += 1
+    for key, field_ in _RAW_ARGS.items():
+        if key in a:
+            kw[field_] = msgspec.Raw(msgspec.json.encode(a[key]))
+    return Args(**kw)
 
 
 _NO_ARGS = Args()
 _EVENTS = _Events()
 _KERNEL_CATS = {"kernel", "Kernel"}
-_RUNTIME_CATS = {"cuda_runtime": "runtime", "Runtime": "runtime", "cuda_driver": "driver"}
+# CUDA and ROCm builds both write cuda_runtime/cuda_driver (hip* calls included); Intel XPU and
+# out-of-tree (PrivateUse1) backends write their own launches the same way under their names.
+_RUNTIME_CATS = {"cuda_runtime": "runtime", "Runtime": "runtime", "cuda_driver": "driver",
+                 "xpu_runtime": "runtime", "xpu_driver": "driver", "privateuse1_runtime": "runtime",
+                 "privateuse1_driver": "driver", "mtia_runtime": "runtime"}
 _MEM_CATS = {"gpu_memcpy": "memcpy", "Memcpy": "memcpy", "gpu_memset": "memset", "Memset": "memset"}
 _OP_CATS = {"cpu_op", "Operator", "operator"}
 _RANGE_CATS = {"user_annotation", "gpu_user_annotation"}
-
-
-class _Retry(Exception):
-    """Invalid UTF-8 met mid-way: start again on the repaired text."""
 
 
 class _BadCut(Exception):
@@ -243,33 +394,41 @@ def _int_or_none(v: object) -> int | None:
 
 
 def read(path: Path) -> TraceData:
+    """One path: the text is framed into slices of whole events, each slice is checked for
+    UTF-8 (_utf8) and decoded (_Events.decode), and the events go into Arrow tables (_Tables).
+    Framing has one explicit fallback, chosen by checking the layout, not by a decoder's error:
+    streamed slices when the file is laid out as Kineto writes it (the events array opened
+    within the first slices, one event per line); else the whole text, framed by a full parse."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        retry = False
         try:
             return _read_stream(path)
         except _SplitWrong:
-            pass  # not laid out as Kineto writes it: parse it whole
-        except _Retry:
-            retry = True
-        raw = _load_bytes(path)
-        try:
-            if retry:
-                raise _Retry()
-            return _read(path, raw, replaced=False)
-        except _Retry:
-            # Invalid UTF-8 (kernel or annotation names copied raw from C++ strings) is replaced
-            # with U+FFFD rather than rejecting the whole trace.
-            raw = bytes(raw).decode("utf-8", "replace").encode()
-            try:
-                return _read(path, raw, replaced=True)
-            except _Retry:
-                raise TraceError(path, "invalid UTF-8 that cannot be repaired") from None
+            pass  # not laid out as Kineto writes it (or broken): frame it from the whole text
+        raw, repaired = _utf8(_load_bytes(path))
+        return _read(path, raw, replaced=repaired)
     finally:
         if enabled:
             gc.enable()
         _give_back_memory()
+
+
+def _utf8(text: bytes | bytearray | memoryview) -> tuple[bytes | bytearray | memoryview, bool]:
+    """(text, False) when it is valid UTF-8, else (text with each invalid sequence replaced by
+    U+FFFD, True). Kernel and annotation names are copied raw from C++ strings, so a trace may
+    hold invalid UTF-8; decoders disagree between releases on how to report it (msgspec < 0.19
+    raised UnicodeDecodeError, 0.19+ DecodeError), so it is checked here before decoding.
+
+    Nearly all traces are ASCII: a vectorised max over the bytes settles that without a copy;
+    only text with non-ASCII bytes pays for a full UTF-8 check."""
+    if not len(text) or int(np.frombuffer(text, np.uint8).max()) < 0x80:
+        return text, False
+    try:
+        codecs.utf_8_decode(text, "strict", True)
+        return text, False
+    except UnicodeDecodeError:
+        return codecs.utf_8_decode(text, "replace", True)[0].encode(), True
 
 
 def _give_back_memory() -> None:
@@ -311,11 +470,12 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
             break
     if start < 0 or _first_byte(buf, 0) != ord("{"):
         raise _SplitWrong()
-    prefix = bytes(buf[:start])
+    prefix, repaired = _utf8(bytes(buf[:start]))
     # buf keeps the events' own `[` in front, and a slice's closing `]` is written over the comma
     # after its last event: each slice is decoded in place, never copied out.
     del buf[:start]
     tables = _Tables()
+    tables.notes.utf8_repaired += repaired
     misses = 0
     with _errors_as_trace_error(path):
         for piece in pieces:
@@ -327,37 +487,40 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
                 continue
             comma, nxt = cut
             buf[comma] = ord("]")
+            text, repaired = _utf8(memoryview(buf)[:comma + 1])
             try:
-                events = _EVENTS.decode(memoryview(buf)[:comma + 1])
-            except msgspec.DecodeError:
+                events = _EVENTS.decode(text, tables.notes)
+            except msgspec.DecodeError:  # not JSON: see _Events.decode
+                del text  # a view of buf: it must go before buf is resized
                 buf[comma] = ord(",")
                 misses += 1  # a cut inside an event: keep reading and cut further on
                 if misses > 4:
                     raise _SplitWrong() from None
                 continue
+            tables.notes.utf8_repaired += repaired
             tables.add(events, path, None)
-            del events  # its Raw values pin buf: it must go before buf is resized
+            del events, text  # its Raw values pin buf: it must go before buf is resized
             del buf[:nxt - 1]
             buf[0] = ord("[")
         del buf[:1]
         top, end = _close_events(prefix, buf)
-        del buf[end:]
-        events = _EVENTS.decode(b"[" + bytes(buf) + b"]") if _first_byte(buf, 0) != -1 else []
+        tail, repaired = _utf8(b"[" + bytes(buf[:end]) + b"]")
+        del buf
+        tables.notes.utf8_repaired += repaired
+        events = _EVENTS.decode(tail, tables.notes) if _first_byte(tail, 1) != ord("]") else []
         tables.add(events, path, None)
-        del events, buf
+        del events, tail
         if tables.need_flow:
             raise _SplitWrong()  # ac2g flows are matched in a second pass over the whole text
-        return _finish(path, tables, _envelope(path, None, top), replaced=False)
+        return _finish(path, tables, _envelope(path, None, top, tables.notes))
 
 
 @contextmanager
 def _errors_as_trace_error(path: Path) -> Iterator[None]:
     try:
         yield
-    except UnicodeDecodeError:
-        raise _Retry() from None
     except msgspec.DecodeError:
-        raise _SplitWrong() from None
+        raise _SplitWrong() from None  # not JSON where the layout promised events: the whole-text path words it
     except (OverflowError, pa.ArrowInvalid) as exc:
         # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
         raise TraceError(path, f"value out of range in trace ({exc})") from None
@@ -473,6 +636,12 @@ def _last_cut(buf: bytearray) -> tuple[int, int] | None:
     return None
 
 
+# Stands in for the events array while the envelope around it is decoded. It is not `[]`, so a
+# second top-level traceEvents key after it is told apart: then the last one is the events
+# array, as JSON.parse (Chrome's and Perfetto's trace viewers) and Python's json read it.
+_SLOT = b'"tracekit: events array"'
+
+
 def _close_events(prefix: bytes, rest: bytearray) -> tuple[dict[str, msgspec.Raw], int]:
     """The envelope (decoded around an empty traceEvents) and where the events end in rest."""
     pos = len(rest)
@@ -487,17 +656,18 @@ def _close_events(prefix: bytes, rest: bytearray) -> tuple[dict[str, msgspec.Raw
         if before >= 0 and rest[before] != ord("}"):
             continue
         try:
-            top = msgspec.json.decode(prefix + b"[]" + bytes(rest[close + 1:]), type=dict[str, msgspec.Raw])
+            top = msgspec.json.decode(prefix + _SLOT + bytes(rest[close + 1:]), type=dict[str, msgspec.Raw])
         except msgspec.DecodeError:
             continue
         ev = top.pop("traceEvents", None)
-        if ev is None or bytes(ev) != b"[]":
+        if ev is None or bytes(ev) != _SLOT:  # a later traceEvents key: it is the one read
             break
         return top, close
     raise _SplitWrong()
 
 
 def _read(path: Path, raw: bytes | bytearray, replaced: bool) -> TraceData:
+    """The whole-text path; raw is valid UTF-8 (see _utf8), `replaced` says whether it was repaired."""
     try:
         built = None
         quick = _split_quick(raw)
@@ -509,35 +679,33 @@ def _read(path: Path, raw: bytes | bytearray, replaced: bool) -> TraceData:
         if built is None:
             built = _build(path, raw, *_split_envelope(path, raw), exact=True)
         tables, envelope = built
-        return _finish(path, tables, envelope, replaced)
-    except UnicodeDecodeError:
-        raise _Retry() from None
+        tables.notes.utf8_repaired += replaced
+        return _finish(path, tables, envelope)
     except (OverflowError, pa.ArrowInvalid) as exc:
         # An integer field beyond 64 bits (or a grid beyond 32) is not something a profiler writes.
         raise TraceError(path, f"value out of range in trace ({exc})") from None
 
 
-def _finish(path: Path, tables: _Tables, envelope: dict, replaced: bool) -> TraceData:
+def _finish(path: Path, tables: _Tables, envelope: dict) -> TraceData:
     data = tables.finish(envelope)
     if data is None:
         bad_ts = tables.bad_ts
         why = f" ({bad_ts} events skipped for missing, NaN, negative or out-of-range times)" if bad_ts else ""
         raise TraceError(path, f"trace has no GPU kernels{why} (was the profiler run with CUDA activities?)")
-    if replaced:
-        data.absent.append("invalid UTF-8 in names (replaced with U+FFFD)")
     return data
 
 
 def _build(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw], span: tuple[int, int],
            exact: bool) -> tuple[_Tables, dict]:
-    envelope = _envelope(path, raw, top)
+    tables = _Tables()
+    envelope = _envelope(path, raw, top, tables.notes)
     try:
-        tables = _Tables()
-        for chunk in _chunks(raw, span):
+        for chunk in _chunks(raw, span, tables.notes):
             tables.add(chunk, path, raw)
     except _BadCut:
         tables = _Tables()
-        tables.add(_decode_whole(path, raw, span, exact), path, raw)
+        envelope = _envelope(path, raw, top, tables.notes)
+        tables.add(_decode_whole(path, raw, span, exact, tables.notes), path, raw)
     if tables.need_flow:
         # Rare (correlation args missing): a second pass reads the ac2g flows.
         try:
@@ -549,21 +717,21 @@ def _build(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw], span
 
 
 def _canonical_error(path: Path, raw: bytes | bytearray | None) -> TraceError:
-    """The error a whole-document decode gives: names the failing event by its index."""
+    """The error for a document that cannot be read: invalid JSON (with its byte offset), or a
+    document whose top level is not a Chrome trace's. raw is valid UTF-8 (see _utf8)."""
     if raw is None:
         raise _SplitWrong()  # streaming: the whole-text path will word it
     try:
-        if _first_byte(raw, 0) == ord("["):
-            msgspec.json.decode(raw, type=list[Event])
-        else:
-            msgspec.json.decode(raw, type=Trace)
-            msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
-    except UnicodeDecodeError:
-        raise _Retry() from None
-    except msgspec.ValidationError as exc:
-        return TraceError(path, f"not a Chrome/Kineto trace ({exc})")
+        msgspec.json.decode(raw, type=msgspec.Raw)  # well-formed JSON? (values are skipped, not built)
     except msgspec.DecodeError as exc:
         return TraceError(path, f"invalid JSON ({exc})")
+    try:
+        if _first_byte(raw, 0) == ord("["):
+            msgspec.json.decode(raw, type=list[msgspec.Raw])
+        else:
+            msgspec.json.decode(raw, type=_Shape)
+    except msgspec.DecodeError as exc:
+        return TraceError(path, f"not a Chrome/Kineto trace ({exc})")
     return TraceError(path, "not a Chrome/Kineto trace (unexpected event fields)")
 
 
@@ -611,13 +779,13 @@ def _split_quick(raw: bytes | bytearray) -> tuple[dict[str, msgspec.Raw], tuple[
             before -= 1
         if raw[before] not in b"}[":
             continue
-        head = bytes(raw[:start]) + b"[]" + bytes(raw[close + 1:])
+        head = bytes(raw[:start]) + _SLOT + bytes(raw[close + 1:])
         try:
             top = msgspec.json.decode(head, type=dict[str, msgspec.Raw])
         except msgspec.DecodeError:
             continue
         ev = top.pop("traceEvents", None)
-        if ev is None or bytes(ev) != b"[]":
+        if ev is None or bytes(ev) != _SLOT:  # a later traceEvents key: it is the one read
             return None
         return top, (start, close + 1)
     return None
@@ -642,6 +810,10 @@ def _split_envelope(path: Path, raw: bytes | bytearray) -> tuple[dict[str, msgsp
         raise _canonical_error(path, raw) from None
     ev = top.pop("traceEvents", None)
     if ev is None or (len(memoryview(ev)) == 4 and bytes(ev) == b"null"):
+        if "nodes" in top and "schema" in top:
+            # torch.profiler.ExecutionTraceObserver writes operators and their inputs, no GPU activity.
+            raise TraceError(path, "JSON has no traceEvents: a PyTorch execution trace (operator graph, no GPU "
+                                   "kernels), not a Chrome/Kineto trace; import the Kineto trace recorded with it")
         raise TraceError(path, "JSON has no traceEvents: not a Chrome/Kineto trace")
     view = memoryview(ev)
     if not len(view) or view[0] != ord("["):
@@ -650,7 +822,7 @@ def _split_envelope(path: Path, raw: bytes | bytearray) -> tuple[dict[str, msgsp
     return top, (start, start + len(view))
 
 
-def _chunks(raw: bytes | bytearray, span: tuple[int, int]) -> Iterator[list[Event]]:
+def _chunks(raw: bytes | bytearray, span: tuple[int, int], notes: _Notes | None = None) -> Iterator[list[Event]]:
     """Decode the events array [start, end) in slices cut between two events.
 
     A cut is made only where a newline separates `,` from `{`: a newline cannot occur inside a
@@ -689,16 +861,17 @@ def _chunks(raw: bytes | bytearray, span: tuple[int, int]) -> Iterator[list[Even
         buf += memoryview(raw)[a:b]
         buf += b"]"
         try:
-            events = _EVENTS.decode(buf)
+            events = _EVENTS.decode(buf, notes)
         except msgspec.DecodeError:
-            raise _BadCut() from None  # a cut inside an event, or a bad event
+            raise _BadCut() from None  # a cut inside an event, or not JSON
         del buf
         yield events
 
 
-def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exact: bool) -> list[Event]:
+def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exact: bool,
+                  notes: _Notes | None = None) -> list[Event]:
     try:
-        return _EVENTS.decode(memoryview(raw)[span[0]:span[1]])
+        return _EVENTS.decode(memoryview(raw)[span[0]:span[1]], notes)
     except msgspec.DecodeError:
         if not exact:
             raise _SplitWrong() from None
@@ -763,6 +936,9 @@ class _Tables:
         self.o: list[pa.RecordBatch] = []
         self.m: list[pa.RecordBatch] = []
         self.bad_ts = 0
+        self.notes = _Notes()
+        self.open_b: dict[tuple, list[Event]] = {}  # (pid, tid) -> B events not yet closed
+        self.lone_e = 0
         self.json_text: dict[tuple[int, bytes], str | None] = {}
         self.codes = {
             "k.name": _Codes(""), "la.name": _Codes(""), "la.kind": _Codes(), "o.name": _Codes(""),
@@ -785,10 +961,17 @@ class _Tables:
         route |= dict.fromkeys(_OP_CATS, ops) | dict.fromkeys(_RANGE_CATS, rngs) | dict.fromkeys(_MEM_CATS, mem)
         get = route.get
         for e in events:
-            if e.ph == "X":
+            ph = e.ph
+            if ph == "X":
                 target = get(e.cat)
                 if target is not None:
                     target.append(e)
+            elif ph == "B" or ph == "E":
+                e = self._paired(e)
+                if e is not None:
+                    target = get(e.cat)
+                    if target is not None:
+                        target.append(e)
         if kern:
             self._kernels(kern)
         if launch:
@@ -799,6 +982,28 @@ class _Tables:
             self._ranges(rngs)
         if mem:
             self._memops(mem)
+
+    def _paired(self, e: Event) -> Event | None:
+        """Duration events as B/E pairs (the Chrome format's other way to write an X event): an E
+        closes the latest open B of its thread. Returns the complete event at E, else None."""
+        key = (e.pid, e.tid)
+        if e.ph == "B":
+            a = e.args
+            if a is not None and (a.input_dims or a.input_dims_old or a.input_type):
+                # Raw values are views of the slice's text, which the next slice replaces.
+                a.input_dims, a.input_dims_old, a.input_type = (
+                    msgspec.Raw(bytes(r)) for r in (a.input_dims, a.input_dims_old, a.input_type))
+            self.open_b.setdefault(key, []).append(e)
+            return None
+        stack = self.open_b.get(key)
+        if not stack:
+            self.lone_e += 1
+            return None
+        b = stack.pop()
+        dur = None if b.ts is None or e.ts is None else e.ts - b.ts
+        return Event(ph="X", id=b.id, cat=b.cat if b.cat is not None else e.cat,
+                     name=b.name if b.name is not None else e.name, pid=b.pid, tid=b.tid, ts=b.ts, dur=dur,
+                     args=b.args if b.args is not None else e.args)
 
     def add_flows(self, events: list[Event]) -> None:
         for e in events:
@@ -858,7 +1063,10 @@ class _Tables:
             "shared_dynamic": null64, "graph_node_id": null64,
         }
         for key, vals in (("grid", [a.grid for a in args]), ("block", [a.block for a in args])):
-            cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), _xyz(vals), strict=True))
+            xyz, wide = _xyz(vals)
+            cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), xyz, strict=True))
+            if wide:
+                self.notes.ignored[("kernel", f"args.{key}", "integer out of range")] += wide
         self.k.append(_batch(cols, _K_BATCH))
 
     def _launches(self, evs: list[Event]) -> None:
@@ -914,17 +1122,23 @@ class _Tables:
         enc = enc.dictionary_encode()
         cache = self.json_text
         codes = self.codes["o.input_dims" if style == 0 else "o.input_types"]
-        remap = []
+        remap: list[int] = []
+        bad: list[int] = []
         for b in enc.dictionary.to_pylist():
             if not b:  # the empty default: the key is absent
                 remap.append(-1)
                 continue
             key = (style, b)
             if key not in cache:
-                cache[key] = _json_text(b, style, path, raw)
+                cache[key] = _json_text(b, style)
             text = cache[key]
-            remap.append(-1 if text is None else codes[text])
+            remap.append(-1 if text is None or text is _NotAList else codes[text])
+            if text is _NotAList:
+                bad.append(len(remap) - 1)
         idx = np.array(remap, np.int32)[enc.indices.to_numpy()] if remap else np.zeros(0, np.int32)
+        if bad:
+            n_bad = int(np.isin(enc.indices.to_numpy(), bad).sum())
+            self.notes.ignored[("cpu_op", "args.Input Dims" if style == 0 else "args.Input type", "not an array")] += n_bad
         return pa.array(idx, pa.int32(), mask=idx < 0)
 
     def _ranges(self, evs: list[Event]) -> None:
@@ -989,6 +1203,14 @@ class _Tables:
         absent = []
         if flow_used:
             absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
+        no_corr = kernels.column("correlation").null_count
+        if no_corr:
+            absent.append(f"correlation on {no_corr} of {kernels.num_rows} kernels (neither args nor ac2g flows): "
+                          "those kernels cannot be linked to their launches")
+        unclosed = sum(len(v) for v in self.open_b.values())
+        if unclosed or self.lone_e:
+            absent.append(f"B/E duration events without their pair: {unclosed} B never closed, "
+                          f"{self.lone_e} E with no open B (skipped)")
         if self.bad_ts:
             absent.append(f"{self.bad_ts} events with missing, NaN or negative timestamps (skipped)")
         if not ops.num_rows:
@@ -997,6 +1219,7 @@ class _Tables:
             absent.append("Input Dims (record_shapes was off)")
         if not launches.num_rows:
             absent.append("cuda_runtime events")
+        absent += self.notes.lines()
         return TraceData(
             format="kineto",
             kernels=_sorted_with_ids(kernels, "kernel_id"),
@@ -1031,20 +1254,19 @@ class _Tables:
         return patched(kernels, fix["k"]), patched(launches, fix["la"]), len(fix["k"])
 
 
-def _json_text(text: bytes, style: int, path: Path, raw: bytes | bytearray) -> str | None:
-    try:
-        val = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        raise _canonical_error(path, raw) from None
+def _json_text(text: bytes, style: int) -> str | None | type[_NotAList]:
+    # text is a value the events decoder already took as JSON, so it decodes.
+    val = msgspec.json.decode(text)
     if val is None:
         return None
     if not isinstance(val, list):
-        raise _canonical_error(path, raw)
+        return _NotAList  # shapes and types are lists; another value is ignored, and counted
     return json.dumps(val, separators=(",", ":")) if style == 0 else json.dumps(val)
 
 
-def _xyz(vals: list[list[int] | None]) -> tuple[pa.Array | list, pa.Array | list, pa.Array | list]:
-    """grid/block lists as three int32 columns; a missing or short list leaves nulls."""
+def _xyz(vals: list[list[int] | None]) -> tuple[tuple, int]:
+    """grid/block lists as three int32 columns, and how many x/y/z values were beyond int32
+    (left NULL, as a missing or short list leaves them)."""
     try:
         lists = pa.array(vals, pa.list_(pa.int32()))
     except (pa.ArrowInvalid, OverflowError):
@@ -1053,10 +1275,12 @@ def _xyz(vals: list[list[int] | None]) -> tuple[pa.Array | list, pa.Array | list
         lens = lists.value_lengths().to_numpy()
         if (lens == 3).all():  # the usual [x, y, z]: split the flat values, no Python per row
             flat = lists.flatten().to_numpy().reshape(-1, 3)
-            return pa.array(flat[:, 0]), pa.array(flat[:, 1]), pa.array(flat[:, 2])
+            return (pa.array(flat[:, 0]), pa.array(flat[:, 1]), pa.array(flat[:, 2])), 0
     seqs = [v or () for v in vals]
-    # Lists, converted by _batch in column order: an out-of-range value is reported as before.
-    return tuple([s[i] if i < len(s) else None for s in seqs] for i in range(3))
+    lo, hi = _I32_RANGE
+    axes = tuple([s[i] if i < len(s) and lo <= s[i] <= hi else None for s in seqs] for i in range(3))
+    wide = sum(1 for s in seqs for x in s[:3] if not lo <= x <= hi)
+    return axes, wide
 
 
 def _floats(vals: list[float | None]) -> np.ndarray:
@@ -1109,8 +1333,13 @@ def _sorted_with_ids(t: pa.Table, id_col: str) -> pa.Table:
     return t.set_column(t.schema.get_field_index(id_col), id_col, pa.array(np.arange(t.num_rows), pa.int64()))
 
 
-def _envelope(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw]) -> dict:
-    """Top-level keys other than traceEvents: device properties, versions, user metadata."""
+class _NotAList:
+    """_json_text's answer for a shape or type value that is not a JSON array."""
+
+
+def _envelope(path: Path, raw: bytes | bytearray | None, top: dict[str, msgspec.Raw], notes: _Notes) -> dict:
+    """Top-level keys other than traceEvents: device properties, versions, user metadata.
+    A deviceProperties of another shape than a list of objects is ignored (and noted)."""
     meta: dict[str, object] = {}
     for key, val in top.items():
         try:
@@ -1119,7 +1348,8 @@ def _envelope(path: Path, raw: bytes | bytearray, top: dict[str, msgspec.Raw]) -
             continue
     devices = meta.pop("deviceProperties", None) or []
     if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
-        raise _canonical_error(path, raw)
+        notes.ignored[("envelope", "deviceProperties", _json_type(devices))] += 1
+        devices = [d for d in devices if isinstance(d, dict)] if isinstance(devices, list) else []
     gpu_names = sorted({d.get("name") for d in devices if isinstance(d, dict) and d.get("name")})
     tool_versions = {}
     for key in ("cuda_runtime_version", "cuda_driver_version", "cupti_version", "schemaVersion"):

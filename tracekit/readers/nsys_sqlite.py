@@ -12,6 +12,8 @@ import json
 import re
 import sqlite3
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,7 +41,30 @@ _NVTX_PUSHPOP, _NVTX_STARTEND, _NVTX_DOMAIN_CREATE = 59, 60, 75
 
 # torch.autograd.profiler.emit_nvtx labels: "aten::mm, seq = 3, op_id = 5, sizes = [[..]], ..."
 _EMIT_NVTX = re.compile(r"^(?P<name>[^,]+), (?:seq = \d+, )?op_id = (?P<op_id>\d+)(?P<rest>.*)$", re.S)
-_SIZES = re.compile(r"sizes = (\[.*?\]\])(?:, input_op_ids|$)", re.S)
+
+
+def _sizes(rest: str) -> str | None:
+    """The `[[..]]` after `sizes = ` in an emit_nvtx label's tail, ending at the first `]]` that
+    is followed by `, input_op_ids` or ends the label; None if there is none.
+
+    In linear time: the regex this replaces (`sizes = (\\[.*?\\]\\])(?:, input_op_ids|$)`) retried
+    from every `sizes = ` in the label, quadratic in a long label (one 200 KB label: 23 s). Only
+    the first `sizes = [` can match: every end a later start could reach, the first reaches too.
+    """
+    start = rest.find("sizes = [")
+    if start < 0:
+        return None
+    lo = start + len("sizes = [")
+    ends = []
+    mid = rest.find("]], input_op_ids", lo)
+    if mid >= 0:
+        ends.append(mid)
+    for tail in ("]]", "]]\n"):  # `$` matches at the end, or before a final newline
+        if rest.endswith(tail) and len(rest) - len(tail) >= lo:
+            ends.append(len(rest) - len(tail))
+    if not ends:
+        return None
+    return rest[lo - 1:min(ends) + 2]
 
 
 def looks_like(path: Path, head: bytes) -> bool:
@@ -47,8 +72,106 @@ def looks_like(path: Path, head: bytes) -> bool:
 
 
 def _tables(con: sqlite3.Connection) -> dict[str, set[str]]:
-    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")]
+    """The file's real tables and their columns. A view is never read: one standing in for a
+    table tracekit reads is refused (_not_tables), others (tools add their own) are ignored."""
+    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {n: {r[1] for r in con.execute(f'PRAGMA table_info("{n}")')} for n in names}
+
+
+# The names tracekit reads, or that an nsys export uses for its own tables.
+_NSYS_PREFIXES = ("CUPTI_", "NVTX_", "TARGET_INFO_", "META_DATA_", "ENUM_", "OSRT_", "CUDA_", "StringIds",
+                  "EXPORT_META_DATA", "ThreadNames", "ProcessStreams")
+
+
+def _not_tables(con: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(name, type) of views (or triggers, ...) named like an nsys table: an export holds real
+    tables, and a view in a table's place can run any query (a recursive one never ends)."""
+    return [(n, t) for n, t in con.execute("SELECT name, type FROM sqlite_master WHERE type NOT IN ('table', 'index')")
+            if isinstance(n, str) and n.startswith(_NSYS_PREFIXES)]
+
+
+# Time a file's SQLite reads may take: generous for real exports (the largest bench export,
+# 736 MB, reads in under a minute), finite for a hostile one. SQLite's own heap is capped too.
+_BUDGET_BASE_S = 120.0
+_BUDGET_S_PER_MB = 1.0
+_HEAP_LIMIT = 2 << 30
+# SQLite VM steps between two deadline checks (~10 µs of SQLite work: the check costs ~1% of it).
+_PROGRESS_EVERY = 10_000
+
+
+def _budget_s(path: Path) -> float:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return _BUDGET_BASE_S + _BUDGET_S_PER_MB * size / 2**20
+
+
+class _Budget:
+    """Progress handler and trace callback of the sqlite3 connection: stops a read past its
+    deadline (SQLite then raises "interrupted"), and remembers the statement running, so that
+    the error can name the table. Ctrl-C, which Python cannot deliver while SQLite runs a long
+    step in C, arrives here (in the handler's Python code) and also stops the statement."""
+
+    _FROM = re.compile(r'\b(?:FROM\s+|PRAGMA\s+\w+\()"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
+
+    def __init__(self, path: Path) -> None:
+        self.seconds = _budget_s(path)
+        self.deadline = time.monotonic() + self.seconds
+        self.sql = ""
+        self.expired = False
+
+    def progress(self) -> int:
+        if time.monotonic() > self.deadline:
+            self.expired = True
+            return 1
+        return 0
+
+    def trace(self, sql: str) -> None:
+        self.sql = sql
+
+    def table(self) -> str:
+        m = self._FROM.search(self.sql or "")
+        return m.group(1) if m else "the file"
+
+
+def _failed(path: Path, exc: Exception, budget: _Budget, what: str) -> TraceError:
+    if budget.expired:
+        return TraceError(path, f"reading {budget.table()} took longer than its budget of {budget.seconds:.0f} s "
+                                "(a table far larger than the file should hold?)")
+    if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C arrived in the progress handler
+    return TraceError(path, f"{what} ({_why(exc)})")
+
+
+def _wal_or_journal(path: Path) -> str | None:
+    """Why the main file alone does not hold the database's committed state, or None.
+
+    Exports are opened immutable (nothing is ever written beside the user's file, which may sit
+    on a read-only filesystem), and then SQLite reads the main file only: committed rows still in
+    a `-wal` file would be missed, and pages of an interrupted transaction (a hot `-journal`)
+    would be read as if committed. Both are refused, saying how to make the file whole."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return None
+    fix = f"run `sqlite3 {path.name} 'PRAGMA wal_checkpoint(TRUNCATE)'` on a writable copy (with its -wal) and import that"
+    wal = path.with_name(path.name + "-wal")
+    # Bytes 18-19 are 2 in WAL mode; a -wal longer than its 32-byte header holds frames.
+    if len(header) >= 20 and header[18] == 2 and wal.exists() and wal.stat().st_size > 32:
+        return f"is in WAL mode with {wal.name} holding changes not yet in the file; {fix}"
+    journal = path.with_name(path.name + "-journal")
+    try:
+        with journal.open("rb") as f:
+            magic = f.read(8)
+    except OSError:
+        return None
+    if magic == b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7":  # a hot journal: a write was interrupted
+        return (f"has a hot rollback journal {journal.name} (a write was interrupted): the file may hold "
+                f"uncommitted rows; open a writable copy (with its -journal) once with `sqlite3` to roll it back, "
+                f"and import that")
+    return None
 
 
 # SQLite columns hold any type whatever their declaration; a value of the wrong type or out of
@@ -96,24 +219,46 @@ def _why(exc: Exception) -> str:
 
 
 def read(path: Path) -> TraceData:
-    uri = f"file:{path}?mode=ro&immutable=1"
+    why = _wal_or_journal(path)
+    if why:
+        raise TraceError(path, why)
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
+    budget = _Budget(path)
+    con = None
     try:
         # Read-only and immutable: the user's file is never touched, even its journal.
         con = sqlite3.connect(uri, uri=True)
         # Names are copied from the traced program; invalid UTF-8 there must not fail the import.
         con.text_factory = lambda b: b.decode("utf-8", "replace")
+        con.set_progress_handler(budget.progress, _PROGRESS_EVERY)
+        con.set_trace_callback(budget.trace)
+        heap = con.execute("PRAGMA hard_heap_limit").fetchone()[0]
+        con.execute(f"PRAGMA hard_heap_limit = {min(heap or _HEAP_LIMIT, _HEAP_LIMIT)}")
+        views = _not_tables(con)
         tables = _tables(con)
     except _SQLITE_ERRORS as exc:
-        raise TraceError(path, f"not a readable SQLite file ({_why(exc)})") from None
+        if con is not None:
+            con.close()
+        raise _failed(path, exc, budget, "not a readable SQLite file") from None
+    if views:
+        name, kind = views[0]
+        con.execute(f"PRAGMA hard_heap_limit = {heap}")
+        con.close()
+        raise TraceError(path, f"{name} is a {kind}, not a table: an nsys export holds tables, and a {kind} "
+                               "in its place could run any query; refusing to read it")
     fetch = None
     try:
         fetch = _Fetch(con, uri)
         return _read(fetch, path, tables)
     except _SQLITE_ERRORS as exc:
-        raise TraceError(path, f"SQLite error while reading ({_why(exc)})") from None
+        raise _failed(path, exc, budget, f"SQLite error while reading {budget.table()}") from None
     finally:
         if fetch is not None:
             fetch.close()
+        try:
+            con.execute(f"PRAGMA hard_heap_limit = {heap}")
+        except _SQLITE_ERRORS:
+            pass
         con.close()
 
 
@@ -722,7 +867,7 @@ def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _String
         pid, tid = _gtid_pid(gtid), _gtid_tid(gtid)
         m = _EMIT_NVTX.match(label)
         if m:
-            sizes = _SIZES.search(m.group("rest"))
+            sizes = _sizes(m.group("rest"))
             ocols["name"].append(m.group("name"))
             ocols["source"].append("nvtx")
             ocols["start_ns"].append(start)
@@ -731,7 +876,7 @@ def _nvtx(con: sqlite3.Connection, tables: dict[str, set[str]], strings: _String
             ocols["pid"].append(pid)
             ocols["tid"].append(tid)
             ocols["external_id"].append(int(m.group("op_id")))
-            ocols["input_dims"].append(_json_dims(sizes.group(1)) if sizes else None)
+            ocols["input_dims"].append(_json_dims(sizes) if sizes else None)
             ocols["input_types"].append(None)
             # Under emit_nvtx, record_function labels (stage markers among them) arrive in the same
             # format as operators; anything not namespaced like an operator is also kept as a range.

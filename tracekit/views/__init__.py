@@ -22,7 +22,8 @@ _NEEDED = ("runs", "run_meta", "kernels")
 
 
 def sql_files() -> list[str]:
-    """Names of the view files. No view reads another, so any order works; name order is stable."""
+    """Names of the view files, in the order they are created: a view may read views of files that
+    sort before its own (comm_ops.sql before composition.sql and ranks.sql)."""
     return sorted(f.name for f in resources.files(__package__).iterdir() if f.name.endswith(".sql"))
 
 
@@ -78,6 +79,23 @@ def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
 
 
+def _ensure_rank_columns(con: duckdb.DuckDBPyConnection) -> None:
+    # A database written before multi-rank runs, opened read-only (on a writable open schema.sql and
+    # _added_columns add them): its stored `kernels` view lacks `rank` (a view, so not an @added
+    # column) and it has no run_ranks: temporary stand-ins, every run of it having one rank.
+    if "rank" not in _main_columns(con, "kernels") and "content_hash" in _main_columns(con, "runs"):
+        db = '"' + con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""') + '".main'
+        con.execute(f"CREATE OR REPLACE TEMP VIEW kernels AS SELECT *, NULL::INTEGER AS rank FROM {db}.kernels")
+    if not _has_table(con, "run_ranks"):
+        from tracekit.store import table_ddl
+
+        ddl = table_ddl("run_ranks")
+        try:
+            con.execute(ddl)
+        except (duckdb.InvalidInputException, duckdb.PermissionException, duckdb.CatalogException):
+            con.execute(ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
+
+
 def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
     missing = [t for t in _NEEDED if not _has_table(con, t)]
     if missing:
@@ -110,6 +128,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     _check_tables(con)
     _ensure_passes(con)
     _added_columns(con)
+    _ensure_rank_columns(con)
     _roofline_inputs(con)
     root = resources.files(__package__)
     for name in sql_files():

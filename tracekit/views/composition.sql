@@ -11,6 +11,8 @@
 -- scope 'whole run': a run with no measured kernels (its stages could not be decided: see
 -- runs.stage_method / stage_reason) is still shown, over all its kernels, with GEMM / GEMV
 -- unsplit by stage. Shares sum to 1 per run.
+-- Multi-rank runs: the time of all ranks summed; COMM is the transfer part of collectives and
+-- 'COMM wait' the part spent waiting for the slowest rank, where comm_ops measured it.
 --
 -- @column run_id   INTEGER  the run
 -- @column scope    VARCHAR  'measured stages' | 'whole run'
@@ -40,6 +42,11 @@ measured AS (
            dur_ns
     FROM scoped
     WHERE scope = 'whole run' OR stage IN ('summarization', 'generation', 'mixed')
+    UNION ALL  -- the wait inside collectives moves from COMM to its own bucket (comm_ops.sql)
+    SELECT c.run_id, s.scope, b.bucket, b.sign * c.wait_ns
+    FROM comm_ops c JOIN (SELECT DISTINCT run_id, scope FROM scoped) s USING (run_id),
+         (VALUES ('COMM', -1), ('COMM wait', 1)) b(bucket, sign)
+    WHERE c.wait_ns > 0 AND (s.scope = 'whole run' OR c.stage IN ('summarization', 'generation', 'mixed'))
 ),
 study AS (
     SELECT * FROM (VALUES ('Sum GEMM', 1), ('Sum GEMV', 2), ('Gen GEMM', 3), ('Gen GEMV', 4), ('ATTN', 5))

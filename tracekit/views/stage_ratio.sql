@@ -14,6 +14,7 @@
 -- @column run_id                     INTEGER  the run
 -- @column pid                        BIGINT   process of the kernels (NULL where the trace does not say: Kineto)
 -- @column device                     INTEGER  GPU of the kernels
+-- @column rank                       INTEGER  rank of a multi-rank run (tracekit/ranks.py; a PARTITION column); NULL in one-rank runs
 -- @column summarization_ns           BIGINT   summed kernel duration of the summarization pass(es), plus the prefill token share of mixed passes' shared kernels
 -- @column generation_ns              BIGINT   summed kernel duration of the generation passes, plus the decode token share of mixed passes' shared kernels
 -- @column other_ns                   BIGINT   kernels outside every pass (init, allocator fills, ...)

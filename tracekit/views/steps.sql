@@ -14,6 +14,7 @@
 -- @column n_kernels  BIGINT   kernels
 -- @column pid        BIGINT   process of the kernels
 -- @column device     INTEGER  GPU of the kernels
+-- @column rank       INTEGER  rank of a multi-rank run (a PARTITION column); NULL in one-rank runs
 CREATE OR REPLACE TEMP VIEW steps AS
 SELECT run_id, iteration, step, stage, coalesce(category, 'Unclassified') AS category,
        sum(dur_ns)::BIGINT AS time_ns, count(*) AS n_kernels, {{partition}}
@@ -38,6 +39,7 @@ ORDER BY run_id, iteration, step, time_ns DESC;
 -- @column n_kernels    BIGINT   kernels of the pass
 -- @column pid          BIGINT   process of the pass's kernels
 -- @column device       INTEGER  GPU of the pass's kernels
+-- @column rank         INTEGER  rank of a multi-rank run (a PARTITION column); NULL in one-rank runs
 CREATE OR REPLACE TEMP VIEW step_totals AS
 WITH o AS (
     SELECT run_id, iteration, step, {{partition}}, start_ns, end_ns, dur_ns,

@@ -14,7 +14,7 @@ commands it would run, which `--dry-run` prints. What it does, per run:
 Stages: TensorRT-LLM's runtime marks its own NVTX ranges; where they are absent, tracekit's stage
 attribution infers stages from the kernels (context FMHA vs. masked multi-head / XQA attention).
 
-    python capture/trtllm.py --model llama2-7b --batch 8 --input-len 64 --output-len 64 --dry-run
+    python tracekit/capture/trtllm.py --model llama2-7b --batch 8 --input-len 64 --output-len 64 --dry-run
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capture.manifest import environment, write_json_atomic, write_manifest
-from capture.models import BUILTIN, ModelSpec, ModelSpecError, resolve_model, run_name
+from tracekit.capture.manifest import environment, write_json_atomic, write_manifest
+from tracekit.capture.models import BUILTIN, ModelSpec, ModelSpecError, resolve_model, run_name
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma": "GemmaForCausalLM", "mistral": "LlamaForCausalLM"}
 DTYPES = ("bfloat16", "float16")

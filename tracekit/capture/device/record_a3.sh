@@ -6,8 +6,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p /tmp/n && tar -xJf .nsys/nsys-target-slim.tar.xz -C /tmp/n
 export TRACEKIT_NSYS=/tmp/n/target-linux-x64/nsys
 filt() { grep -v UserWarning | grep -v _warn_once | grep -v '^wrote'; }
-timeout 170 python3 capture/sweep.py capture/sweeps/h100-fixtures.toml --max-attempts 1 2>&1 | filt
-timeout "$1" python3 capture/sweep.py capture/sweeps/h100-reduced.toml --out-dir out/sweeps/h100-reduced \
+timeout 170 python3 tracekit/capture/sweep.py tracekit/capture/sweeps/h100-fixtures.toml --max-attempts 1 2>&1 | filt
+timeout "$1" python3 tracekit/capture/sweep.py tracekit/capture/sweeps/h100-reduced.toml --out-dir out/sweeps/h100-reduced \
   --max-attempts 1 --grid fig7 --grid fig6 --outputs 4,8,16,64,512 --models gemma-2b,gemma-7b,llama2-7b \
   --set iterations=0 2>&1 | filt
 ls -la out/sweeps/h100-fixtures; ls out/sweeps/h100-reduced | wc -l

@@ -1,7 +1,11 @@
 """Capture manifests: a flat JSON sidecar beside every trace, named from the trace's stem.
 
-`llama2-7b_b1_i64_o8.pt.trace.json.gz` -> `llama2-7b_b1_i64_o8.manifest.json`. The importer has its
-own reader of this convention; keep the suffix list here and there the same.
+`llama2-7b_b1_i64_o8.pt.trace.json.gz` -> `llama2-7b_b1_i64_o8.manifest.json`. This module is THE
+naming rule: tracekit's importer imports it (capture never imports tracekit here), so that a GPU
+machine can run capture without tracekit's dependencies and both sides always agree.
+
+A job of several ranks (tensor parallel) writes one trace per rank, `x_tp2_rank0_b8.pt.trace.json.gz`,
+and ONE manifest for the job, named from the stem without its rank token: `x_tp2_b8.manifest.json`.
 """
 
 from __future__ import annotations
@@ -9,15 +13,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# Stripped repeatedly from the end, in any order: `x.pt.trace.json.gz` -> `x`.
-TRACE_SUFFIXES = (".gz", ".json", ".pt.trace", ".trace", ".sqlite", ".nsys-rep", ".qdstrm")
+# Stripped repeatedly from the end, in any order: `x.pt.trace.json.gz` -> `x`, `x.pt.json.gz` -> `x`.
+TRACE_SUFFIXES = (".gz", ".json", ".trace", ".pt", ".sqlite", ".nsys-rep", ".qdstrm")
 MANIFEST_SUFFIX = ".manifest.json"
+# The rank of one process of a distributed job in a file name: `_rank3_`, `-rank-3.`, `_RANK3`
+# (group 1: the separator before it, group 2: the number, or `*` in a job's label).
+RANK_TOKEN = re.compile(r"(^|[_.-])rank[_-]?(\d+|\*)(?=[_.-]|$)", re.IGNORECASE)
 
 
 def trace_stem(name: str) -> str:
@@ -39,6 +47,24 @@ def manifest_path(trace: str | os.PathLike[str]) -> Path:
     if p.name.endswith(MANIFEST_SUFFIX):  # a manifest-only run (profiler none) is its own manifest
         return p
     return p.with_name(trace_stem(p.name) + MANIFEST_SUFFIX)
+
+
+def job_stem(name: str) -> str:
+    """The stem shared by every rank's trace of one job: the trace stem without its rank token."""
+    stem = trace_stem(name)
+    return RANK_TOKEN.sub("", stem, count=1) or stem
+
+
+def job_manifest_path(trace: str | os.PathLike[str]) -> Path:
+    """The one manifest of the job a rank's trace belongs to (its own manifest when it has no rank)."""
+    p = Path(trace)
+    return p.with_name(job_stem(p.name) + MANIFEST_SUFFIX)
+
+
+def manifest_candidates(trace: str | os.PathLike[str]) -> list[Path]:
+    """Where a reader looks for a trace's manifest, in order: its own, then its job's."""
+    own, job = manifest_path(trace), job_manifest_path(trace)
+    return [own] if own == job else [own, job]
 
 
 def _flat(value: Any) -> Any:

@@ -4,10 +4,10 @@
 set -u
 export PYTHONUNBUFFERED=1
 filt() { grep -v UserWarning | grep -v _warn_once | grep -v '^wrote'; }
-timeout "$1" python3 capture/sweep.py capture/sweeps/h100-reduced.toml --out-dir out/sweeps/h100-reduced \
+timeout "$1" python3 tracekit/capture/sweep.py tracekit/capture/sweeps/h100-reduced.toml --out-dir out/sweeps/h100-reduced \
   --max-attempts 1 --grid fig7 --grid fig6 --outputs 4,8,16,64,512 --models gemma-7b,llama2-7b \
   --set iterations=0 2>&1 | filt
-timeout "$2" python3 capture/sweep.py capture/sweeps/h100-fig7-traces.toml --max-attempts 1 2>&1 | filt
+timeout "$2" python3 tracekit/capture/sweep.py tracekit/capture/sweeps/h100-fig7-traces.toml --max-attempts 1 2>&1 | filt
 ls -la out/sweeps/h100-fig7-traces
 tar -czf "$OUT/a4-timing.tgz" out/sweeps/h100-reduced
 for m in llama2-7b llama3-8b gemma-2b gemma-7b; do

@@ -77,6 +77,11 @@ class ModelSpecError(ValueError):
     """The model argument names nothing usable; the message says what and where."""
 
 
+class CaptureError(RuntimeError):
+    """A capture could not be made; the message is the one line the user sees. (Here, not in
+    hf_pytorch: run as a script that module is __main__, and capture.tp must raise the same class.)"""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to build: a config (always) and, for a checkpoint, where its weights are."""
@@ -99,6 +104,31 @@ class ModelSpec:
         return {k: v for k, v in self.config.items() if not k.startswith("_")}
 
 
+def attribute_map(model_type: str) -> dict[str, str] | None:
+    """transformers' own aliases of a model type's config fields (canonical name -> the name its
+    config.json uses: GPT-2's `hidden_size` is `n_embd`), from the config class's `attribute_map`.
+    None when transformers is not installed (it imports without torch); {} for an unknown type."""
+    try:
+        from transformers import CONFIG_MAPPING
+    except ImportError:
+        return None
+    try:
+        return dict(CONFIG_MAPPING[model_type].attribute_map)
+    except KeyError:
+        return {}
+
+
+def canonical_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with transformers' canonical names added for fields it names by an alias
+    (`n_embd` -> also `hidden_size`), so that tracekit reads one set of names. The config's own
+    keys stay: transformers maps both to the same attribute."""
+    out = dict(cfg)
+    for canonical, alias in (attribute_map(str(cfg.get("model_type"))) or {}).items():
+        if alias in out and canonical not in out:
+            out[canonical] = out[alias]
+    return out
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text())
@@ -108,9 +138,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelSpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelSpecError(f"{path}: not an HF config.json (no model_type)")
+    cfg = canonical_config(cfg)
     for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
         if key not in cfg:
-            raise ModelSpecError(f"{path}: HF config lacks {key}")
+            hint = (" (install transformers to read configs that name it by an alias)"
+                    if attribute_map(str(cfg["model_type"])) is None else "")
+            raise ModelSpecError(f"{path}: HF config lacks {key}{hint}")
     return cfg
 
 
@@ -137,13 +170,20 @@ def resolve_model(model: str, layers: int | None = None) -> ModelSpec:
             raise ModelSpecError(f"{model}: --layers must be >= 1, got {layers}")
         cfg["_full_layers"] = cfg["num_hidden_layers"]
         cfg["num_hidden_layers"] = layers
+        alias = (attribute_map(str(cfg.get("model_type"))) or {}).get("num_hidden_layers")
+        if alias in cfg:  # the config's own name for it (GPT-2: n_layer) must say the same
+            cfg[alias] = layers
     return ModelSpec(name=name, source=source, config=cfg, checkpoint=ckpt)
 
 
 def run_name(model: str, batch: int, input_len: int, output_len: int, layers: int | None = None,
-             tag: str = "") -> str:
-    """`llama2-7b_b1_i64_o8`, or `llama2-7b-4L_b1_i64_o8` with a layers override (as the fixtures)."""
+             tag: str = "", tp: int = 1, rank: int | None = None) -> str:
+    """`llama2-7b_b1_i64_o8`, or `llama2-7b-4L_b1_i64_o8` with a layers override (as the fixtures).
+    Tensor parallel: `llama3-8b-4L_tp2_b8_i64_o8` names the job (and its one manifest),
+    `llama3-8b-4L_tp2_rank0_b8_i64_o8` the trace of rank 0."""
     stem = f"{model}-{layers}L" if layers else model
+    if tp > 1:
+        stem += f"_tp{tp}" + (f"_rank{rank}" if rank is not None else "")
     name = f"{stem}_b{batch}_i{input_len}_o{output_len}"
     return f"{name}_{tag}" if tag else name
 

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capture.manifest import manifest_path, trace_stem, write_json_atomic
-from capture.models import run_name
+from tracekit.capture.manifest import manifest_path, trace_stem, write_json_atomic
+from tracekit.capture.models import run_name
 
 STATE_FILE = "sweep-state.json"
 BACKENDS = ("hf", "trtllm")
@@ -354,7 +354,7 @@ def build_parser(prog: str = "sweep.py"):
     import argparse
 
     p = argparse.ArgumentParser(prog=prog, description="Run a capture sweep spec (TOML); skips runs already done.")
-    p.add_argument("spec", help="sweep spec (TOML), e.g. capture/sweeps/study.toml")
+    p.add_argument("spec", help="sweep spec (TOML), e.g. tracekit/capture/sweeps/study.toml")
     p.add_argument("--out-dir", default=None, help="where traces and manifests go (default: the spec's out_dir)")
     p.add_argument("--grid", action="append", default=[], help="only runs of this grid (repeatable)")
     p.add_argument("--models", default="", help="only these models, comma-separated")

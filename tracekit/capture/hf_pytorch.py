@@ -6,7 +6,7 @@ with the KV cache. Stages are marked twice, so that both trace formats carry the
 `stage:generation` (Kineto). Weights are random unless a checkpoint is given: kernel names, shapes
 and timings do not depend on weight values, and the GPU machine has no hub access.
 
-    python capture/hf_pytorch.py --model llama2-7b --batch 1 --input-len 64 --output-len 8 --profiler torch
+    python tracekit/capture/hf_pytorch.py --model llama2-7b --batch 1 --input-len 64 --output-len 8 --profiler torch
     tracekit capture hf --model gemma-2b --layers 4 --profiler nsys --out-dir traces/
 
 torch and transformers are imported only when a run starts (the `capture` extra).
@@ -29,20 +29,16 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo's `capture` package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capture.manifest import environment, flatten, manifest_path, write_json_atomic, write_manifest
-from capture.models import BUILTIN, ModelSpec, ModelSpecError, resolve_model, run_name
+from tracekit.capture.manifest import environment, flatten, manifest_path, write_json_atomic, write_manifest
+from tracekit.capture.models import BUILTIN, CaptureError, ModelSpec, ModelSpecError, resolve_model, run_name
 
 PROFILERS = ("torch", "nsys", "none")
 DTYPES = ("bfloat16", "float16", "float32")
 TRACE_EXT = {"torch": ".pt.trace.json.gz", "nsys": ".nsys-rep", "none": ""}
 # Set in the child process that nsys profiles; its value is where the child leaves its facts.
 _INNER_ENV = "TRACEKIT_CAPTURE_INNER"
-
-
-class CaptureError(RuntimeError):
-    """A capture could not be made; the message is the one line the user sees."""
 
 
 def build_parser(prog: str = "hf_pytorch.py") -> argparse.ArgumentParser:
@@ -60,7 +56,15 @@ def build_parser(prog: str = "hf_pytorch.py") -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     p.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2, ...")
     p.add_argument("--compile", default=None, metavar="MODE",
-                   help="torch.compile the forward with this mode (default, reduce-overhead, max-autotune)")
+                   help="torch.compile the forward with this mode (default, reduce-overhead, max-autotune); "
+                        "modes that use CUDA graphs run with a static KV cache, so decode replays one graph")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallel over N GPUs (transformers tp_plan='auto', NCCL): torchrun starts N "
+                        "processes, each writes its rank's trace, one manifest names the job and its world size")
+    p.add_argument("--torchrun", default=os.environ.get("TRACEKIT_TORCHRUN", "torchrun"),
+                   help="torchrun executable for --tp ($TRACEKIT_TORCHRUN)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --tp: print the torchrun command and the files it will write, run nothing")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up sequences before the measured ones")
     p.add_argument("--warmup-output-len", type=int, default=None,
                    help="output length of warm-up sequences (default: --output-len)")
@@ -100,13 +104,23 @@ def validate(args: argparse.Namespace) -> None:
             raise CaptureError(f"--meta {kv!r}: expected KEY=VALUE")
     if args.emit_nvtx and args.profiler != "nsys":
         raise CaptureError("--emit-nvtx needs --profiler nsys")
+    if args.tp < 1:
+        raise CaptureError(f"--tp must be >= 1, got {args.tp}")
+    if args.tp > 1 and args.profiler != "torch":
+        raise CaptureError("--tp records one Kineto trace per rank: it needs --profiler torch")
+    if args.tp > 1 and (args.cells or args.out):
+        raise CaptureError("--tp names its files itself (one per rank): --cells and --out cannot be used with it")
+    if args.dry_run and args.tp < 2:
+        raise CaptureError("--dry-run is for --tp (the torchrun command)")
 
 
-def output_path(args: argparse.Namespace, spec: ModelSpec) -> Path:
+def output_path(args: argparse.Namespace, spec: ModelSpec, rank: int | None = None) -> Path:
+    """The trace (or, for --profiler none, manifest) path. With --tp: rank's trace, or with rank None
+    the job's name (whose manifest_path is the job's one manifest)."""
     if args.out:
         return Path(args.out)
     name = run_name(spec.name, args.batch, args.input_len, args.output_len,
-                    args.layers if args.layers else None, args.tag)
+                    args.layers if args.layers else None, args.tag, tp=getattr(args, "tp", 1), rank=rank)
     ext = TRACE_EXT[args.profiler] or ".manifest.json"
     return Path(args.out_dir) / f"{name}{ext}"
 
@@ -132,6 +146,8 @@ def manifest_fields(args: argparse.Namespace, spec: ModelSpec, argv: list[str]) 
         "full_layers": spec.full_layers,
         "attn": args.attn,
         "compile": args.compile or "none",
+        "kv_cache": "static" if _uses_cuda_graphs(args.compile) else "dynamic",
+        "world_size": args.tp,
         "warmup": args.warmup,
         "iterations": args.iterations,
         "profiler": args.profiler,
@@ -183,9 +199,44 @@ def _load_model(spec: ModelSpec, args: argparse.Namespace):  # -> (model, torch)
             torch.set_default_dtype(prev)
         model = model.to(dtype)
     model.eval()
-    if args.compile:
-        model.forward = torch.compile(model.forward, mode=args.compile, dynamic=True)
+    _compile(model, torch, args)
     return model, torch
+
+
+def _uses_cuda_graphs(mode: str | None) -> bool:
+    """torch.compile modes that capture CUDA graphs (inductor's `triton.cudagraphs`)."""
+    return mode in ("reduce-overhead", "max-autotune")
+
+
+def _compile(model, torch, args: argparse.Namespace) -> None:
+    if not args.compile:
+        return
+    if not _uses_cuda_graphs(args.compile):
+        model.forward = torch.compile(model.forward, mode=args.compile, dynamic=True)
+        return
+    # CUDA-graph modes. Left to inductor, the decode step's graph is skipped: the static KV cache is
+    # updated in place inside the step, and inductor refuses CUDA graphs for mutated inputs
+    # ("skipping cudagraphs due to mutated inputs", seen on torch 2.11 + transformers 5.17, H200),
+    # while a dynamic cache's outputs are overwritten by the next replay. So, as serving engines do,
+    # the prefill runs eagerly (it fills the static cache) and the one-token decode step, compiled
+    # without inductor's own graphs, is captured once into a torch.cuda.CUDAGraph that every
+    # generation pass replays (_Runner).
+    no_graphs = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}[args.compile]
+    model._tk_decode = torch.compile(model.__call__, mode=no_graphs, dynamic=False)
+
+
+def _static_cache(model, batch: int, max_len: int):
+    """A transformers StaticCache for `batch` sequences of up to `max_len` tokens (its constructor
+    changed between 4.x and 5.x)."""
+    import inspect
+
+    from transformers import StaticCache
+
+    params = inspect.signature(StaticCache.__init__).parameters
+    kw: dict[str, Any] = {"config": model.config, "max_cache_len": max_len}
+    if "max_batch_size" in params:  # transformers 4.x
+        kw.update(max_batch_size=batch, device=model.device, dtype=model.dtype)
+    return StaticCache(**kw)
 
 
 def _forward_kwargs(model) -> dict[str, Any]:
@@ -207,6 +258,48 @@ class _Runner:
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         self.ids = torch.randint(0, vocab, (args.batch, args.input_len), device="cuda", generator=g)
         self.fkw = _forward_kwargs(model)
+        # CUDA-graph modes (_compile): a static cache, reset per sequence so that its tensors keep
+        # their addresses, and the decode step captured once (_capture) and replayed.
+        self.graphs = _uses_cuda_graphs(args.compile)
+        self.cache = self.graph = None
+        if self.graphs:
+            longest = args.input_len + max(args.output_len, args.warmup_output_len or 0, 4)  # 3 warm-up steps at capture
+            self.cache = _static_cache(model, args.batch, longest)
+            self._capture()
+
+    def forward(self, ids, past):
+        out = self.model(input_ids=ids, past_key_values=past, use_cache=True, **self.fkw)
+        # argmax makes a new tensor: nothing of the forward's output memory is kept past this step.
+        return (past if self.graphs else out.past_key_values), out.logits[:, -1:].argmax(-1)
+
+    def _capture(self) -> None:
+        """Capture the compiled decode step into one CUDA graph: prefill once (the cache's tensors
+        exist from then on), warm the step up on a side stream (compiling it), capture it. The
+        static input ids are copied in before each replay; the cache advances its own position
+        (a device tensor) inside the graph."""
+        torch = self.torch
+        with torch.no_grad():
+            self.cache.reset()
+            _, nxt = self.forward(self.ids, self.cache)
+            self.g_ids = nxt.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.model._tk_decode(input_ids=self.g_ids, past_key_values=self.cache, use_cache=True, **self.fkw)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.g_logits = self.model._tk_decode(input_ids=self.g_ids, past_key_values=self.cache,
+                                                      use_cache=True, **self.fkw).logits
+            torch.cuda.synchronize()
+
+    def decode(self, nxt, past):
+        if self.graph is None:
+            return self.forward(nxt, past)
+        self.g_ids.copy_(nxt)
+        self.graph.replay()
+        return past, self.g_logits[:, -1:].argmax(-1)
 
     def sequence(self, output_len: int, marked: bool = True, timed: bool = False,
                  split_hook=None) -> dict[str, Any]:
@@ -221,10 +314,10 @@ class _Runner:
                 events[0].record()
             if marked:
                 nvtx.range_push("summarization")
+            if self.cache is not None:
+                self.cache.reset()
             with rf("stage:summarization") if marked else _null():
-                out = self.model(input_ids=self.ids, use_cache=True, **self.fkw)
-                past = out.past_key_values
-                nxt = out.logits[:, -1:].argmax(-1)
+                past, nxt = self.forward(self.ids, self.cache)
             if marked:
                 nvtx.range_pop()
             if events:
@@ -235,9 +328,7 @@ class _Runner:
                 if marked:
                     nvtx.range_push(f"generation step {step}")
                 with rf("stage:generation") if marked else _null():
-                    out = self.model(input_ids=nxt, past_key_values=past, use_cache=True, **self.fkw)
-                    past = out.past_key_values
-                    nxt = out.logits[:, -1:].argmax(-1)
+                    past, nxt = self.decode(nxt, past)
                 if marked:
                     nvtx.range_pop()
                 if events:
@@ -502,6 +593,10 @@ def main(argv: list[str] | None = None, prog: str = "hf_pytorch.py") -> int:
             print(json.dumps({"model": spec.name, "source": spec.source, "config": spec.hf_config(),
                               "out": str(out), "manifest": str(manifest_path(out))}, indent=1))
             return 0
+        if args.tp > 1:  # tensor parallel: torchrun's N processes, one trace per rank (tracekit/capture/tp.py)
+            from tracekit.capture import tp
+
+            return tp.rank_main(args, spec) if tp.in_rank() is not None else tp.run_job(args, spec, argv)
         if args.cells:
             return _run_cells(args, spec, argv)
         inner = os.environ.get(_INNER_ENV)

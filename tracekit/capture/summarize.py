@@ -4,7 +4,7 @@ Timing-only runs have no trace to import, so their numbers live in their manifes
 kernel time from a CUDA-only profiler pass (kernel_*), and, when the sweep measured it, per-stage
 wall time from CUDA events (summarization_ms / generation_ms).
 
-    python capture/summarize.py out/sweeps/h100-reduced --csv results/h100_stage_share.csv \
+    python tracekit/capture/summarize.py out/sweeps/h100-reduced --csv results/h100_stage_share.csv \
         --heatmap results/h100_heatmap_kernel.png --heatmap-wall results/h100_heatmap_wall.png
 """
 
@@ -99,5 +99,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if __package__ in (None, ""):
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

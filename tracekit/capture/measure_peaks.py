@@ -1,6 +1,6 @@
 """Measure the two ceilings of a roofline on the GPU at hand: matrix FLOP/s and memory bandwidth.
 
-Run on the GPU machine (needs only PyTorch): `python3 capture/measure_peaks.py --out peaks.json`.
+Run on the GPU machine (needs only PyTorch): `python3 tracekit/capture/measure_peaks.py --out peaks.json`.
 What it times, each with CUDA events after warm-up, the median of `--repeats` runs:
 
 - dense matrix products M = N = K = `--size` (8192: 1.1 TFLOP each) in bf16, fp16, fp8 e4m3
