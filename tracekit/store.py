@@ -198,7 +198,7 @@ def _family(dtype: str) -> str:
 
 def kernels_view_sql() -> str:
     """The `kernels` view's definition, from schema.sql (its one source), as a TEMP view."""
-    m = re.search(r"CREATE VIEW IF NOT EXISTS kernels AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
+    m = re.search(r"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?kernels AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
     if m is None:
         raise KeyError("kernels")
     return f"CREATE OR REPLACE TEMP VIEW kernels AS{m.group(1)}"
