@@ -109,7 +109,10 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
         check_stored(con, path)
         if not read_only:
             ensure_schema(con)
-        create_kernels_view(con)
+        try:
+            create_kernels_view(con)
+        except duckdb.BinderException:
+            pass  # an older database lacks added columns: made again once the views' open has added them
     except TracekitError:
         con.close()
         raise
