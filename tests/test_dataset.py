@@ -162,6 +162,10 @@ def test_run_key_collision_is_refused(tmp_path):
     assert len(list(ds.glob("run_key=*"))) == 1
 
 
+@pytest.mark.xfail(strict=True, reason="issue 17 (install branch): every connection opens with external access off "
+                   "and tracekit's tables must be tables, so a file whose tables are views over Parquet "
+                   "(attach's view mode) is refused; attach --copy works. Needs a decision: e.g. the "
+                   "dataset directory allowed by the user (allowed_directories), never by the file")
 def test_attach_then_analysis_commands_read_the_dataset(stores, tmp_path):
     store, ds, _ = stores
     view_db = tmp_path / "view.duckdb"

@@ -14,3 +14,8 @@ class TraceError(TracekitError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # Pickled by its own arguments (Exception pickles self.args, the one message, which this
+        # __init__ cannot take back): `import -j N` returns it from parser processes.
+        return (type(self), (self.path, self.problem))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +32,12 @@ class ImportResult:
     run_id: int | None = None
     error: str | None = None
     n_kernels: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole file: hashing, parsing and storing
+    duplicate_of: str | None = None  # skipped: the same content came earlier in this call, from this file
+
+
+class DatabaseUnusable(TracekitError):
+    """The database cannot take any more writes (its connection failed): the batch stops here."""
 
 
 def expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -60,6 +66,10 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
 def file_hash(path: Path) -> str:
     h = hashlib.sha256()
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or a device (/dev/zero, /dev/urandom) would block or never end.
+            raise TraceError(path, "not a regular file (a trace is a file: give its path)")
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
@@ -72,14 +82,22 @@ def _parse(path: Path, nsys: str | None) -> TraceData:
     return link(read(path, nsys=nsys))
 
 
-def _parse_job(args: tuple[Path, str | None]) -> TraceData | TraceError:
-    # Runs in a worker process: errors travel back as values, not as pickled tracebacks.
+def _parse_job(args: tuple[Path, str | None]) -> tuple[TraceData | None, str | None, float]:
+    """(data, None, seconds) or (None, one-line error, seconds). Runs in a worker process with
+    -j: what it returns is plain values, so that nothing of it can fail to cross back."""
+    t0 = time.perf_counter()
     try:
-        return _parse(*args)
+        return _parse(*args), None, time.perf_counter() - t0
     except TraceError as exc:
-        return exc
-    except Exception as exc:  # a reader bug must still name the file
-        return TraceError(args[0], f"could not be read ({type(exc).__name__}: {exc})")
+        return None, str(exc), time.perf_counter() - t0
+    except (Exception, RecursionError) as exc:  # a reader bug must still name the file
+        return None, f"{args[0]}: could not be read ({type(exc).__name__}: {exc})", time.perf_counter() - t0
+
+
+def _parse_or_error(f: Path, nsys: str | None) -> TraceData | TraceError:
+    """_parse_job's result as a rank group's import takes it: the data, or the file's TraceError."""
+    data, error, _ = _parse_job((f, nsys))
+    return data if data is not None else TraceError(f, (error or "").removeprefix(f"{f}: "))
 
 
 Phase = Callable[[str, str], None]
@@ -96,8 +114,8 @@ def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phas
     classify(con, [run_id], rules)
 
 
-def _parse_in_order(todo: list[tuple[Path, str]], nsys: str | None, on_phase: Phase):
-    for f, _ in todo:
+def _parse_in_order(todo: list[tuple[Path, str, float]], nsys: str | None, on_phase: Phase):
+    for f, _, _ in todo:
         on_phase(str(f), "reading")
         yield _parse_job((f, nsys))
 
@@ -129,9 +147,10 @@ def import_paths(
     results: list[ImportResult] = []
     for g in groups:
         results.append(_report(on_result, ranks.import_group(
-            con, g, parse=lambda f: _parse_job((f, nsys)), file_hash=file_hash, find_run=find_run, replace=replace,
+            con, g, parse=lambda f: _parse_or_error(f, nsys), file_hash=file_hash, find_run=find_run, replace=replace,
             store=lambda f, h, d, t0: _store(con, f, h, d, cli_meta, replace, rules, t0, on_phase))))
-    todo: list[tuple[Path, str]] = []
+    todo: list[tuple[Path, str, float]] = []  # file, content hash, seconds spent hashing it
+    first_of: dict[str, Path] = {}  # content hash -> the first file of this call with it
     for f in files:
         t0 = time.perf_counter()
         try:
@@ -139,33 +158,52 @@ def import_paths(
         except TraceError as exc:
             results.append(_report(on_result, ImportResult(str(f), "failed", error=str(exc))))
             continue
-        existing = find_run(con, h)
+        if h in first_of:
+            # Identical content is one run within a call as across calls, --replace or not: the
+            # first file's run (its id, its metadata) is the one kept.
+            results.append(_report(on_result, ImportResult(str(f), "skipped", duplicate_of=str(first_of[h]),
+                                                          seconds=time.perf_counter() - t0)))
+            continue
+        first_of[h] = f
+        try:
+            existing = find_run(con, h)
+        except duckdb.Error as exc:  # a damaged database fails at its first read, not at open
+            raise DatabaseUnusable(_one_line(exc)) from None
         if existing is not None and not replace:
             results.append(_report(on_result, ImportResult(str(f), "skipped", run_id=existing,
                                                           seconds=time.perf_counter() - t0)))
             continue
-        todo.append((f, h))
+        todo.append((f, h, time.perf_counter() - t0))
 
-    parsed: Iterable[TraceData | TraceError]
+    parsed: Iterable[tuple[TraceData | None, str | None, float]]
     if jobs > 1 and len(todo) > 1:
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo), os.cpu_count() or 1))
-        parsed = pool.map(_parse_job, [(f, nsys) for f, _ in todo])
+        parsed = pool.map(_parse_job, [(f, nsys) for f, _, _ in todo])
     else:
         pool = None
         parsed = _parse_in_order(todo, nsys, on_phase)
     done = 0
     try:
-        for (f, h), data in zip(todo, parsed, strict=False):
-            t0 = time.perf_counter()
+        for (f, h, hash_s), (data, error, parse_s) in zip(todo, parsed, strict=False):
             done += 1
-            if isinstance(data, TraceError):
-                results.append(_report(on_result, ImportResult(str(f), "failed", error=str(data))))
+            if data is None:
+                results.append(_report(on_result, ImportResult(str(f), "failed", error=error,
+                                                              seconds=hash_s + parse_s)))
                 continue
-            results.append(_report(on_result, _store(con, f, h, data, cli_meta, replace, rules, t0, on_phase)))
+            r = _store(con, f, h, data, cli_meta, replace, rules, time.perf_counter(), on_phase)
+            r.seconds += hash_s + parse_s  # the file's whole time, not only its storing
+            results.append(_report(on_result, r))
+    except DatabaseUnusable as exc:
+        # Nothing more can be stored: the file that found it out and every file after it get their
+        # line, then the caller stops.
+        for f, _, _ in todo[done - 1:]:
+            results.append(_report(on_result, ImportResult(
+                str(f), "failed", error=f"{f}: not imported: the database cannot be written ({exc})")))
+        raise
     except BrokenProcessPool:
         # A parser process was killed (typically by the OOM killer on a huge trace); the pool
         # cannot say which file did it, so every file not yet stored is reported, none is lost.
-        for f, _ in todo[done:]:
+        for f, _, _ in todo[done:]:
             results.append(_report(on_result, ImportResult(
                 str(f), "failed", error=f"{f}: a parser process died (out of memory?); nothing of this file "
                                         "was stored; retry with -j 1")))
@@ -173,6 +211,18 @@ def import_paths(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C arriving while DuckDB ran a query: duckdb 1.x raises
+    InterruptException, duckdb 2 a RuntimeError "Query interrupted"."""
+    return isinstance(exc, duckdb.InterruptException) or (
+        type(exc) is RuntimeError and "interrupted" in str(exc).lower())
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _report(cb: Callable[[ImportResult], None] | None, r: ImportResult) -> ImportResult:
@@ -194,7 +244,11 @@ def _store(
         meta.update({k: (v, "cli") for k, v in cli_meta.items()})
     except TraceError as exc:
         return ImportResult(str(f), "failed", error=str(exc))
-    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("BEGIN TRANSACTION")
+    except duckdb.Error as exc:
+        # The connection is gone (a failed write invalidated the database): no later file can be stored.
+        raise DatabaseUnusable(_one_line(exc)) from None
     try:
         on_phase(str(f), "storing")
         old = find_run(con, h)
@@ -209,6 +263,8 @@ def _store(
             con.execute("ROLLBACK")
         except duckdb.Error:
             pass  # the transaction is already gone with a failed connection; nothing was committed
+        if is_interrupt(exc):
+            raise KeyboardInterrupt from None  # Ctrl-C while DuckDB ran: the user's, not this file's
         if isinstance(exc, TracekitError):
             return ImportResult(str(f), "failed", error=str(exc) if isinstance(exc, TraceError)
                                 else f"{f}: {exc}")

@@ -21,10 +21,11 @@ def read_manifest(trace: Path) -> dict[str, str]:
         return {}
     try:
         obj = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser's stack; one line, like any bad manifest.
         from tracekit.errors import TraceError
 
-        raise TraceError(p, f"unreadable capture manifest ({exc})") from None
+        raise TraceError(p, f"unreadable capture manifest ({type(exc).__name__ if isinstance(exc, RecursionError) else exc})") from None
     if not isinstance(obj, dict):
         return {}
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items() if v is not None}

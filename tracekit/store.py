@@ -35,20 +35,63 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in msg and ("conflicting" in msg or "could not set lock" in msg)
 
 
+# Every connection is opened with these, so that a database someone sent you cannot read or write
+# other files, load code, or reach the network, even before any query runs: a stored view or macro
+# calling read_text('/etc/passwd') fails. The configuration is then locked, so SQL cannot undo it.
+SAFE_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+# What a trace file starts with: given as --db, it is refused before DuckDB opens it (DuckDB would
+# try to load its sqlite extension for an SQLite file, and write tracekit's schema into it).
+_TRACE_MAGIC = ((b"SQLite format 3\x00", "an SQLite file (an nsys export?)"), (b"\x1f\x8b", "a gzip file"))
+
+
+def _trace_kind(path: str) -> str | None:
+    """What kind of trace `path` holds when it is one (not a database), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None  # DuckDB says why it cannot open it
+    if head[8:12] == b"DUCK":
+        return None  # a DuckDB file: its first 8 bytes are a checksum, which may start like anything
+    for magic, kind in _TRACE_MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
+        return "a JSON file (a Kineto/Chrome trace?)"
+    return None
+
+
 def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> duckdb.DuckDBPyConnection:
-    """Open the database; while another process holds its write lock, wait (saying so) up to wait_s."""
+    """Open the database; while another process holds its write lock, wait (saying so) up to wait_s.
+
+    The connection cannot reach other files, extensions or the network (SAFE_CONFIG, locked), and
+    tracekit's tables are checked to be tables and `kernels` defined by this code (check_stored)."""
     path = str(path)
-    if read_only and path != ":memory:" and not Path(path).exists():
-        raise TracekitError(f"{path}: no such database (import traces into it first)")
+    if path != ":memory:":
+        if read_only and not Path(path).exists():
+            raise TracekitError(f"{path}: no such database (import traces into it first)")
+        if Path(path).exists() and not Path(path).is_file():
+            raise TracekitError(f"{path}: not a database file")
+        kind = _trace_kind(path)
+        if kind is not None:
+            raise TracekitError(f"{path}: this is a trace ({kind}), not a database: import it "
+                                f"(tracekit import {path} --db study.duckdb)")
     deadline = time.monotonic() + wait_s
     told = False
     while True:
         try:
-            con = duckdb.connect(path, read_only=read_only)
+            # An in-memory database holds nothing anyone sent: it stays as DuckDB opens it (the
+            # Parquet dataset's connections read their files and set their own threads).
+            con = duckdb.connect(path, read_only=read_only, config=dict(SAFE_CONFIG) if path != ":memory:" else {})
             break
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
-                raise TracekitError(f"{path}: cannot open database ({str(exc).splitlines()[0]})") from None
+                raise TracekitError(f"{path}: cannot open database ({_first_line(exc)})") from None
             if time.monotonic() >= deadline:
                 raise TracekitError(
                     f"{path}: database is locked by another process (waited {wait_s:.0f}s); try again later"
@@ -58,10 +101,121 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
                 told = True
             time.sleep(0.25)
         except duckdb.Error as exc:
-            raise TracekitError(f"{path}: not a tracekit/DuckDB database ({str(exc).splitlines()[0]})") from None
-    if not read_only:
-        ensure_schema(con)
+            raise TracekitError(f"{path}: not a tracekit/DuckDB database ({_first_line(exc)})") from None
+    try:
+        # A second connection to a file this process has open shares its (already locked) instance.
+        if path != ":memory:" and not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
+            con.execute("SET lock_configuration = true")
+        check_stored(con, path)
+        if not read_only:
+            ensure_schema(con)
+        try:
+            create_kernels_view(con)
+        except duckdb.BinderException:
+            pass  # an older database lacks added columns: made again once the views' open has added them
+    except TracekitError:
+        con.close()
+        raise
+    except duckdb.Error as exc:
+        # A corrupt or truncated file can open and fail at its first read.
+        con.close()
+        raise TracekitError(f"{path}: cannot use this database ({_first_line(exc)})") from None
     return con
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _expected_columns() -> dict[str, dict[str, str]]:
+    """{table: {column: type}} as schema.sql declares them, read from a scratch in-memory database."""
+    global _EXPECTED
+    if _EXPECTED is None:
+        scratch = duckdb.connect(":memory:", config=dict(SAFE_CONFIG))
+        try:
+            scratch.execute(_schema_sql())
+            rows = scratch.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                                   "WHERE NOT internal AND database_name = current_database()").fetchall()
+            views = {r[0] for r in scratch.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary").fetchall()}
+        finally:
+            scratch.close()
+        _EXPECTED = {}
+        for table, column, dtype in rows:
+            if table not in views:
+                _EXPECTED.setdefault(table, {})[column] = dtype
+    return _EXPECTED
+
+
+_EXPECTED: dict[str, dict[str, str]] | None = None
+# The narrow tables the `kernels` view reads.
+_KERNEL_TABLES = ("kernel_rows", "kernel_names", "kernel_verdicts")
+
+
+def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Refuse a database whose stored objects could change what tracekit computes: a macro (it
+    would shadow a built-in function such as sum), or something in place of one of tracekit's
+    tables that is not a table of the expected column types. Stored views are never read: every
+    view tracekit reads, `kernels` included, is a TEMP view made by this code on each open."""
+    macros = [r[0] for r in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE NOT internal "
+        "AND database_name = current_database() ORDER BY 1").fetchall()]
+    if macros:
+        raise TracekitError(f"{path}: refusing a database with stored SQL macros ({', '.join(macros[:5])}); "
+                            "tracekit makes none")
+    objects = {r[0]: r[1] for r in con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
+    expected = _expected_columns()
+    for name, columns in expected.items():
+        if name not in objects:
+            continue
+        if objects[name] != "BASE TABLE":
+            raise TracekitError(f"{path}: refusing this database: `{name}` is a {objects[name].lower()}, "
+                                "not a table")
+        stored = dict(con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ?", [name]).fetchall())
+        wrong = [c for c, t in columns.items() if c in stored and _family(stored[c]) != _family(t)]
+        if wrong:
+            c = wrong[0]
+            raise TracekitError(f"{path}: refusing this database: {name}.{c} is {stored[c]}, "
+                                f"expected {columns[c]}")
+    kernels = objects.get("kernels")
+    if kernels not in (None, "BASE TABLE"):  # a table: tracekit 0.1's layout (upgraded on write)
+        missing = [t for t in _KERNEL_TABLES if t not in objects]
+        if missing:
+            raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
+
+
+_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "UBIGINT", "UHUGEINT"}
+
+
+def _family(dtype: str) -> str:
+    """A column type up to integer width (a copied dataset stores run_id as BIGINT): what could
+    change what tracekit computes is a number stored as text or the like, not a wider integer."""
+    return "integer" if dtype in _INTEGERS else dtype
+
+
+def kernels_view_sql() -> str:
+    """The `kernels` view's definition, from schema.sql (its one source), as a TEMP view."""
+    m = re.search(r"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?kernels AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
+    if m is None:
+        raise KeyError("kernels")
+    return f"CREATE OR REPLACE TEMP VIEW kernels AS{m.group(1)}"
+
+
+def create_kernels_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Make `kernels` this code's view (a TEMP view shadows whatever the file stores under that
+    name), unless the file is tracekit 0.1's, whose `kernels` is its table of kernels."""
+    have = {r[0]: r[1] for r in con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
+    if have.get("kernels") == "BASE TABLE" or any(t not in have for t in _KERNEL_TABLES):
+        return
+    con.execute(kernels_view_sql())
 
 
 def _schema_sql() -> str:
@@ -121,8 +275,9 @@ def table_ddl(name: str) -> str:
 
 
 def find_run(con: duckdb.DuckDBPyConnection, content_hash: str) -> int | None:
-    row = con.execute("SELECT run_id FROM runs WHERE content_hash = ?", [content_hash]).fetchone()
-    return row[0] if row else None
+    # fetchall, not fetchone: duckdb 2 refuses the connection's next query while a result is unread.
+    rows = con.execute("SELECT run_id FROM runs WHERE content_hash = ?", [content_hash]).fetchall()
+    return rows[0][0] if rows else None
 
 
 def delete_run(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
@@ -142,7 +297,7 @@ def insert_run(
 ) -> int:
     """Insert one linked trace as a new run; the caller owns the transaction. `stages`: also
     attribute stages (enrich.stages, default StageConfig), written with the kernel rows."""
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
+    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     k = data.kernels
     kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0
     con.execute(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tracekit.outputs.cli_core import db_option, fail, open_db
+from tracekit.outputs.cli_core import db_option, fail, open_db, require_runs
 from tracekit.outputs.format import print_frame
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ def _frame(db_path: str, sql: str, params: list, run_id: int | None) -> pl.DataF
     import duckdb
 
     db = open_db(db_path, read_only=True)
+    require_runs(db, db_path)
     try:
         # fetchall, not fetchone: a half-read result blocks the connection's next query.
         if run_id is not None and not db.con.execute(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tracekit.errors import TracekitError
-from tracekit.outputs.cli_core import db_option, fail, format_option, open_db
+from tracekit.outputs.cli_core import db_option, fail, format_option, open_db, require_runs
 
 CHART_SUFFIXES = (".png", ".svg", ".html")
 
@@ -33,6 +33,7 @@ def _run(db_path: str, action):
     import duckdb
 
     db = open_db(db_path, read_only=True)
+    require_runs(db, db_path)
     try:
         return action(db)
     except TracekitError as exc:
