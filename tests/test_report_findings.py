@@ -144,7 +144,7 @@ def test_section_providers_plug_in_and_a_failing_one_costs_its_section(db_path, 
     truth = dict(db.con.execute("SELECT run_id, count(*) FROM kernels GROUP BY 1").fetchall())
     assert dict(counts.iter_rows()) == truth
     assert re.search(r'id="sec-roofline".*could not be made: RuntimeError: no peaks measured', html_text, re.S)
-    assert [p.name for p in report.SECTION_PROVIDERS] == ["roofline"]  # untouched by passing providers
+    assert [p.name for p in report.SECTION_PROVIDERS] == ["roofline", "ranks"]  # untouched by passing providers
 
 
 def test_the_roofline_section_is_in_the_default_report(db_path, tmp_path):
