@@ -220,7 +220,7 @@ def c_attach_copy(ds: str, db: str) -> dict:
     from tracekit.dataset import attach
 
     t = time.perf_counter()
-    n = attach(ds, db, copy=True)[1]
+    n = attach(ds, db)[1]
     return {"attach_copy": time.perf_counter() - t, "runs": n}
 
 
@@ -651,7 +651,7 @@ def main() -> None:
                 repeat(f"dataset views: stage_ratio + composition, {label}", lambda d=ds: child_cmd("views_dataset", d),
                        live, g)
                 copy = tmp / f"copy{runs}.duckdb"
-                repeat(f"dataset attach --copy, {label}", lambda d=ds, c=copy: child_cmd("attach_copy", d, c), 1, g,
+                repeat(f"dataset attach (copy), {label}", lambda d=ds, c=copy: child_cmd("attach_copy", d, c), 1, g,
                        prepare=fresh(copy))
                 repeat(f"dataset copy: stage_ratio + composition, {label}", lambda c=copy: child_cmd("views", c), n, g)
                 copy.unlink()

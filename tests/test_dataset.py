@@ -162,17 +162,10 @@ def test_run_key_collision_is_refused(tmp_path):
     assert len(list(ds.glob("run_key=*"))) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 (install branch): every connection opens with external access off "
-                   "and tracekit's tables must be tables, so a file whose tables are views over Parquet "
-                   "(attach's view mode) is refused; attach --copy works. Needs a decision: e.g. the "
-                   "dataset directory allowed by the user (allowed_directories), never by the file")
-def test_attach_then_analysis_commands_read_the_dataset(stores, tmp_path):
+def test_the_dataset_directory_as_db_is_read_in_place_and_nothing_else(stores, tmp_path):
     store, ds, _ = stores
-    view_db = tmp_path / "view.duckdb"
-    r = tk("dataset", "attach", str(ds), "--db", str(view_db))
-    assert r.returncode == 0, r.stderr
     rid = int(sha256(NSYS_L2)[:13], 16)
-    out = tk("stages", "--db", str(view_db), "--run", str(rid), "--format", "csv")
+    out = tk("stages", "--db", str(ds), "--run", str(rid), "--format", "csv")
     assert out.returncode == 0, out.stderr
     db = tracekit.open(store, read_only=True)
     want = db.con.execute("SELECT round(generation_ns / 1e6, 3) FROM stage_ratio s JOIN runs r USING (run_id) "
@@ -180,15 +173,22 @@ def test_attach_then_analysis_commands_read_the_dataset(stores, tmp_path):
     db.close()
     header, row = out.stdout.splitlines()[:2]
     assert float(dict(zip(header.split(","), row.split(","), strict=True))["generation_ms"]) == want
-    # runs added later are seen without attaching again
+    # runs added later are seen without anything written beside the dataset
     extra = FIXTURES / "variants" / "nsys_cuda_graph_nodes.sqlite"
     ds2 = tmp_path / "ds2"
     shutil.copytree(ds, ds2)
-    attach(ds2, tmp_path / "v2.duckdb")
     import_to_dataset([extra], ds2)
-    con = duckdb.connect(str(tmp_path / "v2.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == len(TRACES) + 1
-    con.close()
+    with tracekit.open(ds2, read_only=True) as d:
+        assert d.con.execute("SELECT count(*) FROM runs").fetchone()[0] == len(TRACES) + 1
+        # it reads the dataset's own files, and no other file
+        outside = tmp_path / "secret.txt"
+        outside.write_text("secret")
+        with pytest.raises(duckdb.Error, match="[Pp]ermission|disabled"):
+            d.con.execute(f"SELECT * FROM read_text('{outside}')").fetchall()
+    # a dataset is never written: import and meta refuse it in one line
+    r = tk("import", str(extra), "--db", str(ds2))
+    assert r.returncode == 1 and "read-only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert len(list(ds2.glob("run_key=*"))) == len(TRACES) + 1
 
 
 def test_attach_refuses_a_store_and_an_empty_dir(stores, tmp_path):
@@ -208,7 +208,7 @@ def test_attach_copy_gives_the_same_numbers_and_copies_only_new_runs(stores, tmp
     ds2 = tmp_path / "ds"
     shutil.copytree(ds, ds2)
     copy_db = tmp_path / "copy.duckdb"
-    assert attach(ds2, copy_db, copy=True)[1] == len(TRACES)
+    assert attach(ds2, copy_db)[1] == len(TRACES)
     a = tracekit.open(store, read_only=True)
     b = tracekit.open(copy_db, read_only=True)
     try:
@@ -219,15 +219,15 @@ def test_attach_copy_gives_the_same_numbers_and_copies_only_new_runs(stores, tmp
         b.close()
     extra = FIXTURES / "variants" / "nsys_cuda_graph_nodes.sqlite"
     import_to_dataset([extra], ds2)
-    assert attach(ds2, copy_db, copy=True)[1] == 1
-    assert attach(ds2, copy_db, copy=True)[1] == 0
+    assert attach(ds2, copy_db)[1] == 1
+    assert attach(ds2, copy_db)[1] == 0
     con = duckdb.connect(str(copy_db), read_only=True)
     assert con.execute("SELECT count(*), count(DISTINCT content_hash) FROM runs").fetchone() == (len(TRACES) + 1,) * 2
     want = sqlite3.connect(extra).execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
     assert con.execute("SELECT count(*) FROM kernels WHERE run_id = ?", [int(sha256(extra)[:13], 16)]).fetchone()[0] == want
     con.close()
-    # a views file is not turned into a copy, nor a copy into views
-    r = tk("dataset", "attach", str(ds2), "--db", str(copy_db))
+    # a copy of one dataset is not fed from another
+    r = tk("dataset", "attach", str(ds), "--db", str(copy_db))
     assert r.returncode == 1 and "attach to a new file" in r.stderr
 
 

@@ -304,13 +304,13 @@ def tables_in(dataset: str | Path) -> list[str]:
     return [*BASE_TABLES, *(t for t in extra if t not in BASE_TABLES)]
 
 
-def create_dataset_views(con: duckdb.DuckDBPyConnection, dataset: str | Path, *, temporary: bool = False) -> list[str]:
+def create_dataset_views(con: duckdb.DuckDBPyConnection, dataset: str | Path) -> list[str]:
     """Create one view per table over the dataset's Parquet files (read when queried, so runs
-    added later are seen). Raises TracekitError when DIR holds no runs."""
+    added later are seen), in the caller's in-memory database. Raises TracekitError when DIR holds
+    no runs."""
     root = Path(dataset).resolve()
     if not root.is_dir() or next(root.glob(f"{RUN_DIR_PREFIX}*"), None) is None:
         raise TracekitError(f"{dataset}: no tracekit runs here (import some with `tracekit dataset import`)")
-    kind = "TEMP VIEW" if temporary else "VIEW"
     opts = _read_options(root)
     made = []
     for table in tables_in(root):
@@ -319,12 +319,12 @@ def create_dataset_views(con: duckdb.DuckDBPyConnection, dataset: str | Path, *,
             body = f"SELECT * FROM read_parquet({glob}, {opts})"
         else:  # no run has this table (a dataset written before the table existed)
             body = _empty_select(table)
-        con.execute(f"CREATE OR REPLACE {kind} {table} AS {body}")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
         made.append(table)
     return made
 
 
-# A table in a database `attach` wrote: which dataset, and whether its tables are views or a copy.
+# A table in a database `attach` wrote: which dataset it copies.
 MARKER = "_tracekit_dataset"
 
 
@@ -367,18 +367,15 @@ def _empty_select(table: str) -> str:
     return f"SELECT {cols}, CAST(NULL AS VARCHAR) AS run_key WHERE false"
 
 
-def attach(dataset: str | Path, db_path: str | Path, *, copy: bool = False) -> tuple[list[str], int]:
-    """Write a small DuckDB file over the dataset: every tracekit command that reads a database
-    (stages, composition, top, query, report, ...) then works on it with --db.
-
-    Views (default): read the Parquet files at each query, so runs imported later are seen at once;
-    each query opens every run's files (~1 ms a file: fine for hundreds of runs). copy=True: the
-    runs' rows copied into tables of the file, as fast as a DuckDB store; attaching again copies
-    only the runs added since. Returns (tables, runs copied)."""
+def attach(dataset: str | Path, db_path: str | Path) -> tuple[list[str], int]:
+    """Copy the dataset's runs into a DuckDB file (a store of real tables: every command reads it
+    with --db, as fast as an imported store); attaching again copies only the runs added since.
+    Returns (tables, runs copied). To read the Parquet files in place instead, give the dataset
+    directory itself as --db (`open_dataset`): a file of views over Parquet would have to be
+    trusted to read files, which no database tracekit opens may do."""
     root = Path(dataset).resolve()
-    if not root.is_dir() or next(root.glob(f"{RUN_DIR_PREFIX}*"), None) is None:
+    if not is_dataset(root):
         raise TracekitError(f"{dataset}: no tracekit runs here (import some with `tracekit dataset import`)")
-    mode = "copy" if copy else "views"
     try:
         con = duckdb.connect(str(db_path))
     except duckdb.Error as exc:
@@ -386,33 +383,54 @@ def attach(dataset: str | Path, db_path: str | Path, *, copy: bool = False) -> t
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
         if tables:
-            marked = con.execute(f"SELECT path, mode FROM {MARKER}").fetchall() if MARKER in tables else []
+            marked = con.execute(f"SELECT path FROM {MARKER}").fetchall() if MARKER in tables else []
             if not marked:
                 raise TracekitError(f"{db_path}: holds tables not written by `tracekit dataset attach` (a tracekit "
                                     "store?); attach to a new file")
-            if marked[0] != (str(root), mode):
-                raise TracekitError(f"{db_path}: was attached to {marked[0][0]} ({marked[0][1]}); attach to a new file")
+            if marked[0][0] != str(root):
+                raise TracekitError(f"{db_path}: was attached to {marked[0][0]}; attach to a new file")
         else:
             con.execute(f"CREATE TABLE {MARKER} (path VARCHAR, mode VARCHAR)")
-            con.execute(f"INSERT INTO {MARKER} VALUES (?, ?)", [str(root), mode])
-        if copy:
-            n = _copy_runs(con, root)
-            return tables_in(root), n
-        return create_dataset_views(con, root), 0
+            con.execute(f"INSERT INTO {MARKER} VALUES (?, 'copy')", [str(root)])
+        return tables_in(root), _copy_runs(con, root)
     except duckdb.Error as exc:
         raise TracekitError(f"{db_path}: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
 
 
+def is_dataset(path: str | Path) -> bool:
+    """A directory holding runs written by `tracekit dataset import`."""
+    root = Path(path)
+    return root.is_dir() and next(root.glob(f"{RUN_DIR_PREFIX}*"), None) is not None
+
+
+def open_dataset(dataset: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table over the dataset's Parquet files
+    (read at each query: runs imported later are seen at once; each query opens every run's files,
+    ~1 ms a file). It may read files under the dataset directory the user named and nothing else:
+    external access off but for that directory, no extension loading, configuration locked."""
+    root = Path(dataset).resolve()
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    try:
+        con.execute("SET allowed_directories = ?", [[str(root) + "/"]])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        create_dataset_views(con, root)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def connect_dataset(dataset: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with views over the dataset and tracekit's analysis views
-    (stage_ratio, composition, top_kernels, ...), as a DuckDB store has them."""
+    """`open_dataset` plus tracekit's analysis views (stage_ratio, composition, top_kernels, ...),
+    as a DuckDB store has them."""
     from tracekit.views import create_views
 
-    con = duckdb.connect(":memory:")
+    con = open_dataset(dataset)
     try:
-        create_dataset_views(con, dataset)
         create_views(con)
     except BaseException:
         con.close()

@@ -75,6 +75,8 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
     if path != ":memory:":
         if read_only and not Path(path).exists():
             raise TracekitError(f"{path}: no such database (import traces into it first)")
+        if Path(path).is_dir():
+            return _open_dataset(path, read_only)
         if Path(path).exists() and not Path(path).is_file():
             raise TracekitError(f"{path}: not a database file")
         kind = _trace_kind(path)
@@ -121,6 +123,18 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
         con.close()
         raise TracekitError(f"{path}: cannot use this database ({_first_line(exc)})") from None
     return con
+
+
+def _open_dataset(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A Parquet dataset directory given as --db: read in place (tracekit.dataset), never written."""
+    from tracekit.dataset import is_dataset, open_dataset
+
+    if not is_dataset(path):
+        raise TracekitError(f"{path}: a directory, not a database (nor a dataset of `tracekit dataset import`)")
+    if not read_only:
+        raise TracekitError(f"{path}: a Parquet dataset is read-only: import into it with "
+                            "`tracekit dataset import --to`, or copy it into a database with `tracekit dataset attach`")
+    return open_dataset(path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -74,19 +74,14 @@ def dataset_import_cmd(paths, dataset, scheduler, workers, meta, rules_dirs, nsy
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="DuckDB file to write (new, or one attach made before for this dataset).")
-@click.option("--copy", is_flag=True,
-              help="Copy the runs into tables of the file instead of views (for thousands of runs); "
-                   "attaching again copies only the runs added since.")
-def dataset_attach_cmd(dataset, db_path, copy) -> None:
-    """Write a DuckDB file over DATASET: `tracekit stages/composition/top/query/report --db FILE`
-    then read the dataset. Views (default) read the Parquet files at each query, so runs imported
-    later are seen at once; each query opens every run's files, fine for hundreds of runs. The
-    file names DATASET by its absolute path: attach again (to a new file) if it moves."""
+def dataset_attach_cmd(dataset, db_path) -> None:
+    """Copy the runs of DATASET into the DuckDB file FILE (for thousands of runs: as fast as an
+    imported store); attaching again copies only the runs added since. To read the dataset in
+    place instead, give its directory as --db to any reading command."""
     from tracekit.dataset import attach
 
     try:
-        tables, copied = attach(dataset, db_path, copy=copy)
+        tables, copied = attach(dataset, db_path)
     except TracekitError as exc:
         fail(str(exc))
-    what = f"{copied} new run(s) copied into" if copy else "views over"
-    click.echo(f"{db_path}: {what} {dataset} ({', '.join(tables)})", err=True)
+    click.echo(f"{db_path}: {copied} new run(s) copied from {dataset} ({', '.join(tables)})", err=True)
