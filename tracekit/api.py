@@ -35,13 +35,6 @@ class Database:
             return
         try:
             create_views(self.con)
-            # Again, after create_views has added (or stood in for) columns an older database lacks.
-            # KNOWN GAP: a read-only database without kernel_rows.rank keeps the rank stand-in that
-            # create_views makes over the stored `kernels` view (external access stays off).
-            try:
-                store.create_kernels_view(self.con)
-            except duckdb.BinderException:
-                pass
         except duckdb.Error as exc:
             # Tables of the same names but other columns: someone else's DuckDB file, or one
             # written by an incompatible tracekit. Stop before anything is written to it.

@@ -248,3 +248,4 @@ CREATE TABLE IF NOT EXISTS run_ranks (
 -- @added ops rank INTEGER
 -- @added memops rank INTEGER
 -- @added passes rank INTEGER
+-- @added kernel_rows rank INTEGER

@@ -130,7 +130,7 @@ def _open_dataset(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     from tracekit.dataset import is_dataset, open_dataset
 
     if not is_dataset(path):
-        raise TracekitError(f"{path}: a directory, not a database (nor a dataset of `tracekit dataset import`)")
+        raise TracekitError(f"{path}: not a database file")
     if not read_only:
         raise TracekitError(f"{path}: a Parquet dataset is read-only: import into it with "
                             "`tracekit dataset import --to`, or copy it into a database with `tracekit dataset attach`")

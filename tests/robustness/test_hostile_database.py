@@ -165,3 +165,22 @@ def test_a_database_whose_checksum_starts_like_a_trace_is_still_a_database(tmp_p
         probe = tmp_path / "probe.duckdb"
         probe.write_bytes(bytes(first) + bytes(head[len(first):]))
         assert _trace_kind(str(probe)) is None, first
+
+
+def test_an_older_database_read_only_still_gets_tracekits_kernels_view(shared_db_copy):
+    """A database from before multi-rank runs (no kernel_rows.rank) opened read-only: `kernels` is
+    this code's definition over a NULL rank stand-in, never the view the file stores (here one
+    that inflates every duration a thousandfold)."""
+    con = duckdb.connect(str(shared_db_copy))
+    truth = con.execute("SELECT run_id, count(*), sum(dur_ns) FROM kernel_rows GROUP BY 1 ORDER BY 1").fetchall()
+    body = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'kernels' AND NOT temporary").fetchall()
+    inner = body[0][0].split(" AS ", 1)[1].rstrip().rstrip(";").replace("r.rank,", "")
+    con.execute("DROP VIEW kernels")
+    con.execute("ALTER TABLE kernel_rows DROP COLUMN rank")
+    con.execute(f"CREATE VIEW kernels AS SELECT * REPLACE (dur_ns * 1000 AS dur_ns) FROM ({inner})")
+    assert con.execute("SELECT sum(dur_ns) FROM kernels").fetchall()[0][0] == 1000 * sum(t[2] for t in truth)
+    con.close()
+    with tracekit.open(shared_db_copy, read_only=True) as db:
+        got = db.con.execute("SELECT run_id, count(*), sum(dur_ns) FROM kernels GROUP BY 1 ORDER BY 1").fetchall()
+        assert got == truth
+        assert db.con.execute("SELECT count(*) FROM kernels WHERE rank IS NOT NULL").fetchall()[0][0] == 0

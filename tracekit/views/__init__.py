@@ -80,12 +80,13 @@ def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _ensure_rank_columns(con: duckdb.DuckDBPyConnection) -> None:
-    # A database written before multi-rank runs, opened read-only (on a writable open schema.sql and
-    # _added_columns add them): its stored `kernels` view lacks `rank` (a view, so not an @added
-    # column) and it has no run_ranks: temporary stand-ins, every run of it having one rank.
-    if "rank" not in _main_columns(con, "kernels") and "content_hash" in _main_columns(con, "runs"):
-        db = '"' + con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""') + '".main'
-        con.execute(f"CREATE OR REPLACE TEMP VIEW kernels AS SELECT *, NULL::INTEGER AS rank FROM {db}.kernels")
+    # A database written before multi-rank runs, opened read-only: _added_columns stood a NULL
+    # kernel_rows.rank in; `kernels` is made again from this code's definition over it (never from
+    # the view the file stores), and the missing run_ranks gets a temporary stand-in.
+    from tracekit.store import create_kernels_view
+
+    if "content_hash" in _main_columns(con, "runs"):
+        create_kernels_view(con)
     if not _has_table(con, "run_ranks"):
         from tracekit.store import table_ddl
 
