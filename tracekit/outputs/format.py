@@ -25,7 +25,7 @@ _CSV_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # What a spreadsheet takes as the start of a formula (=HYPERLINK(...), +cmd|..., -2+3, @SUM):
 # OWASP's list, tab and carriage return included.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CSV_NEEDS = _CSV_CONTROL.pattern + "|^[=+@\t\r-]"
 
 
@@ -47,7 +47,7 @@ def csv_safe(text: str) -> str:
     `'` before it, as OWASP advises, and control characters other than tab, newline and carriage
     return are escaped as in terminal_safe. The CSV writer still does the quoting."""
     text = _CSV_CONTROL.sub(_escape, text)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _strings_mapped(df: pl.DataFrame, fn, needs: str) -> pl.DataFrame:

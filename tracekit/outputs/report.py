@@ -112,21 +112,10 @@ def _json_text(value: object) -> str:
     return json.dumps(value, default=str)
 
 
-# A cell starting with one of these is a formula to Excel, LibreOffice or Google Sheets
-# (`=HYPERLINK(...)`, `+cmd|...`, `@SUM`, and TAB/CR, which some strip before parsing).
-# TODO(lead): the `install` helper adds a shared helper in tracekit/outputs/format.py; this one is
-# local until that merges (same rule: OWASP's "CSV injection" advice, a leading apostrophe).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_formula(value: str) -> str:
-    """`value` as a spreadsheet shows it as text: a leading `'` before a formula-like start."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
-
-
 def csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
     """Lists, structs and other nested columns as JSON text (CSV has no nested values), and text
-    cells that a spreadsheet would run as a formula prefixed with `'`."""
+    cells that a spreadsheet would run as a formula prefixed with `'` (format.csv_safe's rule; the
+    report's CSVs keep other characters as the trace has them)."""
     nested = [c for c, t in frame.schema.items() if t.is_nested() or t == pl.Object]
     if nested:
         frame = frame.with_columns(
@@ -134,7 +123,9 @@ def csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
         )
     text = [c for c, t in frame.schema.items() if t == pl.String]
     if text:
-        starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
+        from tracekit.outputs.format import FORMULA_START
+
+        starts = "^[" + re.escape("".join(FORMULA_START)) + "]"
         frame = frame.with_columns(
             pl.when(pl.col(c).str.contains(starts)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
             for c in text
