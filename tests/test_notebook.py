@@ -61,6 +61,10 @@ def test_example_notebook_runs_to_both_figures(h100_db):
     assert '"Gen GEMV"' in charts_html[1] and '"batch 64"' in charts_html[1]
 
 
+def _rounded(row: tuple) -> str:
+    return repr(tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in row))
+
+
 def test_every_view_is_a_polars_frame_and_every_chart_altair(h100_db):
     from tracekit.outputs.notebook import chart_names, view_names
 
@@ -71,8 +75,9 @@ def test_every_view_is_a_polars_frame_and_every_chart_altair(h100_db):
     for name in view_names():
         frame = h100_db.view(name)
         assert isinstance(frame, pl.DataFrame) and (frame.height == 0) == (name in multi_rank), name
-        # The same rows (views without ORDER BY may return them in another order).
-        assert sorted(map(repr, getattr(h100_db.views, name).rows())) == sorted(map(repr, frame.rows()))
+        # The same rows (views without ORDER BY may return them in another order, and a float sum
+        # aggregated in parallel may differ in its last bits between two reads).
+        assert sorted(map(_rounded, getattr(h100_db.views, name).rows())) == sorted(map(_rounded, frame.rows()))
     for name in chart_names():
         assert isinstance(h100_db.chart(name), alt.TopLevelMixin), name
     # A run filter, applied to the view's rows (checked against the unfiltered view).
