@@ -237,12 +237,6 @@ SPLITK = "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(
 def test_split_k_reduce_edge_cases_and_reclassification():
     """A reduce with no GEMM before it keeps its rule's class; resolved reduces follow their
     GEMM when a later classification changes that GEMM's class."""
-    from importlib import resources
-
-    con = duckdb.connect()
-    con.execute(resources.files("tracekit").joinpath("schema.sql").read_text())
-    con.execute("INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version, "
-                "imported_at) VALUES (1, 'x', 'x', 'nsys-sqlite', 'h', 't', now())")
     kernels = [  # (kernel_id, name, stream, start)
         (0, SPLITK, 7, 0),                                            # no GEMM before it on stream 7
         (1, "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", 7, 10),
@@ -250,14 +244,7 @@ def test_split_k_reduce_edge_cases_and_reclassification():
         (3, SPLITK, 7, 20),
         (4, SPLITK, 8, 25),
     ]
-    rows = to_table({
-        "kernel_id": [i for i, *_ in kernels], "name": [n for _, n, *_ in kernels],
-        "short_name": [n[:20] for _, n, *_ in kernels], "start_ns": [s for *_, s in kernels],
-        "end_ns": [s + 1 for *_, s in kernels], "dur_ns": [1] * len(kernels),
-        "stream": [st for _, _, st, _ in kernels],
-    }, KERNEL_SCHEMA).append_column("op_id", pa.nulls(len(kernels), pa.int64()))
-    con.register("_rows", rows)
-    insert_kernels(con, 1, "_rows")
+    con = _generated_run(kernels)
     rules = RuleSet.load(include_user=False)
 
     def verdicts():
