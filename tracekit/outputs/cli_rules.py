@@ -349,7 +349,7 @@ def classify_cmd(db_path, run_ids, rules_dirs, gemv_max_m) -> None:
     n, total, done = con.execute(
         f"SELECT count(*), coalesce(sum(dur_ns), 0), coalesce(sum(dur_ns) FILTER (WHERE category IS NOT NULL), 0) "
         f"FROM kernels {where}"
-    ).fetchone()
+    ).fetchall()[0]
     runs = len(run_ids) if run_ids else len(known)
     share = done / total if total else 1.0
     packs = ", ".join(display_path(p.path) for p in ruleset.packs)
