@@ -1,14 +1,17 @@
-"""tracekit benchmarks (issue 6): times each import stage and the comparisons, writes bench/RESULTS.md.
+"""tracekit benchmarks (issues 6 and 15): each goal as a group measured with its comparison in the
+same run; raw figures go to bench/results.json (or --results FILE), read into bench/RESULTS.md.
 
     .venv/bin/python bench/run.py                 # make inputs if missing, run everything
     .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs, scale
+    .venv/bin/python bench/run.py --only jobs --jobs 1,2,4,8 --jobs-files 16 --results other-machine.json
 
 Every measurement runs in a fresh child process, so its peak RSS (from wait4) is its own and no
 import or cache is shared between repeats; wall and CPU (user+sys) seconds are both recorded,
-because this 2-core machine is shared and wall time varies with load (the load average is
-written next to the figures). Inputs are made by bench/make_inputs.py under bench/data/.
-Comparisons: HTA (holistictraceanalysis, from a throwaway venv given by --hta-python) and
-`nsys stats` (--nsys), measured in the same run on the same files.
+because this 2-core machine is shared and wall time varies with load (the 1-minute load average
+is recorded with every measurement, and each group says when and on which host it ran). Inputs
+are made by bench/make_inputs.py under bench/data/. Comparisons: HTA (holistictraceanalysis, from
+a throwaway venv given by --hta-python), `nsys stats` (--nsys), `import -j 1` and
+`dataset import --workers 1`, measured in the same run on the same files.
 """
 
 from __future__ import annotations
@@ -418,14 +421,18 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_model() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), platform.processor())
+
+
 def host() -> str:
     """Which machine a figure comes from: a figure is only comparable with others of the same host."""
-    return f"{platform.node()} ({os.cpu_count()} cores)"
+    return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} cores"
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
                 if ln.startswith("MemTotal")), "0")
     import importlib.metadata as md
