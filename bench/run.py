@@ -1,14 +1,17 @@
-"""tracekit benchmarks (issue 6): times each import stage and the comparisons, writes bench/RESULTS.md.
+"""tracekit benchmarks (issues 6 and 15): each goal as a group measured with its comparison in the
+same run; raw figures go to bench/results.json (or --results FILE), read into bench/RESULTS.md.
 
     .venv/bin/python bench/run.py                 # make inputs if missing, run everything
     .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs, scale
+    .venv/bin/python bench/run.py --only jobs --jobs 1,2,4,8 --jobs-files 16 --results other-machine.json
 
 Every measurement runs in a fresh child process, so its peak RSS (from wait4) is its own and no
 import or cache is shared between repeats; wall and CPU (user+sys) seconds are both recorded,
-because this 2-core machine is shared and wall time varies with load (the load average is
-written next to the figures). Inputs are made by bench/make_inputs.py under bench/data/.
-Comparisons: HTA (holistictraceanalysis, from a throwaway venv given by --hta-python) and
-`nsys stats` (--nsys), measured in the same run on the same files.
+because this 2-core machine is shared and wall time varies with load (the 1-minute load average
+is recorded with every measurement, and each group says when and on which host it ran). Inputs
+are made by bench/make_inputs.py under bench/data/. Comparisons: HTA (holistictraceanalysis, from
+a throwaway venv given by --hta-python), `nsys stats` (--nsys), `import -j 1` and
+`dataset import --workers 1`, measured in the same run on the same files.
 """
 
 from __future__ import annotations
@@ -229,11 +232,13 @@ def c_dask_start(workers: str) -> dict:
     worker processes started and stopped."""
     import logging
 
+    import dask
     from dask.distributed import Client, LocalCluster
 
     t = time.perf_counter()
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):  # as tracekit.dataset starts it
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster)
     client.wait_for_workers(int(workers))
     up = time.perf_counter() - t
@@ -246,10 +251,84 @@ def c_machine() -> dict:
     return machine()
 
 
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user+sys) a live process has used so far, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def c_jobs_profile(db: str, jobs: str, *files: str) -> dict:
+    """`import -j N` in this process, taken apart: the parent's CPU (hashing, unpickling, storing),
+    each parser worker's CPU (read from /proc just before the pool shuts down), and the wall
+    seconds the parent spent storing (from each file's "storing" phase to its result), i.e. the
+    serial part that no number of workers shortens."""
+    import resource
+    from concurrent.futures import ProcessPoolExecutor
+
+    import tracekit.importer as imp
+    from tracekit.store import connect
+
+    workers: dict[int, float | None] = {}
+
+    class MeasuredPool(ProcessPoolExecutor):
+        def shutdown(self, *a, **kw):  # the workers are still alive here: read their CPU
+            for pid in list(getattr(self, "_processes", None) or {}):
+                workers[pid] = _proc_cpu(pid)
+            return super().shutdown(*a, **kw)
+
+    imp.ProcessPoolExecutor = MeasuredPool  # bench only: the importer's own pool, measured
+    paths = [Path(f) for f in files]
+    t = time.perf_counter()
+    for f in paths:
+        imp.file_hash(f)
+    hash_s = time.perf_counter() - t
+    started: dict[str, float] = {}
+    store = [0.0]
+
+    def on_phase(path: str, phase: str) -> None:
+        if phase == "storing":
+            started[path] = time.perf_counter()
+
+    def on_result(r) -> None:
+        if r.path in started:
+            store[0] += time.perf_counter() - started.pop(r.path)
+
+    con = connect(db)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    results = imp.import_paths(con, paths, jobs=int(jobs), on_phase=on_phase, on_result=on_result)
+    wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    con.close()
+    assert all(r.status == "imported" for r in results), [r.error for r in results]
+    cpu = sorted(v for v in workers.values() if v is not None)
+    return {"import_wall": wall, "parent_cpu": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
+            "parent_store_wall": store[0], "hash_all_files": hash_s, "workers": len(workers),
+            "workers_cpu_sum": sum(cpu), "worker_cpu_min": cpu[0] if cpu else 0.0,
+            "worker_cpu_max": cpu[-1] if cpu else 0.0, "files": len(paths)}
+
+
+def c_pickle(path: str) -> dict:
+    """What -j adds per file: the parsed TraceData pickled in the worker and unpickled in the parent."""
+    import pickle
+
+    from tracekit.importer import _parse
+
+    data = _parse(Path(path), None)
+    t = time.perf_counter()
+    blob = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    t1 = time.perf_counter()
+    pickle.loads(blob)
+    return {"dumps": t1 - t, "loads": time.perf_counter() - t1, "mb": len(blob) / 1e6}
+
+
 CHILDREN = {
     "build_runs": c_build_runs, "build_dataset": c_build_dataset, "views_dataset": c_views_dataset,
     "attach_copy": c_attach_copy, "dask_start": c_dask_start,
-    "build_kernels": c_build_kernels, "machine": c_machine,
+    "build_kernels": c_build_kernels, "machine": c_machine, "jobs_profile": c_jobs_profile, "pickle": c_pickle,
     "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
     "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
 }
@@ -291,18 +370,24 @@ def child_cmd(name: str, *args: str) -> list[str]:
 
 
 def repeat(label: str, cmd_fn, n: int, results: dict, prepare=None) -> dict:
+    """Run cmd_fn() n times, each a fresh process: wall, CPU, peak RSS of each, and the 1-minute
+    load average when each started (`load1`), so every figure carries the load it was taken at.
+    The group's dict is stamped with when and where it was measured (the first measurement's)."""
+    results.setdefault("when", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    results.setdefault("host", host())
     runs = []
     for _ in range(n):
         if prepare:
             prepare()
-        runs.append(spawn_rusage(cmd_fn()))
+        load1 = os.getloadavg()[0]
+        runs.append({**spawn_rusage(cmd_fn()), "load1": load1})
     keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float))})
     summary = {k: [r[k] for r in runs if k in r] for k in keys}
     results[label] = summary
     wall = summary["wall"]
     print(f"  {label:<42} wall min {min(wall):6.2f}  med {statistics.median(wall):6.2f}  max {max(wall):6.2f}"
-          f"  cpu med {statistics.median(summary['cpu']):6.2f}  rss max {max(summary['rss_mb']):6.0f} MB",
-          flush=True)
+          f"  cpu med {statistics.median(summary['cpu']):6.2f}  rss max {max(summary['rss_mb']):6.0f} MB"
+          f"  load {min(summary['load1']):.1f}-{max(summary['load1']):.1f}", flush=True)
     return summary
 
 
@@ -336,22 +421,32 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_model() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), platform.processor())
+
+
+def host() -> str:
+    """Which machine a figure comes from: a figure is only comparable with others of the same host."""
+    return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} cores"
+
+
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
                 if ln.startswith("MemTotal")), "0")
-    import duckdb
-    import msgspec
-    import numpy
-    import polars
-    import pyarrow
+    import importlib.metadata as md
 
+    versions = {}
+    for pkg in ("duckdb", "pyarrow", "polars", "msgspec", "numpy", "dask", "distributed"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
     return {
-        "cpu_model": cpu, "cores": os.cpu_count(), "mem_gb": round(int(mem) / 1024**2, 1),
-        "os": platform.platform(), "python": platform.python_version(),
-        "versions": {"duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__, "polars": polars.__version__,
-                     "msgspec": msgspec.__version__, "numpy": numpy.__version__},
+        "cpu_model": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+        "mem_gb": round(int(mem) / 1024**2, 1), "host": host(),
+        "os": platform.platform(), "python": platform.python_version(), "versions": versions,
     }
 
 
@@ -515,6 +610,10 @@ def repeat_tracekit(trace: Path, db: Path, n: int, g: dict) -> None:
     repeat("tracekit import (CLI, end to end)", lambda: cli_import([trace], db), n, g, prepare=fresh(db))
 
 
+def int_list(v: str) -> list[int]:
+    return [int(x) for x in v.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="tracekit benchmarks")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -531,7 +630,13 @@ def main() -> None:
                     default=[1_000_000, 10_000_000], help="kernel counts for the re-classification runs")
     ap.add_argument("--nsys", default=os.environ.get("NSYS") or shutil.which("nsys") or "",
                     help="nsys binary for the `nsys stats` comparison")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
+    ap.add_argument("--jobs", type=int_list, default=[1, 2],
+                    help="-j values for the jobs group (each on the same files, in the same run; '' for none)")
+    ap.add_argument("--dataset-workers", type=int_list, default=[1, 2],
+                    help="jobs group: `dataset import --workers N` values ('' for none)")
+    ap.add_argument("--jobs-files", type=int, default=8, help="files the jobs group imports")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json",
+                    help="where the figures go (merged by group; use another file for another machine)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1:])))
@@ -617,20 +722,35 @@ def main() -> None:
             res["views"] = {"load": load()}
             repeat("stage_ratio + composition over 1,000 runs", lambda: child_cmd("views", many), n, res["views"])
         if "jobs" in groups:
-            files = ensure_jobs_inputs(8)
-            print(f"jobs: {len(files)} files of {files[0].stat().st_size / 1e6:.1f} MB gz")
-            res["jobs"] = {"load": load(), "files": len(files), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-            for j in (1, 2):
-                repeat(f"import 8 files --jobs {j}", lambda j=j: cli_import(files, db, j), n, res["jobs"],
+            # Goal "import throughput scales with cores (-j N), measured at 1 and 2": the same
+            # files at each -j in this run; the comparison is -j 1. The serial part (the parent
+            # hashes, unpickles and stores every file, one writer) is measured on its own
+            # (jobs_profile), and so is the per-file pickling a worker adds (pickle).
+            files = ensure_jobs_inputs(args.jobs_files)
+            print(f"jobs: {len(files)} files of {files[0].stat().st_size / 1e6:.1f} MB gz; -j {args.jobs}")
+            g = res["jobs"] = {"load": load(), "files": len(files), "jobs": args.jobs,
+                               "usable_cores": len(os.sched_getaffinity(0))}
+            for j in args.jobs:
+                repeat(f"import {len(files)} files --jobs {j}", lambda j=j: cli_import(files, db, j), n, g,
                        prepare=fresh(db))
-            # The same files into the Parquet dataset: in this process (1), then a local Dask
-            # cluster of 2 worker processes, whose start-up is measured on its own.
+            for j in args.jobs:
+                repeat(f"profile: import {len(files)} files --jobs {j} (in process)",
+                       lambda j=j: child_cmd("jobs_profile", db, j, *files), 1, g, prepare=fresh(db))
+            # One file's steps (the same calls as the importer): read+link is what workers take
+            # off the parent; insert+stages, classify and commit stay in it.
+            repeat("one file's steps (read/link | insert+stages/classify/commit)",
+                   lambda: child_cmd("stages", files[0], db), n, g, prepare=fresh(db))
+            if args.jobs:
+                repeat("pickle one parsed file (dumps + loads)", lambda: child_cmd("pickle", files[0]), n, g)
+            # The same files into the Parquet dataset: in this process (1), then local Dask
+            # clusters of N worker processes, whose start-up is measured on its own.
             ds = tmp / "jobs_ds"
-            for w in (1, 2):
-                repeat(f"dataset import 8 files --workers {w}", lambda w=w: cli_dataset_import(files, ds, w), n,
-                       res["jobs"], prepare=fresh_dir(ds))
-            repeat("local Dask cluster of 2 workers: start (+stop)", lambda: child_cmd("dask_start", 2), n, res["jobs"])
-            res["jobs"]["load_after"] = load()
+            for w in args.dataset_workers:
+                repeat(f"dataset import {len(files)} files --workers {w}",
+                       lambda w=w: cli_dataset_import(files, ds, w), n, g, prepare=fresh_dir(ds))
+            for w in (w for w in args.dataset_workers if w > 1):
+                repeat(f"local Dask cluster of {w} workers: start (+stop)", lambda w=w: child_cmd("dask_start", w), n, g)
+            g["load_after"] = load()
         if "scale" in groups:
             # Views over many runs: the DuckDB store; the Parquet dataset read live; its copy.
             res["scale"] = {"load": load(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -658,11 +778,13 @@ def main() -> None:
                 shutil.rmtree(ds)
             g["load_after"] = load()
     finally:
+        # Written even when a group fails or is interrupted (Ctrl-C, `timeout -s INT`): what was
+        # measured before stays, each group with its own load and time stamps.
         shutil.rmtree(tmp, ignore_errors=True)
-    results["load_after"] = load()
-    results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    args.results.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.results}")
+        results["load_after"] = load()
+        results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        args.results.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
