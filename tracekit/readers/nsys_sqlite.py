@@ -411,21 +411,17 @@ class _TableRead:
             self.failed = True
             self.parts = []
 
-    def result(self) -> tuple[list[pa.Array], int] | None:
-        """The columns of every slice, in rowid order, and the rows read; None if a slice failed."""
+    def result(self) -> tuple[list[pa.Array | pa.ChunkedArray], int] | None:
+        """The columns of every slice, in rowid order (one chunk a slice: copying them into one
+        array would cost a copy of the table), and the rows read; None if a slice failed."""
         self.done.wait()
         if self.failed:
             return None
         parts, self.parts = self.parts, []
         total = sum(n for _, n in parts)
-        cols = []
-        for j in range(len(parts[0][0])):
-            # Column by column, each slice's piece dropped once copied: one column's copy at a time.
-            pieces = [p[0][j] for p in parts]
-            for p in parts:
-                p[0][j] = None
-            cols.append(pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces))
-            del pieces
+        if len(parts) == 1:
+            return parts[0][0], total
+        cols = [pa.chunked_array([p[0][j] for p in parts], parts[0][0][j].type) for j in range(len(parts[0][0]))]
         return cols, total
 
 
@@ -439,7 +435,7 @@ def _bare_slice(con: _Adbc, sql: str, specs: Sequence[tuple[str | None, str]],
     SQLite no longer evaluates five conditions per row, and the rows read are the table's count,
     so the rows skipped need no count(*) of their own.
     """
-    raw = con.read(sql, _SLICE_ROWS)
+    raw = con.read(sql, _SLICE_ROWS)  # one batch: nothing to stitch
     total = raw.num_rows
     cols = _checked(raw, specs)
     del raw
@@ -580,7 +576,9 @@ def _guarded(expr: str | None, kind: str) -> str:
     return _int(expr, 32 if kind == "int32" else 64)
 
 
-def _chunk(col: pa.ChunkedArray) -> pa.Array:
+def _chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.Array):
+        return col
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
@@ -763,7 +761,7 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
     c = _by_extent(c)
     _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]), total=total)
     # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct value once.
-    idx, uniq = _codes(c[7], c[8])
+    idx, uniq = _codes(_chunk(c[7]), _chunk(c[8]))
     resolved = [strings.get(v) for v in uniq]
     counts = np.bincount(idx.to_numpy(zero_copy_only=False), minlength=len(uniq))
     missing = int(sum(counts[i] for i, r in enumerate(resolved) if not r))
@@ -772,7 +770,7 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
     name_u = [r or _unresolved(v) for r, v in zip(resolved, uniq, strict=True)]
     # shortName is resolved per distinct (name, shortName) pair: a missing one falls back to
     # the short form of that row's own name.
-    sidx, suniq = _codes(c[9], c[10])
+    sidx, suniq = _codes(_chunk(c[9]), _chunk(c[10]))
     pair = pc.dictionary_encode(pc.add(pc.multiply(idx.cast(pa.int64()), len(suniq)), sidx.cast(pa.int64())))
     short_u = [strings.get(suniq[k % len(suniq)]) or short_name(name_u[k // len(suniq)])
                for k in pair.dictionary.to_pylist()]
@@ -844,7 +842,7 @@ def _gtid_part(g: pa.Array, shift: int) -> pa.Array:
 
 def _table(cols: dict[str, object], schema: pa.Schema) -> pa.Table:
     arrays = [v if isinstance(v, pa.DictionaryArray) and f.type == pa.string()
-              else v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type)
+              else v.cast(f.type) if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v, f.type)
               for f, v in ((f, cols[f.name]) for f in schema)]
     return pa.Table.from_arrays(arrays, names=schema.names)
 
@@ -899,7 +897,7 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
         names = [p["name"] for _, p in parts]
         offsets = np.cumsum([0] + [len(a.dictionary) for a in names[:-1]])
         codes = np.concatenate([a.indices.to_numpy() + off for a, off in zip(names, offsets, strict=True)])
-        cols = {f.name: pa.concat_arrays([p[f.name] for _, p in parts]) for f in LAUNCH_SCHEMA
+        cols = {f.name: _concat([p[f.name] for _, p in parts]) for f in LAUNCH_SCHEMA
                 if f.name not in ("launch_id", "name", "kind")}
         cols["name"] = _dictionary(codes, [v for a in names for v in a.dictionary.to_pylist()])
         cols["kind"] = _dictionary(np.repeat(np.arange(len(parts)), sizes), [k for k, _ in parts])
@@ -915,11 +913,17 @@ def _launch_slice(cols: list[pa.Array]) -> list[pa.Array]:
     return [start, end, pc.subtract(end, start), _gtid_part(gtid, 24), _gtid_part(gtid, 0), corr, nid, ntext]
 
 
+def _concat(cols: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
+    """Columns one after the other, as chunks (not copied)."""
+    chunks = [c for col in cols for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    return pa.chunked_array(chunks, cols[0].type)
+
+
 def _launch_part(cols: list[pa.Array], kind: str, strings: _Strings) -> dict[str, pa.Array]:
     """One launch table's rows (as _launch_slice gives them) as LAUNCH_SCHEMA columns, less
     launch_id and kind."""
     start, end, dur, pid, tid, corr, nid, ntext = cols
-    idx, uniq = _codes(nid, ntext)
+    idx, uniq = _codes(_chunk(nid), _chunk(ntext))
     return {
         "name": _dictionary(idx, [strings.get(v) or "" for v in uniq]), "start_ns": start, "end_ns": end,
         "dur_ns": dur, "pid": pid, "tid": tid, "correlation": corr,
