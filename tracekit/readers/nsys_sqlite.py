@@ -257,6 +257,10 @@ def read(path: Path) -> TraceData:
     finally:
         if fetch is not None:
             fetch.close()
+            # The slices' intermediate columns went back to the Arrow pool, which keeps freed
+            # memory for reuse; what follows the reader allocates little there, so it is given
+            # back to the system (~0.25 GB of peak at 3.75M kernels).
+            pa.default_memory_pool().release_unused()
         try:
             con.execute(f"PRAGMA hard_heap_limit = {heap}")
         except _SQLITE_ERRORS:
