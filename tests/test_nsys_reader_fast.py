@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import NSYS_L2
 
@@ -58,15 +60,30 @@ def big(tmp_path_factory) -> Path:
     return p
 
 
-def test_big_table_is_cut_in_two_rowid_ranges(big):
+@pytest.mark.parametrize("slice_rows", [nsys_sqlite._SLICE_ROWS, 7_001])
+def test_big_table_is_cut_in_rowid_slices(big, monkeypatch, slice_rows):
+    monkeypatch.setattr(nsys_sqlite, "_SLICE_ROWS", slice_rows)
     con = sqlite3.connect(big)
     cuts = _cuts(con, K, _tables(con)[K])
-    assert len(cuts) == 2
+    lo, hi = con.execute(f"SELECT min(rowid), max(rowid) FROM {K}").fetchone()
+    assert len(cuts) == max(2, -(-(hi - lo + 1) // slice_rows))
     n = con.execute(f"SELECT count(*) FROM {K}").fetchone()[0]
     assert sum(con.execute(f"SELECT count(*) FROM {K}{w}").fetchone()[0] for w in cuts) == n
+    # Consecutive and disjoint: each row in exactly one slice, slices in rowid order.
+    firsts = [con.execute(f"SELECT min(rowid), max(rowid) FROM {K}{w}").fetchone() for w in cuts]
+    assert all(a[1] < b[0] for a, b in pairwise(firsts) if a[1] is not None and b[0] is not None)
 
 
-def test_kernels_are_the_good_rows_in_start_order(big):
+@pytest.fixture(params=["default slices", "many slices"])
+def slices(request, monkeypatch):
+    """The reader with its usual slices, and with slices of a few thousand rows (dozens a table,
+    more than the workers: slices finish out of order)."""
+    if request.param == "many slices":
+        monkeypatch.setattr(nsys_sqlite, "_SLICE_ROWS", 5_003)
+    return request.param
+
+
+def test_kernels_are_the_good_rows_in_start_order(big, slices):
     con = sqlite3.connect(big)
     expected = con.execute(f"SELECT start, \"end\", correlationId, gridX FROM {K} WHERE {good()} "
                            "ORDER BY start, \"end\", rowid").fetchall()
@@ -79,7 +96,7 @@ def test_kernels_are_the_good_rows_in_start_order(big):
     assert f"{K}: {skipped} kernels with missing, non-integer or negative extents (skipped)" in data.absent
 
 
-def test_name_columns_are_dictionaries_of_the_names_used(big):
+def test_name_columns_are_dictionaries_of_the_names_used(big, slices):
     con = sqlite3.connect(big)
     expected = Counter(v for (v,) in con.execute(
         f"SELECT s.value FROM {K} k JOIN StringIds s ON s.id = k.demangledName WHERE {good('k.')}"))
@@ -93,7 +110,7 @@ def test_name_columns_are_dictionaries_of_the_names_used(big):
     assert Counter(data.kernels.column("name").to_pylist()) == expected
 
 
-def test_launches_of_runtime_and_driver_tables_in_one_column(big):
+def test_launches_of_runtime_and_driver_tables_in_one_column(big, slices):
     con = sqlite3.connect(big)
     expected = []
     for table, kind in ((RT, "runtime"), ("CUPTI_ACTIVITY_KIND_DRIVER", "driver")):
@@ -106,6 +123,26 @@ def test_launches_of_runtime_and_driver_tables_in_one_column(big):
     assert got == expected
     assert la.column("launch_id").to_pylist() == list(range(len(expected)))
     assert "cuLaunchKernel" in la.column("name").chunk(0).dictionary.to_pylist()
+
+
+def test_a_value_only_the_guarded_read_takes_in_a_late_slice(big, tmp_path, monkeypatch):
+    """Text where an integer belongs, in the last slices only: the slices already read are
+    dropped and the whole table is read again guarded (the value becomes NULL), rows in order."""
+    monkeypatch.setattr(nsys_sqlite, "_SLICE_ROWS", 5_003)
+    p = tmp_path / "late.sqlite"
+    shutil.copy(big, p)
+    con = sqlite3.connect(p)
+    hi = con.execute(f"SELECT max(rowid) FROM {RT}").fetchone()[0]
+    con.execute(f"UPDATE {RT} SET correlationId = 'x' || correlationId WHERE rowid > {hi - 50}")
+    con.commit()
+    expected = con.execute(
+        f"SELECT start, CASE WHEN typeof(correlationId) = 'integer' THEN correlationId END FROM {RT} "
+        f"WHERE {good()} ORDER BY rowid").fetchall()
+    assert any(c is None for _, c in expected[-40:])
+    la = nsys_sqlite.read(p).launches
+    la = la.filter(pc.equal(la.column("kind").cast(pa.string()), "runtime"))
+    got = list(zip(la.column("start_ns").to_pylist(), la.column("correlation").to_pylist(), strict=True))
+    assert got == expected
 
 
 @pytest.mark.parametrize("change", [

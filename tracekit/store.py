@@ -513,11 +513,18 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
 
             plan_stages(con, r, f"(SELECT {STAGE_INPUT} FROM _tk_krows)")
             try:
-                kp = con.execute("SELECT kernel_id, pass_id, stage FROM _tk_kstage").fetchnumpy()
+                # Stages come back as codes into their few distinct values: one Python string per
+                # kernel, then sorted as text, cost 2 s at 3.75M kernels (issue 15). NULL is 'None',
+                # as str(None) made it before.
+                own = [w for (w,) in con.execute(
+                    "SELECT DISTINCT coalesce(stage, 'None') FROM _tk_kstage ORDER BY 1").fetchall()]
+                kp = con.execute("SELECT kernel_id, pass_id, list_position(?, coalesce(stage, 'None'))::INTEGER - 1 "
+                                 "AS stage FROM _tk_kstage", [own]).fetchnumpy()
             finally:
                 drop_plan(con)
             passes = con.execute(f"SELECT pass_id, stage, step, iteration FROM passes WHERE run_id = {r}").fetchall()
-            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes, kp["stage"]).items():
+            for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes,
+                                               (own, np.asarray(kp["stage"]))).items():
                 src = src.append_column(name, column)
                 cols.append(name)
         con.unregister("_tk_krows")
@@ -535,7 +542,7 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
 
 
 def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple],
-                   kernel_stages: np.ndarray | None = None) -> dict[str, pa.Array]:
+                   kernel_stages: np.ndarray | tuple[list[str], np.ndarray] | None = None) -> dict[str, pa.Array]:
     """stage / step / iteration of kernels 0..n-1: their pass's (pass_ids, for kernel_ids; -1: no
     pass), else 'other' and NULL; `kernel_stages` (for kernel_ids), where given, is each listed
     kernel's own stage (a mixed pass's one-sided kernels, unattributed kernels). Per-row work stays
@@ -544,7 +551,10 @@ def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes:
     of = np.zeros(n, np.int64)
     of[np.asarray(kernel_ids, np.int64)] = np.asarray(pass_ids, np.int64) + 1
     own, own_codes = None, None
-    if kernel_stages is not None and len(kernel_stages):
+    if isinstance(kernel_stages, tuple):  # (distinct stages, each listed kernel's code into them)
+        if len(kernel_stages[1]):
+            own, own_codes = np.asarray(kernel_stages[0], dtype=str), kernel_stages[1]
+    elif kernel_stages is not None and len(kernel_stages):
         own, own_codes = np.unique(np.asarray(kernel_stages, dtype=object).astype(str), return_inverse=True)
     words = ["other", *sorted(({p[1] for p in passes} | set(own if own is not None else [])) - {"other"})]
     code = np.zeros(size, np.int32)

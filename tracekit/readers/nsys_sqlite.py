@@ -8,7 +8,9 @@ lookup here therefore asks the file what it has and records what it lacked in `a
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -255,6 +257,10 @@ def read(path: Path) -> TraceData:
     finally:
         if fetch is not None:
             fetch.close()
+            # The slices' intermediate columns went back to the Arrow pool, which keeps freed
+            # memory for reuse; what follows the reader allocates little there, so it is given
+            # back to the system (~0.25 GB of peak at 3.75M kernels).
+            pa.default_memory_pool().release_unused()
         try:
             con.execute(f"PRAGMA hard_heap_limit = {heap}")
         except _SQLITE_ERRORS:
@@ -271,13 +277,19 @@ class _Fetch:
     bare, and kept only if each came back as int64 (or all NULL), range-checked in Arrow; else
     they are read again with every column guarded in SQL to one type, through ADBC and, if it
     still refuses (a hostile file), through sqlite3, which keeps its error handling.
+
+    Bare reads run on worker threads (_Pool), a large table in rowid slices (_cuts): SQLite
+    decodes rows in C without the GIL, and so does Arrow compute, so the cores share the work,
+    and a table's raw columns never exist whole, only each slice's final ones (issue 15: 736 MB
+    exports in bounded memory).
     """
 
     def __init__(self, con: sqlite3.Connection, uri: str) -> None:
         self.con = con
         self.uri = uri
         self.adbc = None
-        self.pending: dict[str, _Background] = {}
+        self.pool: _Pool | None = None
+        self.pending: dict[str, _TableRead] = {}
         if con.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
             return  # text is fetched as raw bytes below, which must be UTF-8 to decode
         try:
@@ -286,91 +298,71 @@ class _Fetch:
             self.adbc = None
 
     def close(self) -> None:
-        for job in self.pending.values():
-            job.result()  # its connection is its own; let it finish rather than abandon it
+        if self.pool is not None:
+            self.pool.close()  # waits for the slices being read: their connections are their own
         if self.adbc is not None:
             try:
                 self.adbc.close()
             except Exception:  # noqa: BLE001, S110 - closing a read-only handle cannot lose data
                 pass
 
+    def submit(self, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
+               finish: Callable[[list[pa.Array]], list[pa.Array]] | None = None) -> None:
+        """Start the bare read of `table` on the workers; extent_rows(table, ...) then takes its
+        result. `finish` turns each slice's checked, filtered columns into the ones kept."""
+        if self.adbc is not None:
+            if self.pool is None:
+                self.pool = _Pool(self.uri, _WORKERS)
+            self.pending[table] = self.pool.read(f"SELECT {', '.join(e or 'NULL' for e, _ in specs)} "
+                                                 f'FROM "{table}"', cuts, specs, finish)
+
     def extent_rows(self, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
+                    finish: Callable[[list[pa.Array]], list[pa.Array]] | None = None,
                     ) -> tuple[list[pa.Array], int | None]:
         """One array per spec (two for a "name" spec: StringIds ids, then inline text as bytes)
-        over the rows whose (start, end), the first two specs, pass _GOOD_EXTENT; and the table's
-        row count where the read saw every row (else None).
+        over the rows whose (start, end), the first two specs, pass _GOOD_EXTENT, through
+        `finish` where given; and the table's row count where the read saw every row (else None).
 
         A spec is (SQL expression, or None where the file lacks the column; kind), kind being
         "int64", "int32" or "name" (a column holding text or a StringIds id). cuts: _cuts(table).
         """
-        if self.adbc is not None:
-            bare = _bare_rows(self.adbc, table, specs, cuts, self.uri)
-            if bare is not None:
-                return bare
+        if table not in self.pending:
+            self.submit(table, specs, cuts, finish)
+        job = self.pending.pop(table, None)
+        bare = None if job is None else job.result()
+        if bare is not None:
+            return bare
         sql = "SELECT " + ", ".join(_guarded(e, k) for e, k in specs) + f' FROM "{table}" WHERE {_GOOD_EXTENT}'
         types = [t for _, k in specs for t in _TYPES[k]]
+        cols = None
         if self.adbc is not None:
             tbl = _adbc_read(self.adbc, sql)
             cols = None if tbl is None else _typed(tbl, types)
-            if cols is not None:
-                return cols, None
-        rows = self.con.execute(sql).fetchall()
-        cols_ = list(zip(*rows, strict=True)) if rows else [()] * len(types)
-        del rows
-        return [pa.array(c, t) for c, t in zip(cols_, types, strict=True)], None
-
-    def read_ahead(self, key: str, work: Callable[[_Adbc], object]) -> None:
-        """Start work(ADBC connection of its own) on another thread; ahead(key) gives its result.
-
-        SQLite decodes rows in C without the GIL, and so does Arrow compute: the launch table,
-        the largest, is read and built while the kernels are. Only the bare ADBC read runs
-        ahead; fallbacks stay on this thread, whose sqlite3 connection is its own.
-        """
-        if self.adbc is not None:
-            self.pending[key] = _Background(self.uri, work)
-
-    def ahead(self, key: str) -> object | None:
-        """The result of read_ahead(key), or None where it did not run or did not succeed."""
-        job = self.pending.pop(key, None)
-        return None if job is None else job.result()
+        if cols is None:
+            rows = self.con.execute(sql).fetchall()
+            cols_ = list(zip(*rows, strict=True)) if rows else [()] * len(types)
+            del rows
+            cols = [pa.array(c, t) for c, t in zip(cols_, types, strict=True)]
+        return (finish(cols) if finish else cols), None
 
 
-class _Background:
-    """work(ADBC connection of its own) on a thread of its own; result() waits for it (None if it failed)."""
-
-    def __init__(self, uri: str, work: Callable[[_Adbc], object]) -> None:
-        self.box: list = []
-
-        def run() -> None:
-            try:
-                con = _Adbc(uri)
-                try:
-                    self.box.append(work(con))
-                finally:
-                    con.close()
-            except Exception:  # noqa: BLE001 - the caller reads again and reports any error
-                self.box.append(None)
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def result(self) -> object | None:
-        self.thread.join()
-        return self.box[0] if self.box else None
-
-
-# Below this many rows a table is read in one piece: a second connection and thread cost more.
+# Rows per slice of a large table (~40 MB of raw kernel columns), and the most slices of one table
+# (rowids far apart make slices sparse, never more).
+_SLICE_ROWS = 1 << 18
+_MAX_SLICES = 256
+# Below this many rows a table is read in one piece: a second slice costs more than it shares.
 _CUT_ROWS = 100_000
+# Worker threads for the bare reads: each has its own SQLite connection.
+_WORKERS = min(4, max(2, os.cpu_count() or 2))
 
 
 def _cuts(con: sqlite3.Connection, table: str, cols: set[str]) -> list[str]:
-    """WHERE clauses that cut `table` into two rowid ranges, or [""] where it cannot be cut.
+    """WHERE clauses that cut `table` into rowid ranges of about _SLICE_ROWS rows (at least two),
+    or [""] where it is small or cannot be cut.
 
-    The kernel and runtime tables are each read in two halves, four reads on threads of their
-    own, so that the cores share the work evenly instead of one waiting for the other's larger
-    table (SQLite and ADBC spend ~50 ns per value either way: splitting is what is left). A scan of a rowid table returns rows in rowid order, so the halves read
-    one after the other are the rows of one scan. Views, WITHOUT ROWID and virtual tables, and
-    tables that name a column rowid (then "rowid" means that column), are read whole.
+    A scan of a rowid table returns rows in rowid order, so the slices read one after the other
+    are the rows of one scan. Views, WITHOUT ROWID and virtual tables, and tables that name a
+    column rowid (then "rowid" means that column), are read whole.
     """
     row = con.execute("SELECT type, sql FROM sqlite_master WHERE name = ?", [table]).fetchone()
     sql = row[1].upper() if row and isinstance(row[1], str) else ""
@@ -385,36 +377,138 @@ def _cuts(con: sqlite3.Connection, table: str, cols: set[str]) -> list[str]:
         return [""]  # a damaged table: the read itself reports it, as for an uncut one
     if not isinstance(lo, int) or not isinstance(hi, int) or hi - lo < _CUT_ROWS:
         return [""]
-    mid = lo + (hi - lo) // 2
-    return [f" WHERE rowid <= {mid}", f" WHERE rowid > {mid}"]
+    n = min(_MAX_SLICES, max(2, -(-(hi - lo + 1) // _SLICE_ROWS)))
+    step = -(-(hi - lo + 1) // n)
+    return [f" WHERE rowid BETWEEN {a} AND {min(a + step - 1, hi)}" for a in range(lo, hi + 1, step)]
 
 
-def _bare_rows(con: _Adbc, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
-               uri: str | None = None) -> tuple[list[pa.Array], int] | None:
-    """extent_rows' answer from unguarded reads of the whole table, or None if a column holds
-    values that only the guarded read handles. Each cut but the first is read on a thread and
-    connection of its own (from uri).
+class _TableRead:
+    """The bare read of one table, slice by slice on the pool's workers (see _bare_slice)."""
 
-    Every row is read and the extent test runs in Arrow: on all-integer columns it is the same
-    test as _GOOD_EXTENT, but SQLite no longer evaluates five conditions per row, and the rows
-    read are the table's count, so the rows skipped need no count(*) of their own.
+    def __init__(self, select: str, cuts: Sequence[str], specs: Sequence[tuple[str | None, str]],
+                 finish: Callable[[list[pa.Array]], list[pa.Array]] | None) -> None:
+        self.select, self.cuts, self.specs, self.finish = select, list(cuts), specs, finish
+        self.parts: list[tuple[list[pa.Array], int] | None] = [None] * len(self.cuts)
+        self.left = len(self.cuts)
+        self.failed = False
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def run(self, con: _Adbc | None, i: int) -> None:
+        try:
+            part = None if self.failed or con is None else _bare_slice(con, self.select + self.cuts[i], self.specs,
+                                                                       self.finish)
+        except Exception:  # noqa: BLE001 - the caller reads again and reports any error
+            part = None
+        with self.lock:
+            if part is None:
+                self.failed = True
+                self.parts = []  # nothing of a failed read is kept
+            elif not self.failed:
+                self.parts[i] = part
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.failed = True
+            self.parts = []
+
+    def result(self) -> tuple[list[pa.Array | pa.ChunkedArray], int] | None:
+        """The columns of every slice, in rowid order (one chunk a slice: copying them into one
+        array would cost a copy of the table), and the rows read; None if a slice failed."""
+        self.done.wait()
+        if self.failed:
+            return None
+        parts, self.parts = self.parts, []
+        total = sum(n for _, n in parts)
+        if len(parts) == 1:
+            return parts[0][0], total
+        cols = [pa.chunked_array([p[0][j] for p in parts], parts[0][0][j].type) for j in range(len(parts[0][0]))]
+        return cols, total
+
+
+def _bare_slice(con: _Adbc, sql: str, specs: Sequence[tuple[str | None, str]],
+                finish: Callable[[list[pa.Array]], list[pa.Array]] | None) -> tuple[list[pa.Array], int] | None:
+    """One slice's unguarded read: its columns as _guarded would give them, rows with a bad extent
+    dropped, through `finish`; and the rows read. None if a column holds values that only the
+    guarded read handles.
+
+    The extent test runs in Arrow: on all-integer columns it is the same test as _GOOD_EXTENT, but
+    SQLite no longer evaluates five conditions per row, and the rows read are the table's count,
+    so the rows skipped need no count(*) of their own.
     """
-    select = f"SELECT {', '.join(e or 'NULL' for e, _ in specs)} FROM \"{table}\""
-    others = [_Background(uri, lambda c, w=w: _adbc_read(c, select + w)) for w in cuts[1:]] if uri else []
-    raws = [_adbc_read(con, select + (cuts[0] if uri else ""))] + [job.result() for job in others]
-    if any(r is None for r in raws):
+    raw = con.read(sql, _SLICE_ROWS)  # one batch: nothing to stitch
+    total = raw.num_rows
+    imported = {b.address for col in raw.columns for chunk in col.chunks for b in chunk.buffers() if b is not None}
+    cols = _checked(raw, specs)
+    del raw
+    if cols is None:
         return None
-    if len(raws) > 1 and all(r.schema == raws[0].schema for r in raws):
-        raws = [pa.concat_tables(raws)]  # chunks combined once below, not per piece and again
-    pieces = [_checked(r, specs) for r in raws]
-    if any(p is None for p in pieces):
-        return None
-    cols = pieces[0] if len(pieces) == 1 else [pa.concat_arrays(list(c)) for c in zip(*pieces, strict=True)]
-    total = sum(r.num_rows for r in raws)
     ok = _good_extent(cols[0], cols[1])
     if ok is not None:
         cols = [c.filter(ok) for c in cols]
-    return cols, total
+    cols = finish(cols) if finish else cols
+    # A column still in the buffers ADBC filled is copied out: those buffers are freed together,
+    # when the last column of the batch goes, so one column kept would hold every column read
+    # (the globalTid and int64 originals of int32 columns: ~0.6 GB at 3.75M kernels).
+    return [pa.concat_arrays([c]) if any(b is not None and b.address in imported for b in c.buffers()) else c
+            for c in cols], total
+
+
+class _Pool:
+    """Worker threads, each with an ADBC connection of its own, reading slices in the order given."""
+
+    def __init__(self, uri: str, workers: int) -> None:
+        self.uri = uri
+        self.tasks: collections.deque[tuple[_TableRead, int]] = collections.deque()
+        self.reads: list[_TableRead] = []
+        self.cv = threading.Condition()
+        self.closing = False
+        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def read(self, select: str, cuts: Sequence[str], specs: Sequence[tuple[str | None, str]],
+             finish: Callable[[list[pa.Array]], list[pa.Array]] | None) -> _TableRead:
+        job = _TableRead(select, cuts, specs, finish)
+        with self.cv:
+            self.reads.append(job)
+            self.tasks.extend((job, i) for i in range(len(job.cuts)))
+            self.cv.notify_all()
+        return job
+
+    def _work(self) -> None:
+        try:
+            con: _Adbc | None = _Adbc(self.uri)
+        except Exception:  # noqa: BLE001 - its slices fail, and the caller reads them again
+            con = None
+        try:
+            while True:
+                with self.cv:
+                    while not self.tasks and not self.closing:
+                        self.cv.wait()
+                    if not self.tasks:
+                        return
+                    job, i = self.tasks.popleft()
+                job.run(con, i)
+        finally:
+            if con is not None:
+                try:
+                    con.close()
+                except Exception:  # noqa: BLE001, S110 - closing a read-only handle cannot lose data
+                    pass
+
+    def close(self) -> None:
+        """Drop the slices not yet started and wait for those being read."""
+        for job in self.reads:
+            job.cancel()
+        with self.cv:
+            self.closing = True
+            self.cv.notify_all()
+        for t in self.threads:
+            t.join()
 
 
 _EXTENT_LIMIT = 2**62
@@ -449,13 +543,14 @@ class _Adbc:
             self.db.close()
             raise
 
-    def read(self, sql: str) -> pa.Table:
+    def read(self, sql: str, batch_rows: int = 65536) -> pa.Table:
         import adbc_driver_manager
 
         stmt = adbc_driver_manager.AdbcStatement(self.con)
         try:
-            # Fewer, larger batches: less to stitch together, and more rows to infer types from.
-            stmt.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            # Fewer, larger batches: less to stitch together, and more rows to infer types from
+            # (a slice comes back as one batch: nothing to stitch).
+            stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
             stmt.set_sql_query(sql)
             stream, _ = stmt.execute_query()
             return pa.RecordBatchReader._import_from_c(stream.address).read_all()
@@ -491,7 +586,9 @@ def _guarded(expr: str | None, kind: str) -> str:
     return _int(expr, 32 if kind == "int32" else 64)
 
 
-def _chunk(col: pa.ChunkedArray) -> pa.Array:
+def _chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.Array):
+        return col
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
@@ -548,8 +645,7 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
     if missing or not ({"demangledName", "shortName", "name"} & kcols):
         raise TraceError(path, f"{KERNEL_TABLE} lacks columns {sorted(missing) or ['demangledName']}")
 
-    _read_launches_ahead(fetch, tables, strings)
-    kernels = _kernels(fetch, kcols, strings, absent)
+    kernels = _kernels(fetch, kcols, strings, absent, tables)
     # The dictionary holds exactly the names that rows use (_dictionary), so testing it tests them.
     names = kernels.column("name").chunk(0).dictionary if kernels.num_rows else pa.array([], pa.string())
     if kernels.num_rows and pc.all(pc.or_(pc.starts_with(names, "<string "), pc.starts_with(names, "<no name>"))).as_py():
@@ -653,7 +749,7 @@ def _unresolved(v: object) -> str:
     return f"<string {v}>" if isinstance(v, int) else "<no name>"
 
 
-def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]):
+def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str], tables: dict[str, set[str]]):
     t = KERNEL_TABLE
     demangled = "demangledName" if "demangledName" in cols else "name" if "name" in cols else "shortName"
     short = "shortName" if "shortName" in cols else None
@@ -667,11 +763,15 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
         _col(cols, "registersPerThread", absent, t, "int32"), _col(cols, "staticSharedMemory", absent, t),
         _col(cols, "dynamicSharedMemory", absent, t), ('"graphNodeId"' if "graphNodeId" in cols else None, "int64"),
     ]
-    c, total = fetch.extent_rows(t, specs, _cuts(fetch.con, t, cols))
+    cuts = _cuts(fetch.con, t, cols)
+    fetch.submit(t, specs, cuts)
+    # Queued behind the kernels: read by the workers while this thread builds the kernel table.
+    _read_launches_ahead(fetch, tables)
+    c, total = fetch.extent_rows(t, specs, cuts)
     c = _by_extent(c)
     _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]), total=total)
     # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct value once.
-    idx, uniq = _codes(c[7], c[8])
+    idx, uniq = _codes(_chunk(c[7]), _chunk(c[8]))
     resolved = [strings.get(v) for v in uniq]
     counts = np.bincount(idx.to_numpy(zero_copy_only=False), minlength=len(uniq))
     missing = int(sum(counts[i] for i, r in enumerate(resolved) if not r))
@@ -680,7 +780,7 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
     name_u = [r or _unresolved(v) for r, v in zip(resolved, uniq, strict=True)]
     # shortName is resolved per distinct (name, shortName) pair: a missing one falls back to
     # the short form of that row's own name.
-    sidx, suniq = _codes(c[9], c[10])
+    sidx, suniq = _codes(_chunk(c[9]), _chunk(c[10]))
     pair = pc.dictionary_encode(pc.add(pc.multiply(idx.cast(pa.int64()), len(suniq)), sidx.cast(pa.int64())))
     short_u = [strings.get(suniq[k % len(suniq)]) or short_name(name_u[k // len(suniq)])
                for k in pair.dictionary.to_pylist()]
@@ -752,7 +852,7 @@ def _gtid_part(g: pa.Array, shift: int) -> pa.Array:
 
 def _table(cols: dict[str, object], schema: pa.Schema) -> pa.Table:
     arrays = [v if isinstance(v, pa.DictionaryArray) and f.type == pa.string()
-              else v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type)
+              else v.cast(f.type) if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v, f.type)
               for f, v in ((f, cols[f.name]) for f in schema)]
     return pa.Table.from_arrays(arrays, names=schema.names)
 
@@ -770,19 +870,12 @@ def _launch_specs(name_col: str) -> list[tuple[str | None, str]]:
             (f'"{name_col}"', "name")]
 
 
-def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings) -> None:
-    for table, kind in _LAUNCH_TABLES:
+def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]]) -> None:
+    """Start the launch tables' reads on the workers, behind the kernels' (read first)."""
+    for table, _ in _LAUNCH_TABLES:
         name_col = _launch_name_col(tables.get(table, set()))
         if name_col:
-            specs = _launch_specs(name_col)
-            cuts = _cuts(fetch.con, table, tables[table])
-
-            def work(con: _Adbc, table: str = table, specs: list = specs, kind: str = kind, cuts: list = cuts,
-                     ) -> tuple | None:
-                bare = _bare_rows(con, table, specs, cuts, fetch.uri)
-                return None if bare is None else (_launch_part(bare[0], kind, strings), bare[1])
-
-            fetch.read_ahead(table, work)
+            fetch.submit(table, _launch_specs(name_col), _cuts(fetch.con, table, tables[table]), _launch_slice)
 
 
 def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
@@ -796,11 +889,9 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
         if name_col is None:
             absent.append(f"{table} (unexpected columns)")
             continue
-        done = fetch.ahead(table)
-        if done is None:
-            cols, total = fetch.extent_rows(table, _launch_specs(name_col))
-            done = _launch_part(cols, kind, strings), total
-        part, total = done
+        cols, total = fetch.extent_rows(table, _launch_specs(name_col), finish=_launch_slice)
+        part = _launch_part(cols, kind, strings)
+        del cols
         n = len(part["start_ns"])
         _skipped(fetch.con, table, absent, "calls", kept=n, total=total)
         if n:
@@ -816,7 +907,7 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
         names = [p["name"] for _, p in parts]
         offsets = np.cumsum([0] + [len(a.dictionary) for a in names[:-1]])
         codes = np.concatenate([a.indices.to_numpy() + off for a, off in zip(names, offsets, strict=True)])
-        cols = {f.name: pa.concat_arrays([p[f.name] for _, p in parts]) for f in LAUNCH_SCHEMA
+        cols = {f.name: _concat([p[f.name] for _, p in parts]) for f in LAUNCH_SCHEMA
                 if f.name not in ("launch_id", "name", "kind")}
         cols["name"] = _dictionary(codes, [v for a in names for v in a.dictionary.to_pylist()])
         cols["kind"] = _dictionary(np.repeat(np.arange(len(parts)), sizes), [k for k, _ in parts])
@@ -824,14 +915,28 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
     return _table(cols, LAUNCH_SCHEMA)
 
 
-def _launch_part(cols: list[pa.Array], kind: str, strings: _Strings) -> dict[str, pa.Array]:
-    """One launch table's rows as LAUNCH_SCHEMA columns, less launch_id and kind."""
+def _launch_slice(cols: list[pa.Array]) -> list[pa.Array]:
+    """A launch table's columns (start, end, globalTid, correlation, name id, name text) as the
+    ones kept: start, end, duration, pid, tid, correlation, name id, name text. Per slice, so that
+    globalTid is never held whole."""
     start, end, gtid, corr, nid, ntext = cols
-    idx, uniq = _codes(nid, ntext)
+    return [start, end, pc.subtract(end, start), _gtid_part(gtid, 24), _gtid_part(gtid, 0), corr, nid, ntext]
+
+
+def _concat(cols: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
+    """Columns one after the other, as chunks (not copied)."""
+    chunks = [c for col in cols for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    return pa.chunked_array(chunks, cols[0].type)
+
+
+def _launch_part(cols: list[pa.Array], kind: str, strings: _Strings) -> dict[str, pa.Array]:
+    """One launch table's rows (as _launch_slice gives them) as LAUNCH_SCHEMA columns, less
+    launch_id and kind."""
+    start, end, dur, pid, tid, corr, nid, ntext = cols
+    idx, uniq = _codes(_chunk(nid), _chunk(ntext))
     return {
         "name": _dictionary(idx, [strings.get(v) or "" for v in uniq]), "start_ns": start, "end_ns": end,
-        "dur_ns": pc.subtract(end, start), "pid": _gtid_part(gtid, 24), "tid": _gtid_part(gtid, 0),
-        "correlation": corr,
+        "dur_ns": dur, "pid": pid, "tid": tid, "correlation": corr,
     }
 
 
