@@ -121,6 +121,55 @@ FROM kernel_rows r
 JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
+-- Per-run rollups of kernel_rows, written at import (and refreshed when what they group by
+-- changes: classification's per-kernel follow_* columns), so that stage_ratio and composition read
+-- a few hundred rows a run instead of every kernel. Category and evidence still come from
+-- kernel_verdicts at query time (through `kernel_sums`), so a rules edit needs no refresh unless
+-- it changes the per-kernel follow_* columns. The GROUP BY is store.py's refresh_kernel_totals.
+CREATE TABLE IF NOT EXISTS kernel_totals (
+    run_id          INTEGER NOT NULL,
+    pid             BIGINT,              -- the partition (store.PARTITION) ...
+    device          INTEGER,
+    rank            INTEGER,
+    stage           VARCHAR,
+    iteration       INTEGER,             -- mixed passes only (their token share is per pass); NULL otherwise
+    step            INTEGER,             -- mixed passes only; NULL otherwise
+    ctx_id          BIGINT NOT NULL,     -- with run_id -> kernel_verdicts
+    name_id         BIGINT NOT NULL,     -- -> kernel_names (the context's name)
+    follow_category VARCHAR,             -- kernel_rows.follow_*: per kernel, so part of the key
+    follow_evidence VARCHAR,
+    n_kernels       BIGINT NOT NULL,
+    dur_ns          BIGINT NOT NULL      -- summed kernel duration
+);
+
+-- GPU span and busy time per run, partition, iteration and stage (summarization / generation):
+-- span = first kernel start to last kernel end, busy = time some kernel of the stage ran.
+-- Depends on stage attribution only; written at import (store.refresh_stage_spans).
+CREATE TABLE IF NOT EXISTS stage_spans (
+    run_id     INTEGER NOT NULL,
+    pid        BIGINT,
+    device     INTEGER,
+    rank       INTEGER,
+    iteration  INTEGER,
+    stage      VARCHAR NOT NULL,
+    span_ns    BIGINT NOT NULL,
+    busy_ns    BIGINT NOT NULL
+);
+
+-- The kernel totals with names and verdicts joined back: what the views read. A Parquet dataset
+-- stores each run's rows of this view (kernel_sums.parquet); where no rollup is stored (a database
+-- opened read-only before it was upgraded, an older dataset), tracekit.views makes this view a live
+-- GROUP BY over `kernels` instead (same columns).
+CREATE OR REPLACE VIEW kernel_sums AS
+SELECT t.run_id, t.pid, t.device, t.rank, t.stage, t.iteration, t.step,
+       n.short_name,
+       coalesce(t.follow_category, v.category) AS category,
+       coalesce(t.follow_evidence, v.evidence) AS evidence,
+       t.n_kernels, t.dur_ns
+FROM kernel_totals t
+JOIN kernel_names n ON n.name_id = t.name_id
+LEFT JOIN kernel_verdicts v ON v.run_id = t.run_id AND v.ctx_id = t.ctx_id;
+
 CREATE TABLE IF NOT EXISTS launches (
     run_id      INTEGER NOT NULL,
     launch_id   BIGINT NOT NULL,

@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS
+from tracekit.store import DIM_COLS, refresh_kernel_totals
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -108,12 +108,15 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
 
 
 def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = None,
-             rules: RuleSet | None = None, *, refresh: bool = False) -> None:
+             rules: RuleSet | None = None, *, refresh: bool = False) -> list[int]:
     """Fill the verdicts (kernels.category / rule_id / evidence) of `run_ids` (all runs when None).
 
     The per-kernel part (split-K reduces, GEMMs decided by their pass, MoE experts, softmax by its
     place) is redone for runs where a verdict changed, or for every selected run with `refresh`
-    (after the run's metadata or stages changed: `tracekit classify` does that)."""
+    (after the run's metadata or stages changed: `tracekit classify` does that). Those runs'
+    kernel_totals are rewritten (they are keyed by the per-kernel follow_* columns; category and
+    evidence per context are read from the verdicts at query time, so other runs need nothing).
+    Returns those runs."""
     rules = rules if rules is not None else RuleSet.load()
     where_v = _run_filter(run_ids, "v.")
     try:
@@ -144,6 +147,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
                 f"ORDER BY 1").fetchall()]
         if touched:
             _resolve_per_kernel(con, touched, rules.gemv_max_m)
+            refresh_kernel_totals(con, touched)
+        return touched
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.

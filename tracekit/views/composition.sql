@@ -19,11 +19,12 @@
 -- @column bucket   VARCHAR  study bucket, other category name, 'CUDA graph (whole)' or 'Unclassified'
 -- @column time_ns  BIGINT   summed kernel duration
 -- @column share    DOUBLE   time_ns / the run's time in that scope
+-- Reads the per-run rollup kernel_sums (kernel time by stage, name, category), not every kernel.
 CREATE OR REPLACE TEMP VIEW composition AS
 WITH scoped AS (
     SELECT k.*, CASE WHEN m.run_id IS NULL THEN 'whole run' ELSE 'measured stages' END AS scope
-    FROM kernels k
-    LEFT JOIN (SELECT DISTINCT run_id FROM kernels WHERE stage IN ('summarization', 'generation', 'mixed')) m
+    FROM kernel_sums k
+    LEFT JOIN (SELECT DISTINCT run_id FROM kernel_sums WHERE stage IN ('summarization', 'generation', 'mixed')) m
         USING (run_id)
 ),
 measured AS (
