@@ -468,7 +468,7 @@ def build_many_runs_dataset(ds: Path, runs: int) -> int:
     base = sorted(ds.glob(f"{RUN_DIR_PREFIX}*"))
     keys = ", ".join(f"('{d.name.split('=', 1)[1]}', {b})" for b, d in enumerate(base))
     con.execute(f"CREATE TABLE base(run_key VARCHAR, b BIGINT); INSERT INTO base VALUES {keys}")
-    for t in ("runs", "kernels", "passes"):
+    for t in ("runs", "kernels", "passes", "kernel_sums", "stage_spans"):
         src = ", ".join(f"'{d / (t + '.parquet')}'" for d in base)
         # copy i is of base run i % 4, under key printf('%013x', i): distinct, and its run_id is that number
         hashes = ", x.content_hash || '-' || k.i AS content_hash" if t == "runs" else ""
@@ -482,7 +482,7 @@ def build_many_runs_dataset(ds: Path, runs: int) -> int:
     for part in sorted((staging / "runs").iterdir()):
         final = ds / part.name
         final.mkdir()
-        for t in ("runs", "kernels", "passes"):
+        for t in ("runs", "kernels", "passes", "kernel_sums", "stage_spans"):
             files = list((staging / t / part.name).glob("*.parquet"))
             if files:
                 os.rename(files[0], final / f"{t}.parquet")
@@ -639,7 +639,7 @@ def main() -> None:
                 label = f"{runs:,} runs"
                 store = tmp / f"store{runs}.duckdb"
                 t = time.perf_counter()
-                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes"))
+                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,stage_spans"))
                 print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
                 repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
                 store.unlink()
