@@ -639,7 +639,7 @@ def main() -> None:
                 label = f"{runs:,} runs"
                 store = tmp / f"store{runs}.duckdb"
                 t = time.perf_counter()
-                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,stage_spans"))
+                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,kernel_sums,stage_spans"))
                 print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
                 repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
                 store.unlink()

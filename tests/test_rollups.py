@@ -138,8 +138,9 @@ def test_views_equal_the_per_kernel_definitions(study):
     assert con.execute("SELECT count(*) FROM kernel_rows WHERE follow_category IS NOT NULL").fetchall()[0][0]
 
 
-def _fresh_totals(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
-    """kernel_totals and stage_spans recomputed here from kernel_rows, independently of the store."""
+def _fresh_totals(con: duckdb.DuckDBPyConnection) -> tuple[list, list, list]:
+    """kernel_totals, kernel_sums and stage_spans recomputed here from kernel_rows / the kernels
+    view (per kernel), independently of the store's rollup code."""
     totals = con.execute(
         "SELECT run_id, pid, device, rank, stage, CASE WHEN stage = 'mixed' THEN iteration END, "
         "CASE WHEN stage = 'mixed' THEN step END, ctx_id, name_id, follow_category, follow_evidence, "
@@ -161,18 +162,23 @@ def _fresh_totals(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
                 busy += e - reach
                 reach = e
         spans.append((*key, max(e for _, e in iv) - min(s for s, _ in iv), busy))
-    return totals, sorted(spans, key=repr)
+    sums = con.execute(
+        "SELECT run_id, pid, device, rank, stage, CASE WHEN stage = 'mixed' THEN iteration END, "
+        "CASE WHEN stage = 'mixed' THEN step END, short_name, category, evidence, count(*), sum(dur_ns) "
+        "FROM kernels GROUP BY ALL ORDER BY ALL").fetchall()
+    return totals, sums, sorted(spans, key=repr)
 
 
-def _stored_totals(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
+def _stored_totals(con: duckdb.DuckDBPyConnection) -> tuple[list, list, list]:
     totals = con.execute("SELECT * FROM kernel_totals ORDER BY ALL").fetchall()
+    sums = con.execute("SELECT * FROM kernel_sums ORDER BY ALL").fetchall()
     spans = con.execute("SELECT * FROM stage_spans").fetchall()
-    return totals, sorted(spans, key=repr)
+    return totals, sums, sorted(spans, key=repr)
 
 
 def test_stored_rollups_equal_a_plain_recount(study):
-    with duckdb.connect(str(study), read_only=True) as con:
-        assert _stored_totals(con) == _fresh_totals(con)
+    db = tracekit.open(study, read_only=True)  # the kernels view, for the per-kernel recount
+    assert _stored_totals(db.con) == _fresh_totals(db.con)
 
 
 def test_rules_edit_and_reclassify_keep_the_views_right(study_copy, tmp_path):
@@ -188,10 +194,9 @@ def test_rules_edit_and_reclassify_keep_the_views_right(study_copy, tmp_path):
         before = con.execute("SELECT * FROM kernel_totals ORDER BY ALL").fetchall()
     r = tk("classify", "--db", str(study_copy), "--rules", str(pack))
     assert r.returncode == 0, r.stderr
-    with duckdb.connect(str(study_copy), read_only=True) as con:
-        assert _stored_totals(con) == _fresh_totals(con)
-        assert con.execute("SELECT * FROM kernel_totals ORDER BY ALL").fetchall() != before  # follow_* changed
     db = tracekit.open(study_copy, read_only=True)
+    assert _stored_totals(db.con) == _fresh_totals(db.con)
+    assert db.con.execute("SELECT * FROM kernel_totals ORDER BY ALL").fetchall() != before  # follow_* changed
     _check_equal_to_oracle(db.con, each_run=False)
     db.close()
     # and back to the default rules
@@ -215,7 +220,7 @@ def test_replace_and_delete_leave_no_stale_rollups(study_copy):
 
 def _as_written_before_rollups(path: Path) -> None:
     with duckdb.connect(str(path)) as con:
-        con.execute("DROP VIEW IF EXISTS kernel_sums")
+        con.execute("DROP TABLE kernel_sums")
         con.execute("DROP TABLE kernel_totals")
         con.execute("DROP TABLE stage_spans")
 

@@ -121,11 +121,14 @@ FROM kernel_rows r
 JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
--- Per-run rollups of kernel_rows, written at import (and refreshed when what they group by
--- changes: classification's per-kernel follow_* columns), so that stage_ratio and composition read
--- a few hundred rows a run instead of every kernel. Category and evidence still come from
--- kernel_verdicts at query time (through `kernel_sums`), so a rules edit needs no refresh unless
--- it changes the per-kernel follow_* columns. The GROUP BY is store.py's refresh_kernel_totals.
+-- Per-run rollups, so that stage_ratio and composition read a few dozen rows a run instead of every
+-- kernel (store.py refresh_*; the importer writes them once a run is classified):
+--   kernel_totals: kernel_rows summed by partition, stage and context (and the per-kernel
+--     follow_* verdicts): rewritten from kernel_rows when classification redoes a run's follow_*;
+--   kernel_sums: kernel_totals with names and verdicts joined, summed by short name, category and
+--     evidence: rewritten from kernel_totals (a hundred rows a run) whenever a run's verdicts change;
+--     what the views read (and what a Parquet dataset stores per run);
+--   stage_spans: GPU span and busy time per iteration and stage: depends on stages only.
 CREATE TABLE IF NOT EXISTS kernel_totals (
     run_id          INTEGER NOT NULL,
     pid             BIGINT,              -- the partition (store.PARTITION) ...
@@ -156,19 +159,22 @@ CREATE TABLE IF NOT EXISTS stage_spans (
     busy_ns    BIGINT NOT NULL
 );
 
--- The kernel totals with names and verdicts joined back: what the views read. A Parquet dataset
--- stores each run's rows of this view (kernel_sums.parquet); where no rollup is stored (a database
--- opened read-only before it was upgraded, an older dataset), tracekit.views makes this view a live
--- GROUP BY over `kernels` instead (same columns).
-CREATE OR REPLACE VIEW kernel_sums AS
-SELECT t.run_id, t.pid, t.device, t.rank, t.stage, t.iteration, t.step,
-       n.short_name,
-       coalesce(t.follow_category, v.category) AS category,
-       coalesce(t.follow_evidence, v.evidence) AS evidence,
-       t.n_kernels, t.dur_ns
-FROM kernel_totals t
-JOIN kernel_names n ON n.name_id = t.name_id
-LEFT JOIN kernel_verdicts v ON v.run_id = t.run_id AND v.ctx_id = t.ctx_id;
+-- Where no rollup is stored (a database written before them opened read-only, an older dataset),
+-- tracekit.views makes `kernel_sums` and `stage_spans` live views over `kernels` (same columns).
+CREATE TABLE IF NOT EXISTS kernel_sums (
+    run_id     INTEGER NOT NULL,
+    pid        BIGINT,
+    device     INTEGER,
+    rank       INTEGER,
+    stage      VARCHAR,
+    iteration  INTEGER,                  -- mixed passes only; NULL otherwise
+    step       INTEGER,                  -- mixed passes only; NULL otherwise
+    short_name VARCHAR NOT NULL,
+    category   VARCHAR,                  -- as kernels.category (NULL: unclassified)
+    evidence   VARCHAR,                  -- as kernels.evidence
+    n_kernels  BIGINT NOT NULL,
+    dur_ns     BIGINT NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS launches (
     run_id      INTEGER NOT NULL,

@@ -26,7 +26,7 @@ TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
 RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
-              "run_ranks", "kernel_totals", "stage_spans")
+              "run_ranks", "kernel_totals", "kernel_sums", "stage_spans")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
@@ -243,7 +243,7 @@ def _family(dtype: str) -> str:
 
 
 def kernels_view_sql(name: str = "kernels") -> str:
-    """A view's definition (`kernels`, `kernel_sums`) from schema.sql (its one source), as a TEMP view."""
+    """A view's definition (`kernels`) from schema.sql (its one source), as a TEMP view."""
     m = re.search(rf"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?{name} AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
     if m is None:
         raise KeyError(name)
@@ -252,23 +252,20 @@ def kernels_view_sql(name: str = "kernels") -> str:
 
 def create_kernels_view(con: duckdb.DuckDBPyConnection) -> None:
     """Make `kernels` this code's view (a TEMP view shadows whatever the file stores under that
-    name), unless the file is tracekit 0.1's, whose `kernels` is its table of kernels; and
-    `kernel_sums` where the file has the rollup tables (else tracekit.views stands in a live one)."""
+    name), unless the file is tracekit 0.1's, whose `kernels` is its table of kernels."""
     have = {r[0]: r[1] for r in con.execute(
         "SELECT table_name, table_type FROM information_schema.tables "
         "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
     if have.get("kernels") == "BASE TABLE" or any(t not in have for t in _KERNEL_TABLES):
         return
     con.execute(kernels_view_sql())
-    if have.get("kernel_totals") == "BASE TABLE":
-        con.execute(kernels_view_sql("kernel_sums"))
 
 
 def has_rollups(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether this connection's database keeps the per-run rollups (kernel_totals, stage_spans)."""
+    """Whether this connection's database keeps the per-run rollups (kernel_totals, kernel_sums, stage_spans)."""
     return con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
-        "AND table_name IN ('kernel_totals', 'stage_spans')").fetchall()[0][0] == 2
+        "AND table_name IN ('kernel_totals', 'kernel_sums', 'stage_spans')").fetchall()[0][0] == 3
 
 
 def _run_filter(run_ids: list[int] | None) -> str:
@@ -300,12 +297,27 @@ def stage_spans_sql(source: str = "kernel_rows") -> str:
 
 
 def refresh_kernel_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
-    """Rewrite kernel_totals of `run_ids` (all runs: None) from their kernel rows: after an import,
-    and after classification rewrote their per-kernel follow_* columns."""
+    """Rewrite kernel_totals, then kernel_sums, of `run_ids` (all runs: None) from their kernel
+    rows: after an import, and after classification redid their per-kernel follow_* columns."""
     where = _run_filter(run_ids)
     con.execute(f"DELETE FROM kernel_totals WHERE {where}")
     con.execute(f"INSERT INTO kernel_totals {kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where})')} "
                 "GROUP BY ALL")
+    refresh_kernel_sums(con, run_ids)
+
+
+def refresh_kernel_sums(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
+    """Rewrite kernel_sums of `run_ids` (all runs: None) from kernel_totals, names and verdicts
+    (a hundred rows a run, not every kernel): whenever their verdicts changed."""
+    where = _run_filter(run_ids).replace("run_id", "t.run_id")
+    part = ", ".join(f"t.{c}" for c in PARTITION)
+    con.execute(f"DELETE FROM kernel_sums WHERE {_run_filter(run_ids)}")
+    con.execute(
+        f"INSERT INTO kernel_sums SELECT t.run_id, {part}, t.stage, t.iteration, t.step, n.short_name, "
+        f"coalesce(t.follow_category, v.category) AS category, coalesce(t.follow_evidence, v.evidence) AS evidence, "
+        f"sum(t.n_kernels)::BIGINT, sum(t.dur_ns)::BIGINT "
+        f"FROM kernel_totals t JOIN kernel_names n ON n.name_id = t.name_id "
+        f"LEFT JOIN kernel_verdicts v ON v.run_id = t.run_id AND v.ctx_id = t.ctx_id WHERE {where} GROUP BY ALL")
 
 
 def refresh_stage_spans(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:

@@ -108,9 +108,8 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def _rollups(con: duckdb.DuckDBPyConnection) -> None:
     """`kernel_sums` and `stage_spans`, which stage_ratio and composition read, are the stored
-    per-run rollups where there are some: a store's (kernel_sums then is the TEMP view
-    store.create_kernels_view made), a Parquet dataset's views, or the tables `dataset attach`
-    copied. Where none are stored (a database written before them opened read-only, an older
+    per-run rollups where there are some: a store's tables, a Parquet dataset's views, or the
+    tables `dataset attach` copied. Where none are stored (a database written before them opened read-only, an older
     dataset), they are live views over `kernels` with the same columns: the one fallback."""
     from tracekit.store import kernel_totals_sql, stage_spans_sql
 
