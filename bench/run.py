@@ -79,6 +79,7 @@ def c_read(path: str) -> dict:
 
 def c_stages(path: str, db: str) -> dict:
     """The importer's steps one by one, each timed (same calls as importer._parse/_store)."""
+    from tracekit.enrich import stages
     from tracekit.enrich.links import link
     from tracekit.importer import file_hash
     from tracekit.readers import read
@@ -97,7 +98,7 @@ def c_stages(path: str, db: str) -> dict:
     con.execute("BEGIN TRANSACTION")
     # As the importer does: stages are planned while the kernel rows are written.
     run_id = insert_run(con, data, source_path=path, content_hash=h, importer_version="bench", meta={},
-                        stages=True)
+                        stages=stages)
     out["insert+stages"] = time.perf_counter() - t
     try:
         from tracekit.enrich.classify import classify
@@ -186,6 +187,26 @@ def c_views(db: str) -> dict:
     return out
 
 
+def c_views_per_kernel(db: str) -> dict:
+    """The comparison for c_views, on the same database: stage_ratio and composition as they were
+    defined before the per-run rollups (every kernel read through the `kernels` view; kept as the
+    tests' oracle in tests/per_kernel_views.sql)."""
+    import tracekit
+    from tracekit.views import _with_partition
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    d = tracekit.open(db, read_only=True)
+    d.con.execute(_with_partition((ROOT / "tests" / "per_kernel_views.sql").read_text()))
+    out["open"] = time.perf_counter() - t
+    for view in ("stage_ratio", "composition"):
+        t = time.perf_counter()
+        tbl = d.arrow(f"SELECT * FROM {view}_oracle")
+        out[view] = time.perf_counter() - t
+        out[f"{view}_rows"] = tbl.num_rows
+    return out
+
+
 def c_build_runs(db: str, runs: str, only: str = "") -> dict:
     build_many_runs_db(Path(db), int(runs), tuple(only.split(",")) if only else None)
     return {}
@@ -251,7 +272,7 @@ CHILDREN = {
     "attach_copy": c_attach_copy, "dask_start": c_dask_start,
     "build_kernels": c_build_kernels, "machine": c_machine,
     "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
-    "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
+    "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views, "views_per_kernel": c_views_per_kernel,
 }
 
 HTA_SCRIPT = """
@@ -616,6 +637,8 @@ def main() -> None:
             print("views: 1,000 runs")
             res["views"] = {"load": load()}
             repeat("stage_ratio + composition over 1,000 runs", lambda: child_cmd("views", many), n, res["views"])
+            repeat("per-kernel views (before the rollups) over 1,000 runs", lambda: child_cmd("views_per_kernel", many),
+                   n, res["views"])
         if "jobs" in groups:
             files = ensure_jobs_inputs(8)
             print(f"jobs: {len(files)} files of {files[0].stat().st_size / 1e6:.1f} MB gz")
@@ -642,6 +665,8 @@ def main() -> None:
                 spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,kernel_sums,stage_spans"))
                 print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
                 repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
+                repeat(f"store, per-kernel views (before the rollups): stage_ratio + composition, {label}",
+                       lambda s=store: child_cmd("views_per_kernel", s), n, g)
                 store.unlink()
                 ds = tmp / f"ds{runs}"
                 t = time.perf_counter()
