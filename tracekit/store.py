@@ -306,6 +306,13 @@ def refresh_kernel_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | N
     refresh_kernel_sums(con, run_ids)
 
 
+def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = None) -> None:
+    """Rewrite every rollup of `run_ids` (all runs: None): for code that edits kernel_rows or
+    kernel_verdicts by hand (tracekit's own writers refresh what they change)."""
+    refresh_kernel_totals(con, run_ids)
+    refresh_stage_spans(con, run_ids)
+
+
 def refresh_kernel_sums(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
     """Rewrite kernel_sums of `run_ids` (all runs: None) from kernel_totals, names and verdicts
     (a hundred rows a run, not every kernel): whenever their verdicts changed."""

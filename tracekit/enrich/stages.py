@@ -88,7 +88,7 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.readers.common import WHOLE_GRAPH_SHORT_NAME
-from tracekit.store import PARTITION, PASSES_DDL
+from tracekit.store import PARTITION, PASSES_DDL, refresh_rollups
 
 # PARTITION (the kernel-row columns that separate independent streams of forward passes: pid,
 # device, rank) is defined by the store, which keeps its rollups by it; stages are decided per
@@ -254,7 +254,8 @@ def attribute_stages(
     and `passes` for one run.
 
     Returns the method ('markers:<kinds>', 'inferred:<how>', 'none').
-    Safe to re-run: the run's previous attribution is replaced.
+    Safe to re-run: the run's previous attribution is replaced, and so are the run's rollups
+    (store.refresh_rollups: they are summed by stage).
     """
     kernels = f"(SELECT {STAGE_INPUT} FROM kernel_rows WHERE run_id = {int(run_id)})"
     try:
@@ -262,6 +263,7 @@ def attribute_stages(
         _write_kernels(con, run_id)
     finally:
         _drop_scratch(con)
+    refresh_rollups(con, [run_id])
     return method
 
 
