@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS, refresh_kernel_totals
+from tracekit.store import DIM_COLS, refresh_kernel_sums, refresh_kernel_totals
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -146,14 +146,13 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
                 f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
                 f"ORDER BY 1").fetchall()]
         if touched:
-            _resolve_per_kernel(con, touched, rules.gemv_max_m)
-            refresh_kernel_totals(con, touched)
+            _refresh_per_kernel(con, touched, rules.gemv_max_m)
         return touched
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_decided")
-        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place"):
+        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place", "_tk_fold"):
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
@@ -183,6 +182,30 @@ def _meta_sql(run_filter: str) -> str:
                   f"FILTER (WHERE key = 'config')" for k in keys]
         cols.append(f"coalesce({', '.join(picks)}) AS {out}")
     return f"SELECT run_id, {', '.join(cols)} FROM run_meta WHERE {run_filter} GROUP BY run_id"
+
+
+def _refresh_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+    """_resolve_per_kernel, then the rollups: kernel_totals (summed per kernel context and follow_*)
+    rewritten from the kernel rows only in runs whose follow_* changed (their old and new values
+    compared: a few per cent of the rows) or that have none yet, kernel_sums (per verdict, from
+    kernel_totals) in every run given."""
+    where = _run_filter(run_ids, "")
+    follow = f"SELECT run_id, kernel_id, follow_category, follow_evidence FROM kernel_rows WHERE {where} " \
+             "AND follow_evidence IS NOT NULL"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_fold AS {follow}")
+    _resolve_per_kernel(con, run_ids, gemv_max_m)
+    # Runs whose follow_* changed, and runs with no totals yet (a fresh import).
+    changed = [r[0] for r in con.execute(
+        f"SELECT run_id FROM (({follow}) EXCEPT (SELECT * FROM _tk_fold)) "
+        f"UNION SELECT run_id FROM ((SELECT * FROM _tk_fold) EXCEPT ({follow})) "
+        f"UNION (SELECT DISTINCT run_id FROM kernel_rows WHERE {where} "
+        f"       EXCEPT SELECT DISTINCT run_id FROM kernel_totals WHERE {where}) ORDER BY 1").fetchall()]
+    con.execute("DROP TABLE _tk_fold")
+    if changed:
+        refresh_kernel_totals(con, changed)  # kernel_sums of those runs too
+    rest = sorted(set(run_ids) - set(changed))
+    if rest:
+        refresh_kernel_sums(con, rest)
 
 
 def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
