@@ -521,7 +521,8 @@ def build_kernels_db(db: Path, n_kernels: int) -> int:
     per = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     runs = max(4, round(n_kernels / per * 4))
     con.close()
-    build_many_runs_db(db, runs, only=("runs", "kernel_rows", "kernel_verdicts", "ops"))
+    build_many_runs_db(db, runs, only=("runs", "kernel_rows", "kernel_verdicts", "ops", "kernel_totals",
+                                       "follow_totals", "kernel_sums", "stage_spans"))
     con = duckdb.connect(str(db))
     n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     con.close()
@@ -662,7 +663,7 @@ def main() -> None:
                 label = f"{runs:,} runs"
                 store = tmp / f"store{runs}.duckdb"
                 t = time.perf_counter()
-                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,kernel_sums,stage_spans"))
+                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,follow_totals,kernel_sums,stage_spans"))
                 print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
                 repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
                 repeat(f"store, per-kernel views (before the rollups): stage_ratio + composition, {label}",

@@ -42,7 +42,7 @@ RUN_DIR_PREFIX = "run_key="
 SCHEMAS_DIR = "_schemas"
 # Per-run tables copied out as they are (the run's own ids); the narrow kernel tables are not:
 # their name/context ids are only unique inside one database, so `kernels` is written joined.
-_INTERNAL = ("kernel_rows", "kernel_verdicts", "kernel_names", "kernel_contexts", "kernel_totals")
+_INTERNAL = ("kernel_rows", "kernel_verdicts", "kernel_names", "kernel_contexts", "kernel_totals", "follow_totals")
 # Tables every run has a file for (a table added to the schema later is found and written too).
 BASE_TABLES = ("runs", "run_meta", "kernels", "passes", "launches", "ranges", "ops", "memops")
 # The per-run rollups (store.py): read from the files only where every run has them (a dataset

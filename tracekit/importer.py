@@ -23,7 +23,7 @@ from tracekit.errors import TraceError, TracekitError
 from tracekit.manifest import read_manifest
 from tracekit.readers import is_trace_name, read
 from tracekit.readers.common import TraceData
-from tracekit.store import delete_run, find_run, refresh_kernel_totals, refresh_stage_spans
+from tracekit.store import delete_run, find_run, refresh_rollups
 
 
 @dataclass
@@ -113,12 +113,10 @@ def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phas
     # the importer handed it enrich.stages as its planner.
     on_phase(path, "stages")
     on_phase(path, "classifying")
-    touched = classify(con, [run_id], rules)
-    # The run's rollups, once its stages and per-kernel verdicts are final (classify wrote the
-    # kernel totals of a run whose per-kernel verdicts it set).
-    if run_id not in touched:
-        refresh_kernel_totals(con, [run_id])
-    refresh_stage_spans(con, [run_id])
+    # The run's rollups (store.py): summed by stage, so written once stages are; classification
+    # rewrites the part that depends on verdicts.
+    refresh_rollups(con, [run_id])
+    classify(con, [run_id], rules)
 
 
 def _parse_in_order(todo: list[tuple[Path, str, float]], nsys: str | None, on_phase: Phase):

@@ -122,12 +122,14 @@ JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
 -- Per-run rollups, so that stage_ratio and composition read a few dozen rows a run instead of every
--- kernel (store.py refresh_*; the importer writes them once a run is classified):
---   kernel_totals: kernel_rows summed by partition, stage and context (and the per-kernel
---     follow_* verdicts): rewritten from kernel_rows when classification redoes a run's follow_*;
---   kernel_sums: kernel_totals with names and verdicts joined, summed by short name, category and
---     evidence: rewritten from kernel_totals (a hundred rows a run) whenever a run's verdicts change;
---     what the views read (and what a Parquet dataset stores per run);
+-- kernel (store.py refresh_rollups / refresh_follow_totals):
+--   kernel_totals: kernel_rows summed by partition, stage and context: depends on stages only
+--     (written at import and by stage attribution);
+--   follow_totals: the same for the kernels with per-kernel verdicts (kernel_rows.follow_*, a few
+--     per cent), by follow_* too: rewritten when classification redoes a run's follow_*;
+--   kernel_sums: the two with names and verdicts joined, summed by short name, category and
+--     evidence (~50 rows a run): rewritten from them whenever a run's verdicts change; what the
+--     views read (and what a Parquet dataset stores per run);
 --   stage_spans: GPU span and busy time per iteration and stage: depends on stages only.
 CREATE TABLE IF NOT EXISTS kernel_totals (
     run_id          INTEGER NOT NULL,
@@ -139,10 +141,24 @@ CREATE TABLE IF NOT EXISTS kernel_totals (
     step            INTEGER,             -- mixed passes only; NULL otherwise
     ctx_id          BIGINT NOT NULL,     -- with run_id -> kernel_verdicts
     name_id         BIGINT NOT NULL,     -- -> kernel_names (the context's name)
-    follow_category VARCHAR,             -- kernel_rows.follow_*: per kernel, so part of the key
-    follow_evidence VARCHAR,
     n_kernels       BIGINT NOT NULL,
     dur_ns          BIGINT NOT NULL      -- summed kernel duration
+);
+
+CREATE TABLE IF NOT EXISTS follow_totals (
+    run_id          INTEGER NOT NULL,
+    pid             BIGINT,
+    device          INTEGER,
+    rank            INTEGER,
+    stage           VARCHAR,
+    iteration       INTEGER,
+    step            INTEGER,
+    ctx_id          BIGINT NOT NULL,
+    name_id         BIGINT NOT NULL,
+    follow_category VARCHAR,             -- kernel_rows.follow_*
+    follow_evidence VARCHAR,
+    n_kernels       BIGINT NOT NULL,
+    dur_ns          BIGINT NOT NULL
 );
 
 -- GPU span and busy time per run, partition, iteration and stage (summarization / generation):

@@ -26,7 +26,7 @@ TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
 RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
-              "run_ranks", "kernel_totals", "kernel_sums", "stage_spans")
+              "run_ranks", "kernel_totals", "follow_totals", "kernel_sums", "stage_spans")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
@@ -262,23 +262,37 @@ def create_kernels_view(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def has_rollups(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether this connection's database keeps the per-run rollups (kernel_totals, kernel_sums, stage_spans)."""
+    """Whether this connection's database keeps the per-run rollups (schema.sql)."""
     return con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
-        "AND table_name IN ('kernel_totals', 'kernel_sums', 'stage_spans')").fetchall()[0][0] == 3
+        "AND table_name IN ('kernel_totals', 'follow_totals', 'kernel_sums', 'stage_spans')").fetchall()[0][0] == 4
 
 
-def _run_filter(run_ids: list[int] | None) -> str:
-    return "true" if run_ids is None else f"run_id IN ({', '.join(str(int(r)) for r in run_ids) or 'NULL'})"
+def _run_filter(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> str:
+    """A WHERE condition on run_id selecting `run_ids` (all: None). A long list goes into a temp
+    table (a semi-join): an IN list of thousands of literals is evaluated per row."""
+    if run_ids is None:
+        return "true"
+    ids = [int(r) for r in run_ids]
+    if len(ids) <= 64:
+        return f"run_id IN ({', '.join(map(str, ids)) or 'NULL'})"
+    con.execute("CREATE OR REPLACE TEMP TABLE _tk_sel AS SELECT unnest(?::INTEGER[]) AS run_id", [ids])
+    return "run_id IN (SELECT run_id FROM _tk_sel)"
 
 
-def kernel_totals_sql(source: str = "kernel_rows", wide: bool = False) -> str:
-    """The rollup of kernel rows `source` into kernel_totals' rows (by context and follow_*), or,
-    `wide`, of a `kernels` relation into kernel_sums' columns (by short name, category, evidence).
-    Only mixed passes keep iteration and step: their token share is per pass."""
+# A kernel whose class its context does not decide (kernel_rows.follow_*: split-K reduces, GEMMs
+# decided by their pass, softmaxes by their place): classification rewrites these per kernel.
+_FOLLOWS = "(follow_category IS NOT NULL OR follow_evidence IS NOT NULL)"
+
+
+def kernel_totals_sql(source: str = "kernel_rows", wide: bool = False, follow: bool = False) -> str:
+    """The rollup of kernel rows `source` into kernel_totals' rows (by context), `follow` into
+    follow_totals' (by context and follow_*: the caller selects those kernels), or, `wide`, of a
+    `kernels` relation into kernel_sums' columns (by short name, category, evidence). Only mixed
+    passes keep iteration and step: their token share is per pass. The caller adds GROUP BY ALL."""
     part = ", ".join(PARTITION)
     keys = ("short_name, category, evidence" if wide else
-            "ctx_id, name_id, follow_category, follow_evidence")
+            "ctx_id, name_id, follow_category, follow_evidence" if follow else "ctx_id, name_id")
     return (f"SELECT run_id, {part}, stage, CASE WHEN stage = 'mixed' THEN iteration END AS iteration, "
             f"CASE WHEN stage = 'mixed' THEN step END AS step, {keys}, "
             f"count(*)::BIGINT AS n_kernels, sum(dur_ns)::BIGINT AS dur_ns FROM {source}")
@@ -296,42 +310,49 @@ def stage_spans_sql(source: str = "kernel_rows") -> str:
             f"      FROM {source} WHERE stage IN ('summarization', 'generation')) GROUP BY ALL")
 
 
-def refresh_kernel_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
-    """Rewrite kernel_totals, then kernel_sums, of `run_ids` (all runs: None) from their kernel
-    rows: after an import, and after classification redid their per-kernel follow_* columns."""
-    where = _run_filter(run_ids)
-    con.execute(f"DELETE FROM kernel_totals WHERE {where}")
+def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = None) -> None:
+    """Rewrite every rollup of `run_ids` (all runs: None) from their kernel rows: after an import
+    or stage attribution (the rollups are summed by stage), and for code that edits kernel_rows or
+    kernel_verdicts by hand. Classification needs only refresh_follow_totals."""
+    where = _run_filter(con, run_ids)
+    for table in ("kernel_totals", "stage_spans"):
+        con.execute(f"DELETE FROM {table} WHERE {where}")
     con.execute(f"INSERT INTO kernel_totals {kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where})')} "
                 "GROUP BY ALL")
-    refresh_kernel_sums(con, run_ids)
-
-
-def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = None) -> None:
-    """Rewrite every rollup of `run_ids` (all runs: None): for code that edits kernel_rows or
-    kernel_verdicts by hand (tracekit's own writers refresh what they change)."""
-    refresh_kernel_totals(con, run_ids)
-    refresh_stage_spans(con, run_ids)
-
-
-def refresh_kernel_sums(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
-    """Rewrite kernel_sums of `run_ids` (all runs: None) from kernel_totals, names and verdicts
-    (a hundred rows a run, not every kernel): whenever their verdicts changed."""
-    where = _run_filter(run_ids).replace("run_id", "t.run_id")
-    part = ", ".join(f"t.{c}" for c in PARTITION)
-    con.execute(f"DELETE FROM kernel_sums WHERE {_run_filter(run_ids)}")
-    con.execute(
-        f"INSERT INTO kernel_sums SELECT t.run_id, {part}, t.stage, t.iteration, t.step, n.short_name, "
-        f"coalesce(t.follow_category, v.category) AS category, coalesce(t.follow_evidence, v.evidence) AS evidence, "
-        f"sum(t.n_kernels)::BIGINT, sum(t.dur_ns)::BIGINT "
-        f"FROM kernel_totals t JOIN kernel_names n ON n.name_id = t.name_id "
-        f"LEFT JOIN kernel_verdicts v ON v.run_id = t.run_id AND v.ctx_id = t.ctx_id WHERE {where} GROUP BY ALL")
-
-
-def refresh_stage_spans(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
-    """Rewrite stage_spans of `run_ids` (all runs: None): after an import or stage attribution."""
-    where = _run_filter(run_ids)
-    con.execute(f"DELETE FROM stage_spans WHERE {where}")
     con.execute(f"INSERT INTO stage_spans {stage_spans_sql(f'(SELECT * FROM kernel_rows WHERE {where})')}")
+    _refresh_follow_and_sums(con, where)
+
+
+def refresh_follow_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
+    """Rewrite follow_totals and kernel_sums of `run_ids` (all runs: None): after classification
+    changed their verdicts or per-kernel follow_* columns. Reads only the kernels with follow_*
+    set (a few per cent) and the per-context totals, never every kernel again."""
+    _refresh_follow_and_sums(con, _run_filter(con, run_ids))
+
+
+def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    con.execute(f"DELETE FROM follow_totals WHERE {where}")
+    con.execute(f"INSERT INTO follow_totals "
+                f"{kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where} AND {_FOLLOWS})', follow=True)} "
+                "GROUP BY ALL")
+    # kernel_sums: each context's totals under its verdict, less its follow kernels (negative
+    # rows, under the same verdict: they cancel in the sum), plus the follow kernels under theirs.
+    part = ", ".join(PARTITION)
+    cols = f"run_id, {part}, stage, iteration, step, ctx_id, name_id"
+    con.execute(f"DELETE FROM kernel_sums WHERE {where}")
+    con.execute(
+        f"INSERT INTO kernel_sums "
+        f"SELECT b.run_id, {', '.join(f'b.{c}' for c in PARTITION)}, b.stage, b.iteration, b.step, n.short_name, "
+        f"       coalesce(b.follow_category, v.category) AS category, coalesce(b.follow_evidence, v.evidence) AS evidence, "
+        f"       sum(b.n_kernels)::BIGINT, sum(b.dur_ns)::BIGINT "
+        f"FROM (SELECT {cols}, NULL::VARCHAR AS follow_category, NULL::VARCHAR AS follow_evidence, n_kernels, dur_ns "
+        f"      FROM kernel_totals WHERE {where} "
+        f"      UNION ALL SELECT {cols}, NULL, NULL, -n_kernels, -dur_ns FROM follow_totals WHERE {where} "
+        f"      UNION ALL SELECT {cols}, follow_category, follow_evidence, n_kernels, dur_ns FROM follow_totals "
+        f"      WHERE {where}) b "
+        f"JOIN kernel_names n ON n.name_id = b.name_id "
+        f"LEFT JOIN kernel_verdicts v ON v.run_id = b.run_id AND v.ctx_id = b.ctx_id "
+        f"GROUP BY ALL HAVING sum(b.n_kernels) <> 0")
 
 
 def _schema_sql() -> str:
@@ -356,8 +377,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, reclassify: Reclassify | None 
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(_schema_sql())
-        refresh_kernel_totals(con, None)
-        refresh_stage_spans(con, None)
+        refresh_rollups(con, None)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -390,9 +410,8 @@ def _migrate_v1(con: duckdb.DuckDBPyConnection, reclassify: Reclassify) -> None:
             insert_kernels(con, run_id, "_tk_v1run", keep=("stage", "step", "iteration"))
         con.execute("DROP VIEW IF EXISTS _tk_v1run")
         con.execute("DROP TABLE _tk_kernels_v1")
+        refresh_rollups(con, None)  # first: reclassify then rewrites what classification changes
         reclassify(con)
-        refresh_kernel_totals(con, None)
-        refresh_stage_spans(con, None)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -437,7 +456,7 @@ def insert_run(
     """Insert one linked trace as a new run; the caller owns the transaction. `stages` (the
     importer gives tracekit.enrich.stages): also attribute stages, planned before the kernel rows
     are written so that each row is written once with its stage. The rollups (kernel_totals,
-    stage_spans) are the caller's to write once the run is classified (refresh_*)."""
+    stage_spans) are the caller's to write (refresh_rollups)."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     k = data.kernels
     kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0

@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS, refresh_kernel_sums, refresh_kernel_totals
+from tracekit.store import DIM_COLS, refresh_follow_totals
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -114,9 +114,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
     The per-kernel part (split-K reduces, GEMMs decided by their pass, MoE experts, softmax by its
     place) is redone for runs where a verdict changed, or for every selected run with `refresh`
     (after the run's metadata or stages changed: `tracekit classify` does that). Those runs'
-    kernel_totals are rewritten (they are keyed by the per-kernel follow_* columns; category and
-    evidence per context are read from the verdicts at query time, so other runs need nothing).
-    Returns those runs."""
+    rollups that depend on verdicts are rewritten (store.refresh_follow_totals: from the kernels
+    with follow_* set and the per-context totals, not every kernel). Returns those runs."""
     rules = rules if rules is not None else RuleSet.load()
     where_v = _run_filter(run_ids, "v.")
     try:
@@ -152,7 +151,7 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_decided")
-        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place", "_tk_fold"):
+        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place"):
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
@@ -185,27 +184,9 @@ def _meta_sql(run_filter: str) -> str:
 
 
 def _refresh_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
-    """_resolve_per_kernel, then the rollups: kernel_totals (summed per kernel context and follow_*)
-    rewritten from the kernel rows only in runs whose follow_* changed (their old and new values
-    compared: a few per cent of the rows) or that have none yet, kernel_sums (per verdict, from
-    kernel_totals) in every run given."""
-    where = _run_filter(run_ids, "")
-    follow = f"SELECT run_id, kernel_id, follow_category, follow_evidence FROM kernel_rows WHERE {where} " \
-             "AND follow_evidence IS NOT NULL"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _tk_fold AS {follow}")
+    """_resolve_per_kernel, then the rollups that depend on verdicts."""
     _resolve_per_kernel(con, run_ids, gemv_max_m)
-    # Runs whose follow_* changed, and runs with no totals yet (a fresh import).
-    changed = [r[0] for r in con.execute(
-        f"SELECT run_id FROM (({follow}) EXCEPT (SELECT * FROM _tk_fold)) "
-        f"UNION SELECT run_id FROM ((SELECT * FROM _tk_fold) EXCEPT ({follow})) "
-        f"UNION (SELECT DISTINCT run_id FROM kernel_rows WHERE {where} "
-        f"       EXCEPT SELECT DISTINCT run_id FROM kernel_totals WHERE {where}) ORDER BY 1").fetchall()]
-    con.execute("DROP TABLE _tk_fold")
-    if changed:
-        refresh_kernel_totals(con, changed)  # kernel_sums of those runs too
-    rest = sorted(set(run_ids) - set(changed))
-    if rest:
-        refresh_kernel_sums(con, rest)
+    refresh_follow_totals(con, run_ids)
 
 
 def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:

@@ -34,12 +34,16 @@
 CREATE OR REPLACE TEMP VIEW stage_ratio_by_process AS
 -- Reads the per-run rollups (kernel_sums: kernel time by stage; stage_spans: GPU span and busy
 -- time per iteration and stage), not every kernel: see schema.sql.
-WITH mixed AS (
+-- Each is read once (MATERIALIZED): over a Parquet dataset every read opens every run's file.
+WITH ks AS MATERIALIZED (SELECT run_id, {{partition}}, stage, iteration, step, dur_ns FROM kernel_sums),
+ps AS MATERIALIZED (SELECT run_id, {{partition}}, iteration, step, stage, source, start_ns, end_ns,
+                           ctx_tokens, gen_tokens FROM passes),
+mixed AS (
     -- Shared kernels of mixed passes (summed per pass) with the token share of their pass.
     SELECT k.run_id, {{partition:k}}, k.dur_ns,
            p.ctx_tokens::DOUBLE / nullif(p.ctx_tokens + p.gen_tokens, 0) AS ctx_share
-    FROM kernel_sums k
-    JOIN passes p ON p.run_id = k.run_id AND {{partition_eq:p:k}} AND p.iteration = k.iteration AND p.step = k.step
+    FROM ks k
+    JOIN ps p ON p.run_id = k.run_id AND {{partition_eq:p:k}} AND p.iteration = k.iteration AND p.step = k.step
     WHERE k.stage = 'mixed'
 ),
 mixed_sums AS (
@@ -56,7 +60,7 @@ k AS (
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'other' OR stage IS NULL), 0) AS other_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'warmup'), 0)        AS warmup_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'unattributed'), 0)  AS unattributed_ns
-    FROM kernel_sums
+    FROM ks
     GROUP BY ALL
 ),
 gpu AS (
@@ -69,7 +73,7 @@ gpu AS (
 ),
 host_it AS (
     SELECT run_id, {{partition}}, iteration, stage, max(end_ns) - min(start_ns) AS span_ns
-    FROM passes
+    FROM ps
     WHERE source <> 'inferred' AND stage IN ('summarization', 'generation')
     GROUP BY ALL
 ),
