@@ -84,6 +84,7 @@ def c_read(path: str) -> dict:
 
 def c_stages(path: str, db: str) -> dict:
     """The importer's steps one by one, each timed (same calls as importer._parse/_store)."""
+    from tracekit.enrich import stages
     from tracekit.enrich.links import link
     from tracekit.importer import file_hash
     from tracekit.readers import read
@@ -102,7 +103,7 @@ def c_stages(path: str, db: str) -> dict:
     con.execute("BEGIN TRANSACTION")
     # As the importer does: stages are planned while the kernel rows are written.
     run_id = insert_run(con, data, source_path=path, content_hash=h, importer_version="bench", meta={},
-                        stages=True)
+                        stages=stages)
     out["insert+stages"] = time.perf_counter() - t
     try:
         from tracekit.enrich.classify import classify
@@ -188,6 +189,26 @@ def c_views(db: str) -> dict:
         out[view] = time.perf_counter() - t
         out[f"{view}_rows"] = tbl.num_rows
     out["runs"] = d.con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return out
+
+
+def c_views_per_kernel(db: str) -> dict:
+    """The comparison for c_views, on the same database: stage_ratio and composition as they were
+    defined before the per-run rollups (every kernel read through the `kernels` view; kept as the
+    tests' oracle in tests/per_kernel_views.sql)."""
+    import tracekit
+    from tracekit.views import _with_partition
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    d = tracekit.open(db, read_only=True)
+    d.con.execute(_with_partition((ROOT / "tests" / "per_kernel_views.sql").read_text()))
+    out["open"] = time.perf_counter() - t
+    for view in ("stage_ratio", "composition"):
+        t = time.perf_counter()
+        tbl = d.arrow(f"SELECT * FROM {view}_oracle")
+        out[view] = time.perf_counter() - t
+        out[f"{view}_rows"] = tbl.num_rows
     return out
 
 
@@ -332,7 +353,7 @@ CHILDREN = {
     "attach_copy": c_attach_copy, "dask_start": c_dask_start,
     "build_kernels": c_build_kernels, "machine": c_machine, "jobs_profile": c_jobs_profile, "pickle": c_pickle,
     "gunzip": c_gunzip, "decode": c_decode, "read": c_read, "stages": c_stages,
-    "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views,
+    "sqlite_names": c_sqlite_names, "duckdb_names": c_duckdb_names, "classify": c_classify, "views": c_views, "views_per_kernel": c_views_per_kernel,
 }
 
 HTA_SCRIPT = """
@@ -565,7 +586,7 @@ def build_many_runs_dataset(ds: Path, runs: int) -> int:
     base = sorted(ds.glob(f"{RUN_DIR_PREFIX}*"))
     keys = ", ".join(f"('{d.name.split('=', 1)[1]}', {b})" for b, d in enumerate(base))
     con.execute(f"CREATE TABLE base(run_key VARCHAR, b BIGINT); INSERT INTO base VALUES {keys}")
-    for t in ("runs", "kernels", "passes"):
+    for t in ("runs", "kernels", "passes", "kernel_sums", "stage_spans"):
         src = ", ".join(f"'{d / (t + '.parquet')}'" for d in base)
         # copy i is of base run i % 4, under key printf('%013x', i): distinct, and its run_id is that number
         hashes = ", x.content_hash || '-' || k.i AS content_hash" if t == "runs" else ""
@@ -579,7 +600,7 @@ def build_many_runs_dataset(ds: Path, runs: int) -> int:
     for part in sorted((staging / "runs").iterdir()):
         final = ds / part.name
         final.mkdir()
-        for t in ("runs", "kernels", "passes"):
+        for t in ("runs", "kernels", "passes", "kernel_sums", "stage_spans"):
             files = list((staging / t / part.name).glob("*.parquet"))
             if files:
                 os.rename(files[0], final / f"{t}.parquet")
@@ -597,7 +618,8 @@ def build_kernels_db(db: Path, n_kernels: int) -> int:
     per = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     runs = max(4, round(n_kernels / per * 4))
     con.close()
-    build_many_runs_db(db, runs, only=("runs", "kernel_rows", "kernel_verdicts", "ops"))
+    build_many_runs_db(db, runs, only=("runs", "kernel_rows", "kernel_verdicts", "ops", "kernel_totals",
+                                       "follow_totals", "kernel_sums", "stage_spans"))
     con = duckdb.connect(str(db))
     n = con.execute("SELECT count(*) FROM kernels").fetchone()[0]
     con.close()
@@ -732,6 +754,8 @@ def main() -> None:
             print("views: 1,000 runs")
             res["views"] = {"load": load()}
             repeat("stage_ratio + composition over 1,000 runs", lambda: child_cmd("views", many), n, res["views"])
+            repeat("per-kernel views (before the rollups) over 1,000 runs", lambda: child_cmd("views_per_kernel", many),
+                   n, res["views"])
         if "jobs" in groups:
             # Goal "import throughput scales with cores (-j N), measured at 1 and 2": the same
             # files at each -j in this run; the comparison is -j 1. The serial part (the parent
@@ -770,9 +794,11 @@ def main() -> None:
                 label = f"{runs:,} runs"
                 store = tmp / f"store{runs}.duckdb"
                 t = time.perf_counter()
-                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes"))
+                spawn_rusage(child_cmd("build_runs", store, runs, "runs,run_meta,kernel_rows,kernel_verdicts,passes,kernel_totals,follow_totals,kernel_sums,stage_spans"))
                 print(f"scale: store of {label} built in {time.perf_counter() - t:.0f}s; load {load()}")
                 repeat(f"store: stage_ratio + composition, {label}", lambda s=store: child_cmd("views", s), n, g)
+                repeat(f"store, per-kernel views (before the rollups): stage_ratio + composition, {label}",
+                       lambda s=store: child_cmd("views_per_kernel", s), n, g)
                 store.unlink()
                 ds = tmp / f"ds{runs}"
                 t = time.perf_counter()

@@ -208,6 +208,7 @@ def test_derived_short_names_match_nsys_short_names():
 def _store_by_hand(db_path: Path, data, stages: bool) -> dict[str, list]:
     """Store one linked trace as the importer does (insert, stages unless planned, classify) and
     return every kernel-side table, as values."""
+    from tracekit.enrich import stages as stage_planner
     from tracekit.enrich.classify import classify
     from tracekit.enrich.rules import RuleSet
     from tracekit.enrich.stages import attribute_stages
@@ -215,7 +216,8 @@ def _store_by_hand(db_path: Path, data, stages: bool) -> dict[str, list]:
 
     con = connect(db_path)
     con.execute("BEGIN TRANSACTION")
-    rid = insert_run(con, data, source_path="t", content_hash="h", importer_version="t", meta={}, stages=stages)
+    rid = insert_run(con, data, source_path="t", content_hash="h", importer_version="t", meta={},
+                     stages=stage_planner if stages else None)
     if not stages:
         attribute_stages(con, rid)
     classify(con, [rid], RuleSet.load([]))

@@ -313,11 +313,12 @@ def test_default_marker_patterns_match_whole_labels(label, stage):
 
 @pytest.mark.parametrize("path", [NSYS_L2, KINETO_L3], ids=lambda p: p.name)
 def test_stages_planned_at_insert_match_attribution_after(tmp_path, path):
-    """Stages decided while the kernel rows are written (insert_run(stages=True), the importer's
+    """Stages decided while the kernel rows are written (insert_run(stages=enrich.stages), the importer's
     path) are those attribute_stages writes into stored rows: with markers, and by inference once
     the stage markers are gone."""
     import pyarrow.compute as pc
 
+    from tracekit.enrich import stages as stages_module
     from tracekit.enrich.links import link
     from tracekit.readers import read
     from tracekit.store import connect, insert_run
@@ -331,7 +332,7 @@ def test_stages_planned_at_insert_match_attribution_after(tmp_path, path):
         for planned in (True, False):
             con = connect(tmp_path / f"{planned}_{len(got)}_{ranges.num_rows}.duckdb")
             rid = insert_run(con, data, source_path="t", content_hash="h", importer_version="t", meta={},
-                             stages=planned)
+                             stages=stages_module if planned else None)
             if not planned:
                 attribute_stages(con, rid)
             got.append((

@@ -128,8 +128,17 @@ FROM kernel_names n WHERE n.name_id = kernel_rows.name_id
 _CLEAR_CATEGORIES = "UPDATE kernel_verdicts SET category = NULL; UPDATE kernel_rows SET follow_category = NULL"
 
 
+def _by_hand(db, sql: str, params: list | None = None) -> None:
+    """Edit kernel rows / verdicts in SQL, then rewrite the per-run rollups the views read (what
+    tracekit's own writers do for what they change)."""
+    from tracekit.store import refresh_rollups
+
+    db.con.execute(sql, params or [])
+    refresh_rollups(db.con)
+
+
 def test_composition_unclassified_is_visible(copy_db):
-    copy_db.con.execute(_CLEAR_CATEGORIES)
+    _by_hand(copy_db, _CLEAR_CATEGORIES)
     df = copy_db.query("SELECT * FROM composition")
     for rid in range(1, 5):
         part = df.filter(df["run_id"] == rid)
@@ -138,7 +147,7 @@ def test_composition_unclassified_is_visible(copy_db):
 
 
 def test_composition_buckets_against_trace(copy_db):
-    copy_db.con.execute(_SET_CATEGORIES)
+    _by_hand(copy_db, _SET_CATEGORIES)
     expected: dict[str, int] = defaultdict(int)
     for stage, _it, _step, dur, short in nsys_truth(NSYS_L2):
         if stage not in ("summarization", "generation"):
@@ -194,7 +203,7 @@ def test_step_totals_wall_is_marker_duration(shared_db_path):
 
 
 def test_top_kernels_against_trace(copy_db):
-    copy_db.con.execute(_CLEAR_CATEGORIES)
+    _by_hand(copy_db, _CLEAR_CATEGORIES)
     n, t = Counter(), Counter()
     for stage, _it, _step, dur, short in nsys_truth(NSYS_L3_SHAPES):
         if stage in ("summarization", "generation"):
@@ -211,8 +220,7 @@ def test_top_kernels_against_trace(copy_db):
 
 def test_top_kernels_without_stages_uses_all_kernels(copy_db):
     rid = run_of(copy_db.con, KINETO_L2)
-    copy_db.con.execute("UPDATE kernel_rows SET stage = 'other', step = NULL, iteration = NULL WHERE run_id = ?",
-                        [rid])
+    _by_hand(copy_db, "UPDATE kernel_rows SET stage = 'other', step = NULL, iteration = NULL WHERE run_id = ?", [rid])
     got = copy_db.con.execute("SELECT sum(n), sum(time_ns) FROM top_kernels WHERE run_id = ?", [rid]).fetchall()[0]
     with gzip.open(KINETO_L2, "rt") as f:
         ks = [e for e in json.load(f, parse_float=Decimal)["traceEvents"] if e.get("cat") == "kernel"]

@@ -19,13 +19,22 @@ if TYPE_CHECKING:
     from tracekit.importer import ImportResult
 
 
+def _reclassify_all(con: duckdb.DuckDBPyConnection) -> None:
+    """How a tracekit 0.1 database is classified again when the store upgrades it: the default rules."""
+    from tracekit.enrich.classify import classify
+    from tracekit.enrich.rules import RuleSet
+
+    classify(con, None, RuleSet.load())
+
+
 class Database:
     """A tracekit database. `tracekit.open(path)` makes one."""
 
     def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> None:
         self.path = str(path)
         self.read_only = read_only
-        self.con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s)
+        self.con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
+                                                            reclassify=_reclassify_all)
         self._views()
 
     def _views(self) -> None:

@@ -7,6 +7,8 @@ Layout (one directory per run, named by its content hash; one Parquet file per t
                                                     /run_meta.parquet
                                                     /kernels.parquet   (one row per kernel, the `kernels` view's columns)
                                                     /passes.parquet, ops.parquet, ranges.parquet, launches.parquet, memops.parquet
+                                                    /kernel_sums.parquet, stage_spans.parquet (the per-run rollups the
+                                                     stage_ratio / composition views read; kernel_sums joined, as kernels)
 
 Each file goes through the normal import (readers -> links -> an in-memory DuckDB with tracekit's
 schema -> insert + stages + classification, `importer.import_paths`), then that run's tables are
@@ -40,9 +42,12 @@ RUN_DIR_PREFIX = "run_key="
 SCHEMAS_DIR = "_schemas"
 # Per-run tables copied out as they are (the run's own ids); the narrow kernel tables are not:
 # their name/context ids are only unique inside one database, so `kernels` is written joined.
-_INTERNAL = ("kernel_rows", "kernel_verdicts", "kernel_names", "kernel_contexts")
+_INTERNAL = ("kernel_rows", "kernel_verdicts", "kernel_names", "kernel_contexts", "kernel_totals", "follow_totals")
 # Tables every run has a file for (a table added to the schema later is found and written too).
 BASE_TABLES = ("runs", "run_meta", "kernels", "passes", "launches", "ranges", "ops", "memops")
+# The per-run rollups (store.py): read from the files only where every run has them (a dataset
+# written before them, or partly, gets tracekit.views' live rollups over `kernels` instead).
+ROLLUPS = ("kernel_sums", "stage_spans")
 
 
 @dataclass
@@ -79,8 +84,8 @@ def _run_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
         "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'run_id' "
         "AND database_name = current_database() AND NOT internal ORDER BY 1"
     ).fetchall()]
-    extra = [t for t in found if t not in BASE_TABLES and t not in _INTERNAL]
-    return [*BASE_TABLES, *extra]
+    extra = [t for t in found if t not in BASE_TABLES and t not in _INTERNAL and t not in ROLLUPS]
+    return [*BASE_TABLES, *extra, *ROLLUPS]
 
 
 def _stored_hash(run: Path) -> str | None:
@@ -301,7 +306,9 @@ def tables_in(dataset: str | Path) -> list[str]:
     root = Path(dataset)
     first = next(root.glob(f"{RUN_DIR_PREFIX}*"), None)
     extra = sorted(p.stem for p in first.glob("*.parquet")) if first is not None else []
-    return [*BASE_TABLES, *(t for t in extra if t not in BASE_TABLES)]
+    runs = [d for d in root.glob(f"{RUN_DIR_PREFIX}*") if d.is_dir()] if set(ROLLUPS) & set(extra) else []
+    return [*BASE_TABLES, *(t for t in extra if t not in BASE_TABLES
+                            and (t not in ROLLUPS or all((d / f"{t}.parquet").exists() for d in runs)))]
 
 
 def create_dataset_views(con: duckdb.DuckDBPyConnection, dataset: str | Path) -> list[str]:
@@ -350,6 +357,8 @@ def _copy_runs(con: duckdb.DuckDBPyConnection, root: Path) -> int:
             files = [str(f) for k in new if (f := run_dir(root, k) / f"{table}.parquet").exists()]
             exists = bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
                                       [table]).fetchall()[0][0])
+            if table in ROLLUPS and not exists and have:
+                continue  # copied before the rollups existed: partial rollups would be wrong; views roll up live
             if files:
                 verb = f"INSERT INTO {table} BY NAME" if exists else f"CREATE TABLE {table} AS"
                 con.execute(f"{verb} SELECT * FROM read_parquet(?, {opts})", [files])

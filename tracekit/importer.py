@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from tracekit import __version__, ranks
+from tracekit.enrich import stages
 from tracekit.enrich.classify import classify
 from tracekit.enrich.links import link
 from tracekit.enrich.rules import RuleSet
@@ -22,7 +23,7 @@ from tracekit.errors import TraceError, TracekitError
 from tracekit.manifest import read_manifest
 from tracekit.readers import is_trace_name, read
 from tracekit.readers.common import TraceData
-from tracekit.store import delete_run, find_run
+from tracekit.store import delete_run, find_run, refresh_rollups
 
 
 @dataclass
@@ -108,9 +109,13 @@ def _no_phase(path: str, phase: str) -> None:
 
 
 def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phase: Phase, path: str) -> None:
-    # Stages were attributed by insert_run, as the kernel rows were written (one write per row).
+    # Stages were attributed by insert_run, as the kernel rows were written (one write per row):
+    # the importer handed it enrich.stages as its planner.
     on_phase(path, "stages")
     on_phase(path, "classifying")
+    # The run's rollups (store.py): summed by stage, so written once stages are; classification
+    # rewrites the part that depends on verdicts.
+    refresh_rollups(con, [run_id])
     classify(con, [run_id], rules)
 
 
@@ -255,7 +260,7 @@ def _store(
         if old is not None:
             delete_run(con, old)
         run_id = ranks.insert(con, ranks.prepare(f, data), source_path=str(f), content_hash=h,
-                              importer_version=__version__, meta=meta, stages=True)
+                              importer_version=__version__, meta=meta, stages=stages)
         _enrich(con, run_id, rules, on_phase, str(f))
         con.execute("COMMIT")
     except BaseException as exc:

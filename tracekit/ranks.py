@@ -404,7 +404,7 @@ def insert(con, data: TraceData, **kw) -> int:
     return insert_run(con, data, **kw)
 
 
-def insert_ranked_run(con, data: RankedTrace, *, stages: bool = True, **kw) -> int:
+def insert_ranked_run(con, data: RankedTrace, *, stages=None, **kw) -> int:
     """Insert a multi-rank run (caller owns the transaction): the merged rows with their rank, stages
     attributed per rank (`rank` is part of enrich.stages.PARTITION, so passes and iterations are
     numbered within each rank), then `run_ranks` and runs.world_size / ranks."""

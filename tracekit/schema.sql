@@ -121,6 +121,77 @@ FROM kernel_rows r
 JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
+-- Per-run rollups, so that stage_ratio and composition read a few dozen rows a run instead of every
+-- kernel (store.py refresh_rollups / refresh_follow_totals):
+--   kernel_totals: kernel_rows summed by partition, stage and context: depends on stages only
+--     (written at import and by stage attribution);
+--   follow_totals: the same for the kernels with per-kernel verdicts (kernel_rows.follow_*, a few
+--     per cent), by follow_* too: rewritten when classification redoes a run's follow_*;
+--   kernel_sums: the two with names and verdicts joined, summed by short name, category and
+--     evidence (~50 rows a run): rewritten from them whenever a run's verdicts change; what the
+--     views read (and what a Parquet dataset stores per run);
+--   stage_spans: GPU span and busy time per iteration and stage: depends on stages only.
+CREATE TABLE IF NOT EXISTS kernel_totals (
+    run_id          INTEGER NOT NULL,
+    pid             BIGINT,              -- the partition (store.PARTITION) ...
+    device          INTEGER,
+    rank            INTEGER,
+    stage           VARCHAR,
+    iteration       INTEGER,             -- mixed passes only (their token share is per pass); NULL otherwise
+    step            INTEGER,             -- mixed passes only; NULL otherwise
+    ctx_id          BIGINT NOT NULL,     -- with run_id -> kernel_verdicts
+    name_id         BIGINT NOT NULL,     -- -> kernel_names (the context's name)
+    n_kernels       BIGINT NOT NULL,
+    dur_ns          BIGINT NOT NULL      -- summed kernel duration
+);
+
+CREATE TABLE IF NOT EXISTS follow_totals (
+    run_id          INTEGER NOT NULL,
+    pid             BIGINT,
+    device          INTEGER,
+    rank            INTEGER,
+    stage           VARCHAR,
+    iteration       INTEGER,
+    step            INTEGER,
+    ctx_id          BIGINT NOT NULL,
+    name_id         BIGINT NOT NULL,
+    follow_category VARCHAR,             -- kernel_rows.follow_*
+    follow_evidence VARCHAR,
+    n_kernels       BIGINT NOT NULL,
+    dur_ns          BIGINT NOT NULL
+);
+
+-- GPU span and busy time per run, partition, iteration and stage (summarization / generation):
+-- span = first kernel start to last kernel end, busy = time some kernel of the stage ran.
+-- Depends on stage attribution only; written at import (store.refresh_stage_spans).
+CREATE TABLE IF NOT EXISTS stage_spans (
+    run_id     INTEGER NOT NULL,
+    pid        BIGINT,
+    device     INTEGER,
+    rank       INTEGER,
+    iteration  INTEGER,
+    stage      VARCHAR NOT NULL,
+    span_ns    BIGINT NOT NULL,
+    busy_ns    BIGINT NOT NULL
+);
+
+-- Where no rollup is stored (a database written before them opened read-only, an older dataset),
+-- tracekit.views makes `kernel_sums` and `stage_spans` live views over `kernels` (same columns).
+CREATE TABLE IF NOT EXISTS kernel_sums (
+    run_id     INTEGER NOT NULL,
+    pid        BIGINT,
+    device     INTEGER,
+    rank       INTEGER,
+    stage      VARCHAR,
+    iteration  INTEGER,                  -- mixed passes only; NULL otherwise
+    step       INTEGER,                  -- mixed passes only; NULL otherwise
+    short_name VARCHAR NOT NULL,
+    category   VARCHAR,                  -- as kernels.category (NULL: unclassified)
+    evidence   VARCHAR,                  -- as kernels.evidence
+    n_kernels  BIGINT NOT NULL,
+    dur_ns     BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS launches (
     run_id      INTEGER NOT NULL,
     launch_id   BIGINT NOT NULL,

@@ -6,9 +6,11 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -24,10 +26,31 @@ TABLES = ("launches", "ranges", "ops", "memops", "kernels")
 # Per-run tables behind the `kernels` view, and tables filled after insert (enrichment); all are
 # deleted with the run. kernel_names / kernel_contexts are shared by runs and kept.
 RUN_TABLES = ("launches", "ranges", "ops", "memops", "kernel_rows", "kernel_verdicts", "passes",
-              "run_ranks")
+              "run_ranks", "kernel_totals", "follow_totals", "kernel_sums", "stage_spans")
 DERIVED_TABLES = ("passes",)
 # Launch dims: part of a kernel context (what rules can see).
 DIM_COLS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
+# The kernel-row columns that separate independent streams of forward passes within one run
+# (processes, GPUs, ranks). Stage attribution numbers passes and iterations within each distinct
+# value, the rollups (kernel_totals, stage_spans) and the views group by them: this is the one
+# place to extend it (enrich.stages and the views take it from here).
+PARTITION: tuple[str, ...] = ("pid", "device", "rank")  # rank: multi-rank runs (tracekit/ranks.py)
+
+
+class StagePlanner(Protocol):
+    """How insert_run decides stages without importing enrichment (the importer hands it
+    `tracekit.enrich.stages`): the pipeline runs one way, readers -> store -> enrich, and the
+    importer wires the steps together."""
+
+    def plan_kernel_stages(self, con: duckdb.DuckDBPyConnection, run_id: int,
+                           kernels: str) -> dict:
+        """Stage plan of kernels not written yet (relation `kernels`): arrays kernel_id, pass_id,
+        stage (a code into `stages`, the list of distinct stage names)."""
+        ...
+
+    def attribute_stages(self, con: duckdb.DuckDBPyConnection, run_id: int) -> str:
+        """Stage attribution of kernel rows already written (the SQL insert path)."""
+        ...
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -66,11 +89,18 @@ def _trace_kind(path: str) -> str | None:
     return None
 
 
-def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> duckdb.DuckDBPyConnection:
+Reclassify = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
+            reclassify: Reclassify | None = None) -> duckdb.DuckDBPyConnection:
     """Open the database; while another process holds its write lock, wait (saying so) up to wait_s.
 
     The connection cannot reach other files, extensions or the network (SAFE_CONFIG, locked), and
-    tracekit's tables are checked to be tables and `kernels` defined by this code (check_stored)."""
+    tracekit's tables are checked to be tables and `kernels` defined by this code (check_stored).
+    `reclassify(con)`: how a tracekit 0.1 database's runs are classified again when it is upgraded
+    on a writable open (the caller's rules: the store knows none; tracekit.open gives it); without
+    one such a database is only opened read-only."""
     path = str(path)
     if path != ":memory:":
         if read_only and not Path(path).exists():
@@ -110,7 +140,7 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0) ->
             con.execute("SET lock_configuration = true")
         check_stored(con, path)
         if not read_only:
-            ensure_schema(con)
+            ensure_schema(con, reclassify)
         try:
             create_kernels_view(con)
         except duckdb.BinderException:
@@ -213,12 +243,12 @@ def _family(dtype: str) -> str:
     return "integer" if dtype in _INTEGERS else dtype
 
 
-def kernels_view_sql() -> str:
-    """The `kernels` view's definition, from schema.sql (its one source), as a TEMP view."""
-    m = re.search(r"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?kernels AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
+def kernels_view_sql(name: str = "kernels") -> str:
+    """A view's definition (`kernels`) from schema.sql (its one source), as a TEMP view."""
+    m = re.search(rf"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?{name} AS\b(.*?);\s*$", _schema_sql(), re.S | re.M)
     if m is None:
-        raise KeyError("kernels")
-    return f"CREATE OR REPLACE TEMP VIEW kernels AS{m.group(1)}"
+        raise KeyError(name)
+    return f"CREATE OR REPLACE TEMP VIEW {name} AS{m.group(1)}"
 
 
 def create_kernels_view(con: duckdb.DuckDBPyConnection) -> None:
@@ -232,15 +262,127 @@ def create_kernels_view(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(kernels_view_sql())
 
 
+def has_rollups(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether this connection's database keeps the per-run rollups (schema.sql)."""
+    return con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND table_name IN ('kernel_totals', 'follow_totals', 'kernel_sums', 'stage_spans')").fetchall()[0][0] == 4
+
+
+def _run_filter(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> str:
+    """A WHERE condition on run_id selecting `run_ids` (all: None). A long list goes into a temp
+    table (a semi-join): an IN list of thousands of literals is evaluated per row."""
+    if run_ids is None:
+        return "true"
+    ids = [int(r) for r in run_ids]
+    if len(ids) <= 64:
+        return f"run_id IN ({', '.join(map(str, ids)) or 'NULL'})"
+    con.execute("CREATE OR REPLACE TEMP TABLE _tk_sel AS SELECT unnest(?::INTEGER[]) AS run_id", [ids])
+    return "run_id IN (SELECT run_id FROM _tk_sel)"
+
+
+# A kernel whose class its context does not decide (kernel_rows.follow_*: split-K reduces, GEMMs
+# decided by their pass, softmaxes by their place): classification rewrites these per kernel.
+_FOLLOWS = "(follow_category IS NOT NULL OR follow_evidence IS NOT NULL)"
+
+
+def kernel_totals_sql(source: str = "kernel_rows", wide: bool = False, follow: bool = False) -> str:
+    """The rollup of kernel rows `source` into kernel_totals' rows (by context), `follow` into
+    follow_totals' (by context and follow_*: the caller selects those kernels), or, `wide`, of a
+    `kernels` relation into kernel_sums' columns (by short name, category, evidence). Only mixed
+    passes keep iteration and step: their token share is per pass. The caller adds GROUP BY ALL."""
+    part = ", ".join(PARTITION)
+    keys = ("short_name, category, evidence" if wide else
+            "ctx_id, name_id, follow_category, follow_evidence" if follow else "ctx_id, name_id")
+    return (f"SELECT run_id, {part}, stage, CASE WHEN stage = 'mixed' THEN iteration END AS iteration, "
+            f"CASE WHEN stage = 'mixed' THEN step END AS step, {keys}, "
+            f"count(*)::BIGINT AS n_kernels, sum(dur_ns)::BIGINT AS dur_ns FROM {source}")
+
+
+def stage_spans_sql(source: str = "kernel_rows") -> str:
+    """GPU span and busy time per run, partition, iteration and stage of kernel rows `source`: busy
+    counts each instant once however many kernels of the stage overlap it."""
+    part = ", ".join(PARTITION)
+    return (f"SELECT run_id, {part}, iteration, stage, (max(end_ns) - min(start_ns))::BIGINT AS span_ns, "
+            f"sum(greatest(0, end_ns - greatest(start_ns, coalesce(prev_end, start_ns))))::BIGINT AS busy_ns "
+            f"FROM (SELECT run_id, {part}, iteration, stage, start_ns, end_ns, "
+            f"      max(end_ns) OVER (PARTITION BY run_id, {part}, iteration, stage ORDER BY start_ns, end_ns "
+            f"                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end "
+            f"      FROM {source} WHERE stage IN ('summarization', 'generation')) GROUP BY ALL")
+
+
+def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = None) -> None:
+    """Rewrite every rollup of `run_ids` (all runs: None) from their kernel rows: after an import
+    or stage attribution (the rollups are summed by stage), and for code that edits kernel_rows or
+    kernel_verdicts by hand. Classification needs only refresh_follow_totals."""
+    where = _run_filter(con, run_ids)
+    for table in ("kernel_totals", "stage_spans"):
+        con.execute(f"DELETE FROM {table} WHERE {where}")
+    con.execute(f"INSERT INTO kernel_totals {kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where})')} "
+                "GROUP BY ALL")
+    con.execute(f"INSERT INTO stage_spans {stage_spans_sql(f'(SELECT * FROM kernel_rows WHERE {where})')}")
+    _refresh_follow_and_sums(con, where)
+
+
+def refresh_follow_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
+    """Rewrite follow_totals and kernel_sums of `run_ids` (all runs: None): after classification
+    changed their verdicts or per-kernel follow_* columns. Reads only the kernels with follow_*
+    set (a few per cent) and the per-context totals, never every kernel again."""
+    _refresh_follow_and_sums(con, _run_filter(con, run_ids))
+
+
+def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    con.execute(f"DELETE FROM follow_totals WHERE {where}")
+    con.execute(f"INSERT INTO follow_totals "
+                f"{kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where} AND {_FOLLOWS})', follow=True)} "
+                "GROUP BY ALL")
+    # kernel_sums: each context's totals under its verdict, less its follow kernels (negative
+    # rows, under the same verdict: they cancel in the sum), plus the follow kernels under theirs.
+    part = ", ".join(PARTITION)
+    cols = f"run_id, {part}, stage, iteration, step, ctx_id, name_id"
+    con.execute(f"DELETE FROM kernel_sums WHERE {where}")
+    con.execute(
+        f"INSERT INTO kernel_sums "
+        f"SELECT b.run_id, {', '.join(f'b.{c}' for c in PARTITION)}, b.stage, b.iteration, b.step, n.short_name, "
+        f"       coalesce(b.follow_category, v.category) AS category, coalesce(b.follow_evidence, v.evidence) AS evidence, "
+        f"       sum(b.n_kernels)::BIGINT, sum(b.dur_ns)::BIGINT "
+        f"FROM (SELECT {cols}, NULL::VARCHAR AS follow_category, NULL::VARCHAR AS follow_evidence, n_kernels, dur_ns "
+        f"      FROM kernel_totals WHERE {where} "
+        f"      UNION ALL SELECT {cols}, NULL, NULL, -n_kernels, -dur_ns FROM follow_totals WHERE {where} "
+        f"      UNION ALL SELECT {cols}, follow_category, follow_evidence, n_kernels, dur_ns FROM follow_totals "
+        f"      WHERE {where}) b "
+        f"JOIN kernel_names n ON n.name_id = b.name_id "
+        f"LEFT JOIN kernel_verdicts v ON v.run_id = b.run_id AND v.ctx_id = b.ctx_id "
+        f"GROUP BY ALL HAVING sum(b.n_kernels) <> 0")
+
+
 def _schema_sql() -> str:
     return resources.files("tracekit").joinpath("schema.sql").read_text()
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection, reclassify: Reclassify | None = None) -> None:
+    """tracekit's tables on a writable open: a database written before a table existed gets it;
+    one written before the rollups gets them filled for every run (in one transaction)."""
     if _is_v1(con):
-        _migrate_v1(con)
-    else:
+        if reclassify is None:
+            raise TracekitError("a tracekit 0.1 database: open it with tracekit.open to upgrade it "
+                                "(or read it with read_only=True)")
+        _migrate_v1(con, reclassify)
+        return
+    fill = not has_rollups(con) and con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'kernel_rows'"
+    ).fetchall()[0][0] > 0
+    if not fill:
         con.execute(_schema_sql())
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(_schema_sql())
+        refresh_rollups(con, None)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _is_v1(con: duckdb.DuckDBPyConnection) -> bool:
@@ -250,13 +392,11 @@ def _is_v1(con: duckdb.DuckDBPyConnection) -> bool:
     ).fetchall()[0][0])
 
 
-def _migrate_v1(con: duckdb.DuckDBPyConnection) -> None:
+def _migrate_v1(con: duckdb.DuckDBPyConnection, reclassify: Reclassify) -> None:
     """Move a tracekit 0.1 database to the narrow kernel tables in one transaction, then classify
-    again with the default rules (verdicts per kernel cannot be folded into verdicts per context
-    losslessly: a split-K reduce's stored class is its GEMM's, not its rule's)."""
-    from tracekit.enrich.classify import classify  # classify imports this module
-    from tracekit.enrich.rules import RuleSet
-
+    again (`reclassify`, the caller's: the default rules; verdicts per kernel cannot be folded into
+    verdicts per context losslessly: a split-K reduce's stored class is its GEMM's, not its rule's),
+    and write the rollups."""
     path = con.execute(
         "SELECT coalesce(path, database_name) FROM duckdb_databases() WHERE database_name = current_database()"
     ).fetchall()[0][0]
@@ -271,7 +411,8 @@ def _migrate_v1(con: duckdb.DuckDBPyConnection) -> None:
             insert_kernels(con, run_id, "_tk_v1run", keep=("stage", "step", "iteration"))
         con.execute("DROP VIEW IF EXISTS _tk_v1run")
         con.execute("DROP TABLE _tk_kernels_v1")
-        classify(con, None, RuleSet.load())
+        refresh_rollups(con, None)  # first: reclassify then rewrites what classification changes
+        reclassify(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -286,6 +427,10 @@ def table_ddl(name: str) -> str:
     if m is None:
         raise KeyError(name)
     return m.group(0)
+
+
+# `passes` is written by stage attribution; the views need one even in databases written before it.
+PASSES_DDL = table_ddl("passes")
 
 
 def find_run(con: duckdb.DuckDBPyConnection, content_hash: str) -> int | None:
@@ -307,10 +452,12 @@ def insert_run(
     content_hash: str,
     importer_version: str,
     meta: dict[str, tuple[str, str]],
-    stages: bool = False,
+    stages: StagePlanner | None = None,
 ) -> int:
-    """Insert one linked trace as a new run; the caller owns the transaction. `stages`: also
-    attribute stages (enrich.stages, default StageConfig), written with the kernel rows."""
+    """Insert one linked trace as a new run; the caller owns the transaction. `stages` (the
+    importer gives tracekit.enrich.stages): also attribute stages, planned before the kernel rows
+    are written so that each row is written once with its stage. The rollups (kernel_totals,
+    stage_spans) are the caller's to write (refresh_rollups)."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     k = data.kernels
     kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0
@@ -338,7 +485,7 @@ def insert_run(
         try:
             if table == "kernels":
                 if _insert_kernels_arrow(con, run_id, arrow, stages):
-                    stages = False
+                    stages = None
                 else:
                     insert_kernels(con, run_id, "_tk_in")
             else:
@@ -348,10 +495,8 @@ def insert_run(
                 con.unregister("_tk_in")
             except duckdb.Error:
                 pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
-    if stages:  # not planned while inserting (no kernels, or names the fast path does not take)
-        from tracekit.enrich.stages import attribute_stages  # stages imports this module
-
-        attribute_stages(con, run_id)
+    if stages is not None:  # not planned while inserting (no kernels, or names the fast path does not take)
+        stages.attribute_stages(con, run_id)
     return run_id
 
 
@@ -473,7 +618,8 @@ def _name_ids(con: duckdb.DuckDBPyConnection, kernels: pa.Table) -> pa.Array | N
     return pa.array(by_pair[inverse])
 
 
-def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table, plan: bool) -> bool:
+def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table,
+                          plan: StagePlanner | None) -> bool:
     """insert_kernels for a reader's Arrow table, every per-row id computed in NumPy so that the
     rows are written in one plain INSERT (no 375k-row temp table, no joins in it); with `plan`, with
     their stages (plan_stages). False, having written no rows, when the table is one this path does
@@ -507,24 +653,11 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
         src = src.append_column("ctx_id", pa.array(ctx))
         cols = [c for c in _columns(con, "kernel_rows")
                 if c in src.column_names and c not in ("run_id", "stage", "step", "iteration")]
-        if plan:
-            # Imported here: stages imports this module.
-            from tracekit.enrich.stages import STAGE_INPUT, drop_plan, plan_stages
-
-            plan_stages(con, r, f"(SELECT {STAGE_INPUT} FROM _tk_krows)")
-            try:
-                # Stages come back as codes into their few distinct values: one Python string per
-                # kernel, then sorted as text, cost 2 s at 3.75M kernels (issue 15). NULL is 'None',
-                # as str(None) made it before.
-                own = [w for (w,) in con.execute(
-                    "SELECT DISTINCT coalesce(stage, 'None') FROM _tk_kstage ORDER BY 1").fetchall()]
-                kp = con.execute("SELECT kernel_id, pass_id, list_position(?, coalesce(stage, 'None'))::INTEGER - 1 "
-                                 "AS stage FROM _tk_kstage", [own]).fetchnumpy()
-            finally:
-                drop_plan(con)
+        if plan is not None:
+            kp = plan.plan_kernel_stages(con, r, "_tk_krows")
             passes = con.execute(f"SELECT pass_id, stage, step, iteration FROM passes WHERE run_id = {r}").fetchall()
             for name, column in _stage_columns(n, kp["kernel_id"], kp["pass_id"], passes,
-                                               (own, np.asarray(kp["stage"]))).items():
+                                               (kp["stages"], np.asarray(kp["stage"]))).items():
                 src = src.append_column(name, column)
                 cols.append(name)
         con.unregister("_tk_krows")

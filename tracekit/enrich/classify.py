@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS
+from tracekit.store import DIM_COLS, refresh_follow_totals
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -108,12 +108,14 @@ def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.
 
 
 def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = None,
-             rules: RuleSet | None = None, *, refresh: bool = False) -> None:
+             rules: RuleSet | None = None, *, refresh: bool = False) -> list[int]:
     """Fill the verdicts (kernels.category / rule_id / evidence) of `run_ids` (all runs when None).
 
     The per-kernel part (split-K reduces, GEMMs decided by their pass, MoE experts, softmax by its
     place) is redone for runs where a verdict changed, or for every selected run with `refresh`
-    (after the run's metadata or stages changed: `tracekit classify` does that)."""
+    (after the run's metadata or stages changed: `tracekit classify` does that). Those runs'
+    rollups that depend on verdicts are rewritten (store.refresh_follow_totals: from the kernels
+    with follow_* set and the per-context totals, not every kernel). Returns those runs."""
     rules = rules if rules is not None else RuleSet.load()
     where_v = _run_filter(run_ids, "v.")
     try:
@@ -143,7 +145,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
                 f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
                 f"ORDER BY 1").fetchall()]
         if touched:
-            _resolve_per_kernel(con, touched, rules.gemv_max_m)
+            _refresh_per_kernel(con, touched, rules.gemv_max_m)
+        return touched
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
@@ -178,6 +181,12 @@ def _meta_sql(run_filter: str) -> str:
                   f"FILTER (WHERE key = 'config')" for k in keys]
         cols.append(f"coalesce({', '.join(picks)}) AS {out}")
     return f"SELECT run_id, {', '.join(cols)} FROM run_meta WHERE {run_filter} GROUP BY run_id"
+
+
+def _refresh_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+    """_resolve_per_kernel, then the rollups that depend on verdicts."""
+    _resolve_per_kernel(con, run_ids, gemv_max_m)
+    refresh_follow_totals(con, run_ids)
 
 
 def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:

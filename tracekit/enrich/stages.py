@@ -88,13 +88,11 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.readers.common import WHOLE_GRAPH_SHORT_NAME
-from tracekit.store import table_ddl
+from tracekit.store import PARTITION, PASSES_DDL, refresh_rollups
 
-# The kernel-row columns that separate independent streams of forward passes within one run
-# (processes, GPUs). Stage attribution numbers passes and iterations within each distinct value,
-# and the views (stage_ratio_by_process, the GPU spans) group by them: this is the one place to
-# extend it (e.g. with a rank column); the views receive it through tracekit.views.
-PARTITION: tuple[str, ...] = ("pid", "device", "rank")  # rank: multi-rank runs (tracekit/ranks.py)
+# PARTITION (the kernel-row columns that separate independent streams of forward passes: pid,
+# device, rank) is defined by the store, which keeps its rollups by it; stages are decided per
+# partition. Re-exported here, with PASSES_DDL, for callers that read them from this module.
 
 # Whole-label patterns (RE2, matched case-insensitively against the full label, so that an
 # operator range such as `aten::mm` or a label that merely mentions "decode" never counts).
@@ -124,9 +122,6 @@ DEFAULT_TRAINING = r"backward|_bwd|bwd_|Backward|wgrad|dgrad|optimizer|adam|_sgd
 # The kernel columns stage attribution reads (from kernel_rows, or rows not yet written: plan_stages).
 STAGE_INPUT = ("kernel_id, launch_id, op_id, name_id, start_ns, end_ns, grid_x, grid_y, grid_z, "
                + ", ".join(PARTITION))
-
-# Defined in schema.sql with every other table; kept under this name for the views.
-PASSES_DDL = table_ddl("passes")
 
 
 @dataclass(frozen=True)
@@ -259,7 +254,8 @@ def attribute_stages(
     and `passes` for one run.
 
     Returns the method ('markers:<kinds>', 'inferred:<how>', 'none').
-    Safe to re-run: the run's previous attribution is replaced.
+    Safe to re-run: the run's previous attribution is replaced, and so are the run's rollups
+    (store.refresh_rollups: they are summed by stage).
     """
     kernels = f"(SELECT {STAGE_INPUT} FROM kernel_rows WHERE run_id = {int(run_id)})"
     try:
@@ -267,6 +263,7 @@ def attribute_stages(
         _write_kernels(con, run_id)
     finally:
         _drop_scratch(con)
+    refresh_rollups(con, [run_id])
     return method
 
 
@@ -290,6 +287,24 @@ def plan_stages(
     finally:
         _drop_scratch(con)
     return method
+
+
+def plan_kernel_stages(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str) -> dict:
+    """plan_stages with the default StageConfig over relation `kernels` (kernel_rows' columns, rows
+    not written yet), as store.insert_run takes it (store.StagePlanner): NumPy arrays kernel_id,
+    pass_id and stage of the kernels in a pass (or unattributed), the stage as a code into
+    `stages`, their distinct values; `passes` and runs are filled."""
+    plan_stages(con, run_id, f"(SELECT {STAGE_INPUT} FROM {kernels})")
+    try:
+        # Codes, not one Python string per kernel sorted as text: that cost 2 s at 3.75M kernels
+        # (issue 15). NULL is 'None', as str(None) made it before.
+        stages = [w for (w,) in con.execute(
+            "SELECT DISTINCT coalesce(stage, 'None') FROM _tk_kstage ORDER BY 1").fetchall()]
+        kp = con.execute("SELECT kernel_id, pass_id, list_position(?, coalesce(stage, 'None'))::INTEGER - 1 "
+                         "AS stage FROM _tk_kstage", [stages]).fetchnumpy()
+        return {**kp, "stages": stages}
+    finally:
+        drop_plan(con)
 
 
 def drop_plan(con: duckdb.DuckDBPyConnection) -> None:

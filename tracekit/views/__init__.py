@@ -14,8 +14,8 @@ from importlib import resources
 
 import duckdb
 
-from tracekit.enrich.stages import PARTITION, PASSES_DDL
 from tracekit.errors import TracekitError
+from tracekit.store import PARTITION, PASSES_DDL
 
 # Tables the views read (besides `passes`, which create_views supplies when missing).
 _NEEDED = ("runs", "run_meta", "kernels")
@@ -106,6 +106,32 @@ def _check_tables(con: duckdb.DuckDBPyConnection) -> None:
         raise TracekitError(f"{path}: not a tracekit database (missing tables: {', '.join(missing)})")
 
 
+def _rollups(con: duckdb.DuckDBPyConnection) -> None:
+    """`kernel_sums` and `stage_spans`, which stage_ratio and composition read, are the stored
+    per-run rollups where there are some: a store's tables, a Parquet dataset's views, or the
+    tables `dataset attach` copied. Where none are stored (a database written before them opened read-only, an older
+    dataset), they are live views over `kernels` with the same columns: the one fallback."""
+    from tracekit.store import kernel_totals_sql, stage_spans_sql
+
+    objs = {r[0]: r[1] for r in con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
+    temp = {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE temporary AND view_name IN ('kernel_sums', 'stage_spans')"
+    ).fetchall()}
+    # A dataset's connection is in memory, its tables views over Parquet (`runs` is one); a file's
+    # stored views are never read.
+    dataset = objs.get("runs") == "VIEW"
+
+    def stored(name: str) -> bool:
+        return name in temp or objs.get(name) == "BASE TABLE" or (dataset and objs.get(name) == "VIEW")
+
+    if not stored("kernel_sums"):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW kernel_sums AS {kernel_totals_sql('kernels', wide=True)} GROUP BY ALL")
+    if not stored("stage_spans"):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW stage_spans AS {stage_spans_sql('kernels')}")
+
+
 def _roofline_inputs(con: duckdb.DuckDBPyConnection) -> None:
     from tracekit import peaks
 
@@ -130,6 +156,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     _ensure_passes(con)
     _added_columns(con)
     _ensure_rank_columns(con)
+    _rollups(con)
     _roofline_inputs(con)
     root = resources.files(__package__)
     for name in sql_files():

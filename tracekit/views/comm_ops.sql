@@ -42,6 +42,9 @@ WITH c AS (
                1), '_', '')), ''), 'collective') AS op
     FROM kernels
     WHERE category = 'COMM'
+      -- Only runs that have COMM kernels (the rollup says, in a few rows a run): every other run's
+      -- kernels are then never read, and composition, which reads this view, stays cheap.
+      AND run_id IN (SELECT run_id FROM kernel_sums WHERE category = 'COMM')
 ),
 s AS (
     SELECT *, row_number() OVER (PARTITION BY run_id, rank, op ORDER BY start_ns, kernel_id) - 1 AS seq,

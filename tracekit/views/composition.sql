@@ -19,23 +19,32 @@
 -- @column bucket   VARCHAR  study bucket, other category name, 'CUDA graph (whole)' or 'Unclassified'
 -- @column time_ns  BIGINT   summed kernel duration
 -- @column share    DOUBLE   time_ns / the run's time in that scope
+-- Reads the per-run rollup kernel_sums (kernel time by stage, name, category), not every kernel.
 CREATE OR REPLACE TEMP VIEW composition AS
-WITH scoped AS (
+WITH k AS (
+    -- The rollup summed to what decides a bucket: stage, whole graph or not, category, MoE or not
+    -- (MoE expert GEMMs apart from dense ones: evidence 'moe:...', also through a split-K reduce:
+    -- 'prev_gemm:moe:...').
+    SELECT run_id, stage, short_name = 'CUDA graph (whole)' AS graph, category,
+           category IN ('GEMM', 'GEMV') AND (starts_with(coalesce(evidence, ''), 'moe:')
+                                              OR starts_with(coalesce(evidence, ''), 'prev_gemm:moe:')) AS moe,
+           sum(dur_ns) AS dur_ns
+    FROM kernel_sums
+    GROUP BY ALL
+),
+scoped AS (
     SELECT k.*, CASE WHEN m.run_id IS NULL THEN 'whole run' ELSE 'measured stages' END AS scope
-    FROM kernels k
-    LEFT JOIN (SELECT DISTINCT run_id FROM kernels WHERE stage IN ('summarization', 'generation', 'mixed')) m
+    FROM k
+    LEFT JOIN (SELECT DISTINCT run_id FROM k WHERE stage IN ('summarization', 'generation', 'mixed')) m
         USING (run_id)
 ),
 measured AS (
     SELECT run_id, scope,
-           CASE WHEN short_name = 'CUDA graph (whole)' THEN 'CUDA graph (whole)'
+           CASE WHEN graph THEN 'CUDA graph (whole)'
                 WHEN category = 'ATTN' THEN 'ATTN'
                 WHEN category IN ('GEMM', 'GEMV') AND scope = 'measured stages'
                     THEN CASE stage WHEN 'summarization' THEN 'Sum ' WHEN 'mixed' THEN 'Mixed ' ELSE 'Gen ' END
-                         -- MoE expert GEMMs apart from dense ones (evidence 'moe:...', also
-                         -- through a split-K reduce: 'prev_gemm:moe:...'): e.g. 'Gen MoE GEMV'.
-                         || CASE WHEN regexp_matches(coalesce(evidence, ''), '^(prev_gemm:)?moe:')
-                                 THEN 'MoE ' ELSE '' END
+                         || CASE WHEN moe THEN 'MoE ' ELSE '' END   -- e.g. 'Gen MoE GEMV'
                          || category
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
@@ -47,6 +56,9 @@ measured AS (
     FROM comm_ops c JOIN (SELECT DISTINCT run_id, scope FROM scoped) s USING (run_id),
          (VALUES ('COMM', -1), ('COMM wait', 1)) b(bucket, sign)
     WHERE c.wait_ns > 0 AND (s.scope = 'whole run' OR c.stage IN ('summarization', 'generation', 'mixed'))
+      -- wait is only measured across ranks (comm_ops.wait_basis): the filter spares one-rank runs
+      -- reading comm_ops at all
+      AND c.run_id IN (SELECT run_id FROM runs WHERE world_size >= 2)
 ),
 study AS (
     SELECT * FROM (VALUES ('Sum GEMM', 1), ('Sum GEMV', 2), ('Gen GEMM', 3), ('Gen GEMV', 4), ('ATTN', 5))

@@ -10,7 +10,7 @@
 --     measured (every collective's wait_basis = 'measured'); NULL otherwise, never a guess.
 --     Ranks with no collective wait for nothing (then: the most kernel time).
 --
--- Builds on: kernels (stage, rank), comm_ops (wait_ns, exposed_ns), runs (world_size).
+-- Builds on: kernel_sums (stage, rank), comm_ops (wait_ns, exposed_ns), runs (world_size).
 --
 -- @column run_id                INTEGER  the run (multi-rank runs only)
 -- @column rank                  INTEGER  the rank
@@ -32,7 +32,7 @@ WITH k AS (
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'generation'), 0)::BIGINT    AS generation_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'other' OR stage IS NULL), 0)::BIGINT AS other_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'warmup'), 0)::BIGINT        AS warmup_ns
-    FROM kernels
+    FROM kernel_sums  -- the per-run rollup (schema.sql): kernel time by rank and stage
     WHERE rank IS NOT NULL
     GROUP BY run_id, rank
 ),
@@ -80,7 +80,7 @@ ORDER BY run_id, rank;
 -- split as in composition: 'COMM' is the transfer, 'COMM wait' the wait for the slowest rank
 -- (where comm_ops measured it). Shares sum to 1 per rank.
 --
--- Builds on: kernels (category, stage, rank), comm_ops (wait_ns).
+-- Builds on: kernel_sums (category, stage, rank), comm_ops (wait_ns).
 --
 -- @column run_id                INTEGER  the run
 -- @column rank                  INTEGER  the rank
@@ -97,7 +97,7 @@ WITH measured AS (
                 WHEN category IS NULL THEN 'Unclassified'
                 ELSE category END AS bucket,
            dur_ns
-    FROM kernels
+    FROM kernel_sums  -- the per-run rollup (schema.sql): kernel time by rank, stage and category
     WHERE stage IN ('summarization', 'generation', 'mixed') AND rank IS NOT NULL
     UNION ALL
     SELECT run_id, rank, 'COMM', -wait_ns FROM comm_ops

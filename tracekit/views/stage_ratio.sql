@@ -32,12 +32,18 @@
 -- @column gpu_idle_generation_ns     BIGINT   gpu_span_generation_ns - gpu_busy_generation_ns
 -- @column gpu_span_gen_ratio         DOUBLE   gpu_span_generation_ns / (gpu_span_summarization_ns + gpu_span_generation_ns)
 CREATE OR REPLACE TEMP VIEW stage_ratio_by_process AS
-WITH mixed AS (
-    -- Shared kernels of mixed passes with the token share of their pass.
+-- Reads the per-run rollups (kernel_sums: kernel time by stage; stage_spans: GPU span and busy
+-- time per iteration and stage), not every kernel: see schema.sql.
+-- Each is read once (MATERIALIZED): over a Parquet dataset every read opens every run's file.
+WITH ks AS MATERIALIZED (SELECT run_id, {{partition}}, stage, iteration, step, dur_ns FROM kernel_sums),
+ps AS MATERIALIZED (SELECT run_id, {{partition}}, iteration, step, stage, source, start_ns, end_ns,
+                           ctx_tokens, gen_tokens FROM passes),
+mixed AS (
+    -- Shared kernels of mixed passes (summed per pass) with the token share of their pass.
     SELECT k.run_id, {{partition:k}}, k.dur_ns,
            p.ctx_tokens::DOUBLE / nullif(p.ctx_tokens + p.gen_tokens, 0) AS ctx_share
-    FROM kernels k
-    JOIN passes p ON p.run_id = k.run_id AND {{partition_eq:p:k}} AND p.iteration = k.iteration AND p.step = k.step
+    FROM ks k
+    JOIN ps p ON p.run_id = k.run_id AND {{partition_eq:p:k}} AND p.iteration = k.iteration AND p.step = k.step
     WHERE k.stage = 'mixed'
 ),
 mixed_sums AS (
@@ -54,20 +60,8 @@ k AS (
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'other' OR stage IS NULL), 0) AS other_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'warmup'), 0)        AS warmup_ns,
            coalesce(sum(dur_ns) FILTER (WHERE stage = 'unattributed'), 0)  AS unattributed_ns
-    FROM kernels
+    FROM ks
     GROUP BY ALL
-),
-ordered AS (
-    SELECT run_id, {{partition}}, iteration, stage, start_ns, end_ns,
-           max(end_ns) OVER (PARTITION BY run_id, {{partition}}, iteration, stage ORDER BY start_ns, end_ns
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
-    FROM kernels
-    WHERE stage IN ('summarization', 'generation')
-),
-gpu_it AS (
-    SELECT run_id, {{partition}}, iteration, stage, max(end_ns) - min(start_ns) AS span_ns,
-           sum(greatest(0, end_ns - greatest(start_ns, coalesce(prev_end, start_ns)))) AS busy_ns
-    FROM ordered GROUP BY ALL
 ),
 gpu AS (
     SELECT run_id, {{partition}},
@@ -75,11 +69,11 @@ gpu AS (
            sum(span_ns) FILTER (WHERE stage = 'generation')::BIGINT    AS gpu_span_generation_ns,
            sum(busy_ns) FILTER (WHERE stage = 'summarization')::BIGINT AS gpu_busy_summarization_ns,
            sum(busy_ns) FILTER (WHERE stage = 'generation')::BIGINT    AS gpu_busy_generation_ns
-    FROM gpu_it GROUP BY ALL
+    FROM stage_spans GROUP BY ALL
 ),
 host_it AS (
     SELECT run_id, {{partition}}, iteration, stage, max(end_ns) - min(start_ns) AS span_ns
-    FROM passes
+    FROM ps
     WHERE source <> 'inferred' AND stage IN ('summarization', 'generation')
     GROUP BY ALL
 ),
