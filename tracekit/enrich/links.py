@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.enrich.nesting import innermost, nest
-from tracekit.readers.common import TraceData
+from tracekit.readers.common import TraceData, give_back_memory
 
 
 def _np(t: pa.Table, col: str, dtype: str = "float64") -> np.ndarray:
@@ -209,4 +209,6 @@ def link(data: TraceData) -> TraceData:
                         pa.int64(), mask=rg_row < 0)
     kernels = kernels.append_column("op_id", op_id).append_column("range_id", range_id)
     data.kernels, data.ranges, data.ops, data.memops = kernels, ranges, ops, memops
+    del op_row, rg_row, l_pid, l_tid, l_ts, idx, lid
+    give_back_memory()  # the nesting's temporaries (~200 B per op): the insert that follows reuses them
     return data

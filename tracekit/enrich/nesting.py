@@ -35,11 +35,51 @@ def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -
     if (e_sorted < s_sorted).any() or s_sorted.max() == np.iinfo(np.int64).max:
         p, dep = _sweep(s_sorted, e_sorted, bounds)
     else:
-        p = _nearest_cover(s_sorted, e_sorted, bounds)
-        dep = _depths(p)
+        p, dep = _blocked_cover(s_sorted, e_sorted, bounds)
     parent[order] = np.where(p >= 0, order[np.clip(p, 0, None)], -1)
     depth[order] = dep
     return depth, parent
+
+
+# Rows searched at once by _nearest_cover: its sparse table holds ~log2(distance to the parent)
+# copies of the block's ends, so whole traces of millions of ops would need hundreds of MB.
+BLOCK = 1 << 18
+
+
+def _blocked_cover(s: np.ndarray, e: np.ndarray, bounds: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """_nearest_cover's parents and their depths, a block of sorted rows at a time.
+
+    Before a block, the sweep's stack is the previous row and its ancestors (a row on the stack
+    has what was under it when it was pushed, its own ancestors, below it); by _nearest_cover's
+    argument, a row's parent is in that stack or earlier in its block. So each block is searched
+    with that chain in front of it, whose parents and depths are already known."""
+    n = len(s)
+    if n <= block:
+        p = _nearest_cover(s, e, bounds)
+        return p, _depths(p)
+    parent = np.empty(n, dtype=np.int64)
+    depth = np.empty(n, dtype=np.int32)
+    new_thread = np.zeros(n + 1, dtype=bool)
+    new_thread[bounds] = True
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        chain: list[int] = []
+        if a and not new_thread[a]:
+            t = a - 1
+            while t >= 0:
+                chain.append(t)
+                t = int(parent[t])
+            chain.reverse()
+        m = len(chain)
+        idx = np.concatenate([np.array(chain, dtype=np.int64), np.arange(a, b, dtype=np.int64)])
+        local_bounds = bounds[(bounds > a) & (bounds < b)] - a + m
+        p = _nearest_cover(s[idx], e[idx], local_bounds)
+        p[:m] = -1  # the chain's rows are roots here, at their known depths
+        base = np.zeros(len(idx), dtype=np.int64)
+        base[:m] = depth[idx[:m]]
+        parent[a:b] = np.where(p[m:] >= 0, idx[np.clip(p[m:], 0, None)], -1)
+        depth[a:b] = _depths(p, base)[m:]
+    return parent, depth
 
 
 def _sweep(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +179,12 @@ def _nearest_cover(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> np.ndarr
     return np.where(zero & prev_zero, pos - 1, parent)
 
 
-def _depths(parent: np.ndarray) -> np.ndarray:
-    """Ancestors of each node, by pointer doubling (parents come before children)."""
+def _depths(parent: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Ancestors of each node, by pointer doubling (parents come before children); a root
+    counts `base` ancestors of its own (0 without it)."""
     depth = (parent >= 0).astype(np.int64)
+    if base is not None:
+        depth = np.where(parent >= 0, depth, base)
     up = parent.copy()
     while True:
         live = np.flatnonzero(up >= 0)

@@ -29,8 +29,6 @@ writes (see _ns and _ns_array).
 from __future__ import annotations
 
 import codecs
-import ctypes
-import ctypes.util
 import gc
 import gzip
 import json
@@ -57,6 +55,7 @@ from tracekit.readers.common import (
     OP_SCHEMA,
     RANGE_SCHEMA,
     TraceData,
+    give_back_memory,
     short_name,
 )
 
@@ -411,7 +410,7 @@ def read(path: Path) -> TraceData:
     finally:
         if enabled:
             gc.enable()
-        _give_back_memory()
+        give_back_memory()
 
 
 def _utf8(text: bytes | bytearray | memoryview) -> tuple[bytes | bytearray | memoryview, bool]:
@@ -431,21 +430,6 @@ def _utf8(text: bytes | bytearray | memoryview) -> tuple[bytes | bytearray | mem
         return codecs.utf_8_decode(text, "replace", True)[0].encode(), True
 
 
-def _give_back_memory() -> None:
-    """Return the freed decode buffers to the OS. Otherwise glibc and Arrow's allocator keep
-    them (about the size of the text), and DuckDB's inserts that follow stack on top of them."""
-    pa.default_memory_pool().release_unused()
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc: nothing to trim
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def _read_stream(path: Path) -> TraceData:
@@ -900,9 +884,8 @@ class _Codes(dict):
     def encode(self, vals: list) -> np.ndarray:
         return np.fromiter(map(self.__getitem__, vals), np.int32, len(vals))
 
-    def column(self, codes: pa.ChunkedArray) -> pa.Array:
-        idx = codes.combine_chunks()
-        return pa.DictionaryArray.from_arrays(idx, pa.array(self.values, pa.string()))
+    def column(self, codes: pa.Array) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(codes, pa.array(self.values, pa.string()))
 
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -930,11 +913,11 @@ class _Tables:
     """Accumulates each kept table as Arrow record batches, one per slice of events."""
 
     def __init__(self) -> None:
-        self.k: list[pa.RecordBatch] = []
-        self.la: list[pa.RecordBatch] = []
-        self.r: list[pa.RecordBatch] = []
-        self.o: list[pa.RecordBatch] = []
-        self.m: list[pa.RecordBatch] = []
+        self.k = _Columns(_K_BATCH)
+        self.la = _Columns(_LA_BATCH)
+        self.r = _Columns(RANGE_SCHEMA)
+        self.o = _Columns(_O_BATCH)
+        self.m = _Columns(MEMOP_SCHEMA)
         self.bad_ts = 0
         self.notes = _Notes()
         self.open_b: dict[tuple, list[Event]] = {}  # (pid, tid) -> B events not yet closed
@@ -1067,7 +1050,7 @@ class _Tables:
             cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), xyz, strict=True))
             if wide:
                 self.notes.ignored[("kernel", f"args.{key}", "integer out of range")] += wide
-        self.k.append(_batch(cols, _K_BATCH))
+        self.k.append(cols)
 
     def _launches(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
@@ -1075,12 +1058,12 @@ class _Tables:
             return
         corr = pa.array([(e.args or _NO_ARGS).correlation for e in evs], pa.int64())
         self._no_corr("la", corr, evs)
-        self.la.append(_batch({
+        self.la.append({
             "launch_id": pa.nulls(len(evs), pa.int64()), "name": self.codes["la.name"].encode([e.name for e in evs]),
             "kind": self.codes["la.kind"].encode([_RUNTIME_CATS[e.cat] for e in evs]),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]), "correlation": corr,
-        }, _LA_BATCH))
+        })
 
     def _ops(self, evs: list[Event], path: Path, raw: bytes | bytearray) -> None:
         evs, start, ed = self._times(evs)
@@ -1091,7 +1074,7 @@ class _Tables:
         ext = _ints([a.external_id for a in args])
         if ext.null_count:  # PyTorch 1.8-1.9 spelled the key in lower case
             ext = _ints([a.external_id if a.external_id is not None else a.external_id_old for a in args])
-        self.o.append(_batch({
+        self.o.append({
             "op_id": pa.nulls(n, pa.int64()), "name": self.codes["o.name"].encode([e.name for e in evs]),
             "source": np.full(n, self.codes["o.source"]["kineto"], np.int32),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
@@ -1099,7 +1082,7 @@ class _Tables:
             "external_id": ext,
             "input_dims": self._json_codes([a.input_dims for a in args], 0, path, raw, args),
             "input_types": self._json_codes([a.input_type for a in args], 1, path, raw),
-        }, _O_BATCH))
+        })
 
     def _json_codes(self, vals: list[msgspec.Raw], style: int, path: Path, raw: bytes | bytearray,
                     old_key_of: list[Args] | None = None) -> pa.Array:
@@ -1145,12 +1128,12 @@ class _Tables:
         evs, start, ed = self._times(evs)
         if not evs:
             return
-        self.r.append(_batch({
+        self.r.append({
             "range_id": pa.nulls(len(evs), pa.int64()), "name": [e.name or "" for e in evs],
             "kind": [e.cat for e in evs], "domain": pa.nulls(len(evs), pa.string()),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]),
-        }, RANGE_SCHEMA))
+        })
 
     def _memops(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
@@ -1158,48 +1141,35 @@ class _Tables:
             return
         args = [e.args or _NO_ARGS for e in evs]
         kinds = [_MEM_CATS[e.cat] for e in evs]
-        self.m.append(_batch({
+        self.m.append({
             "memop_id": pa.nulls(len(evs), pa.int64()), "kind": kinds, "name": [e.name for e in evs],
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1], "bytes": [a.nbytes for a in args],
             "device": [a.device for a in args], "stream": [a.stream for a in args],
             "correlation": [a.correlation for a in args],
             "copy_kind": [_copy_kind(e.name) if k == "memcpy" else None for e, k in zip(evs, kinds, strict=True)],
-        }, MEMOP_SCHEMA))
-
-    def _assemble(self, batches: list[pa.RecordBatch], batch_schema: pa.Schema, out_schema: pa.Schema,
-                  cols: dict[str, _Codes]) -> pa.Table:
-        t = pa.Table.from_batches(batches, batch_schema)
-        arrays = [cols[f.name].column(t.column(f.name)) if f.name in cols else t.column(f.name).combine_chunks()
-                  for f in out_schema]
-        del t
-        return pa.Table.from_arrays(arrays, schema=out_schema)
+        })
 
     def finish(self, envelope: dict) -> TraceData | None:
-        if not self.k:
+        if not self.k.rows:
             return None
         c = self.codes
         kname = c["k.name"]
         # short_name from each distinct kernel name once; its own dictionary keeps values unique.
         shorts = _Codes()
         remap = np.array([shorts[short_name(v)] for v in kname.values], np.int32)
-        t = pa.Table.from_batches(self.k, _K_BATCH)
-        self.k = []
-        name_idx = t.column("name").combine_chunks()
+        name_idx = self.k.column("name")
         short_idx = pa.array(remap[name_idx.to_numpy()], pa.int32())
-        kernels = pa.Table.from_arrays(
-            [kname.column(pa.chunked_array([name_idx])) if f.name == "name"
-             else shorts.column(pa.chunked_array([short_idx])) if f.name == "short_name"
-             else t.column(f.name).combine_chunks() for f in _K_OUT], schema=_K_OUT)
-        del t
-        launches = self._assemble(self.la, _LA_BATCH, _LA_OUT, {"name": c["la.name"], "kind": c["la.kind"]})
-        self.la = []
+        # Each table is assembled a column at a time, each column's slices freed as it is built:
+        # the peak is the kept columns plus one column, not twice the tables.
+        kernels = self.k.table(_K_OUT, {"name": kname, "short_name": shorts},
+                               given={"name": name_idx, "short_name": short_idx})
+        del name_idx, short_idx
+        launches = self.la.table(_LA_OUT, {"name": c["la.name"], "kind": c["la.kind"]})
         flow_used = 0
         if self.need_flow:
             kernels, launches, flow_used = self._apply_flows(kernels, launches)
-        ops = self._assemble(self.o, _O_BATCH, _O_OUT, {
-            "name": c["o.name"], "source": c["o.source"],
-            "input_dims": c["o.input_dims"], "input_types": c["o.input_types"]})
-        self.o = []
+        ops = self.o.table(_O_OUT, {"name": c["o.name"], "source": c["o.source"],
+                                     "input_dims": c["o.input_dims"], "input_types": c["o.input_types"]})
         absent = []
         if flow_used:
             absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
@@ -1224,9 +1194,9 @@ class _Tables:
             format="kineto",
             kernels=_sorted_with_ids(kernels, "kernel_id"),
             launches=_sorted_with_ids(launches, "launch_id"),
-            ranges=_sorted_with_ids(pa.Table.from_batches(self.r, RANGE_SCHEMA), "range_id"),
+            ranges=_sorted_with_ids(self.r.table(RANGE_SCHEMA, {}), "range_id"),
             ops=_sorted_with_ids(ops, "op_id"),
-            memops=_sorted_with_ids(pa.Table.from_batches(self.m, MEMOP_SCHEMA), "memop_id"),
+            memops=_sorted_with_ids(self.m.table(MEMOP_SCHEMA, {}), "memop_id"),
             gpu_name=envelope["gpu_name"],
             tool_versions=envelope["tool_versions"],
             trace_meta=envelope["trace_meta"],
@@ -1298,12 +1268,47 @@ def _ints(vals: list) -> pa.Array:
     return pa.array([v if type(v) is int else _int_or_none(v) for v in vals], pa.int64())
 
 
-def _batch(cols: dict[str, object], schema: pa.Schema) -> pa.RecordBatch:
-    arrays = []
-    for f in schema:
-        v = cols[f.name]
-        arrays.append(v if isinstance(v, pa.Array) else pa.array(v, type=f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+class _Columns:
+    """One table's columns as lists of per-slice arrays (typed as `schema`), assembled at the end."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.parts: dict[str, list[pa.Array]] = {f.name: [] for f in schema}
+        self.rows = 0
+
+    def append(self, cols: dict[str, object]) -> None:
+        n = None
+        for f in self.schema:
+            v = cols[f.name]
+            arr = v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
+            if arr.type != f.type or (n is not None and len(arr) != n):
+                raise TypeError(f"column {f.name}: {arr.type}[{len(arr)}], not {f.type}[{n}]")  # a reader bug
+            n = len(arr)
+            self.parts[f.name].append(arr)
+        self.rows += n or 0
+
+    def column(self, name: str) -> pa.Array:
+        """One column whole, its slices let go."""
+        parts = self.parts.pop(name)
+        if not parts:
+            return pa.array([], self.schema.field(name).type)
+        if len(parts) == 1:
+            return parts[0]
+        whole = pa.concat_arrays(parts)
+        del parts
+        # The slices' buffers are small, so malloc keeps them in its heap once freed; trimmed
+        # here, the next column reuses that memory instead of adding to the peak.
+        give_back_memory()
+        return whole
+
+    def table(self, out: pa.Schema, coded: dict[str, _Codes], given: dict[str, pa.Array] | None = None) -> pa.Table:
+        """The table with `out`'s columns: those in `coded` become dictionary columns of their codes."""
+        arrays = []
+        for f in out:
+            col = given[f.name] if given and f.name in given else self.column(f.name)
+            arrays.append(coded[f.name].column(col) if f.name in coded else col)
+        self.parts.clear()
+        return pa.Table.from_arrays(arrays, schema=out)
 
 
 def _stream_of(tid: int | str | None) -> int | None:
