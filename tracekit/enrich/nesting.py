@@ -24,12 +24,15 @@ def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -
     parent = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return depth, parent
-    keys = _thread_keys(pid, tid)
+    kp = np.nan_to_num(pid.astype("float64"), nan=-1)
+    kt = np.nan_to_num(tid.astype("float64"), nan=-1)
     # Sort by thread, then start ascending, then end descending so an enclosing interval with the
-    # same start comes before what it encloses.
-    order = np.lexsort((-end, start, keys[:, 1], keys[:, 0]))
-    k = keys[order]
-    bounds = np.flatnonzero((k[1:] != k[:-1]).any(axis=1)) + 1
+    # same start comes before what it encloses. (Keys as 1-D arrays, as _thread_keys gives them
+    # stacked: a stacked copy of millions of rows is memory for nothing.)
+    order = np.lexsort((-end, start, kt, kp))
+    kp, kt = kp[order], kt[order]
+    bounds = np.flatnonzero((kp[1:] != kp[:-1]) | (kt[1:] != kt[:-1])) + 1
+    del kp, kt
     s_sorted, e_sorted = start[order], end[order]
     # The search below assumes end >= start and computes start + 1 without overflow.
     if (e_sorted < s_sorted).any() or s_sorted.max() == np.iinfo(np.int64).max:
@@ -204,22 +207,29 @@ def innermost(
     out = np.full(len(pt_ts), -1, dtype=np.int64)
     if len(pt_ts) == 0 or len(iv_start) == 0:
         return out
-    pk = _thread_keys(pt_pid, pt_tid)
-    ik = _thread_keys(iv_pid, iv_tid)
-    # One complex number per (pid, tid): a 1-D unique is far cheaper than np.unique(axis=0).
-    pkey = pk[:, 0] + 1j * pk[:, 1]
-    ikeys, iinv = np.unique(ik[:, 0] + 1j * ik[:, 1], return_inverse=True)
-    iinv = iinv.reshape(-1)
-    for g, key in enumerate(ikeys):
-        rows = np.nonzero(iinv == g)[0]
-        pts = np.nonzero(pkey == key)[0]
+    # One sort of all intervals by thread, start, end descending (stable: ties keep row order);
+    # each thread is then a slice of it. Keys stay two 1-D arrays: stacking them, or one complex
+    # key and np.unique, costs several copies of the millions of ops in memory.
+    ip = np.nan_to_num(iv_pid.astype("float64"), nan=-1)
+    it = np.nan_to_num(iv_tid.astype("float64"), nan=-1)
+    order = np.lexsort((-iv_end, iv_start, it, ip))
+    ip, it = ip[order], it[order]
+    cut = np.flatnonzero((ip[1:] != ip[:-1]) | (it[1:] != it[:-1])) + 1
+    firsts = np.concatenate([[0], cut])
+    lasts = np.concatenate([cut, [len(order)]])
+    keys = list(zip(ip[firsts].tolist(), it[firsts].tolist(), strict=True))
+    del ip, it
+    pp = np.nan_to_num(pt_pid.astype("float64"), nan=-1)
+    ptt = np.nan_to_num(pt_tid.astype("float64"), nan=-1)
+    for (kp, kt), a, b in zip(keys, firsts.tolist(), lasts.tolist(), strict=True):
+        pts = np.flatnonzero((pp == kp) & (ptt == kt))
         if len(pts) == 0:
             continue
-        o = np.lexsort((-iv_end[rows], iv_start[rows]))
-        rows = rows[o]
+        rows = order[a:b]
         starts = iv_start[rows]
         ts = pt_ts[pts]
         pos = np.searchsorted(starts, ts, side="right") - 1
+        del starts
         cand = np.where(pos >= 0, rows[np.clip(pos, 0, None)], -1)
         # Walk up the parent chain while the candidate ended before the point.
         for _ in range(256):
