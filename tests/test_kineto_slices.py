@@ -71,3 +71,27 @@ def test_events_array_not_last_key(tmp_path, monkeypatch):
     assert got.gpu_name == ref.gpu_name == "NVIDIA H100 80GB HBM3"
     for name in TABLES:
         assert got.table(name).equals(ref.table(name)), name
+
+
+def test_decode_falls_back_only_for_values_of_another_type():
+    """The one decode step (_Events.decode): text that is not JSON is None (callers check it);
+    a value a typed decoder does not take goes to the next step, and only such a value. Checked
+    at every msgspec release CI installs (0.18 and the newest): the fallback rests on
+    ValidationError being a DecodeError of its own class."""
+    assert issubclass(msgspec.ValidationError, msgspec.DecodeError)
+    ev = kineto._Events()
+    # A cut inside an event, a truncated array, a non-array: None, not an exception.
+    assert ev.decode(b'[{"ph": "X", "args": {') is None
+    assert ev.decode(b'[{"ph": "X"},') is None
+    assert ev.decode(b'{"ph": "X"}') is None
+    # Known phase and category: the literal fast path (one shared string per value).
+    (known,) = ev.decode(b'[{"ph": "X", "cat": "kernel", "ts": 1.5}]')
+    assert isinstance(known, kineto._KnownEvent) and known.cat == "kernel"
+    # An unknown category: Event, its value kept as written.
+    (other,) = ev.decode(b'[{"ph": "X", "cat": "my_cat", "ts": 1.5}]')
+    assert type(other) is kineto.Event and other.cat == "my_cat"
+    # A value of another type (string stream): checked field by field, the field left out and counted.
+    notes = kineto._Notes()
+    (checked,) = ev.decode(b'[{"ph": "X", "cat": "kernel", "ts": 1.5, "args": {"stream": "7", "device": 0}}]', notes)
+    assert checked.args.stream is None and checked.args.device == 0 and checked.ts == 1.5
+    assert notes.ignored == {("kernel", "args.stream", "string"): 1}

@@ -171,10 +171,13 @@ class _Events:
        string `grid`) is dropped and counted in `notes`, never fatal: most fields of most events
        are not needed, and a kernel whose needed field is unusable is skipped and counted.
 
-    Which step applies is decided by what the text holds, not by which exception a decoder
-    raises (their types change between msgspec releases): a typed decoder either returns or does
-    not, and only the untyped decode can say that the text is not JSON (msgspec.DecodeError,
-    for the caller). Invalid UTF-8 never reaches a decoder: see _utf8.
+    Which step applies is decided by what the text holds: the next step is taken only for
+    well-formed JSON holding a value the step's type does not take (msgspec.ValidationError, a
+    DecodeError of its own class in every release this package allows: checked by a test).
+    Text that is not JSON is answered by None at once, not decoded three times, and no msgspec
+    exception leaves this class: callers check for None (a slice cut inside an event, or a
+    broken file). Invalid UTF-8 never reaches a decoder (see _utf8): that is where releases
+    disagree (msgspec < 0.19 raised UnicodeDecodeError, later ones DecodeError).
     """
 
     def __init__(self) -> None:
@@ -182,13 +185,21 @@ class _Events:
         self.any = msgspec.json.Decoder(list[Event])
         self.untyped = msgspec.json.Decoder()
 
-    def decode(self, text: bytes | bytearray | memoryview, notes: _Notes | None = None) -> list[Event]:
+    def decode(self, text: bytes | bytearray | memoryview, notes: _Notes | None = None) -> list[Event] | None:
+        """The events of a JSON array of events, or None when the text is not JSON."""
         for typed in (self.known, self.any):
             try:
                 return typed.decode(text)
+            except msgspec.ValidationError:
+                continue  # well-formed, with a value this type does not take: the next step
             except msgspec.DecodeError:
-                continue  # a value this type does not take, or not JSON: the steps below decide
-        values = self.untyped.decode(text)  # raises msgspec.DecodeError: not JSON
+                return None  # not JSON
+        try:
+            values = self.untyped.decode(text)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(values, list):
+            return None  # not an array of events (callers pass `[...]`: not reached)
         return _checked_events(values, notes if notes is not None else _Notes())
 
 
@@ -260,11 +271,9 @@ _LIST_ARGS = {"grid": "grid", "block": "block"}
 _RAW_ARGS = {"Input Dims": "input_dims", "Input dims": "input_dims_old", "Input type": "input_type"}
 
 
-def _checked_events(values: object, notes: _Notes) -> list[Event]:
+def _checked_events(values: list, notes: _Notes) -> list[Event]:
     """Events from untyped JSON values: a field whose value Event does not take is left out
     (as if absent) and counted; an array element that is not an object is skipped and counted."""
-    if not isinstance(values, list):
-        raise msgspec.ValidationError("traceEvents is not an array")
     out = []
     ignored = notes.ignored
     for v in values:
@@ -472,14 +481,13 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
             comma, nxt = cut
             buf[comma] = ord("]")
             text, repaired = _utf8(memoryview(buf)[:comma + 1])
-            try:
-                events = _EVENTS.decode(text, tables.notes)
-            except msgspec.DecodeError:  # not JSON: see _Events.decode
+            events = _EVENTS.decode(text, tables.notes)
+            if events is None:  # not JSON: a cut inside an event, or a broken file
                 del text  # a view of buf: it must go before buf is resized
                 buf[comma] = ord(",")
                 misses += 1  # a cut inside an event: keep reading and cut further on
                 if misses > 4:
-                    raise _SplitWrong() from None
+                    raise _SplitWrong()
                 continue
             tables.notes.utf8_repaired += repaired
             tables.add(events, path, None)
@@ -492,6 +500,8 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
         del buf
         tables.notes.utf8_repaired += repaired
         events = _EVENTS.decode(tail, tables.notes) if _first_byte(tail, 1) != ord("]") else []
+        if events is None:
+            raise _SplitWrong()  # not JSON where the layout promised events: the whole-text path words it
         tables.add(events, path, None)
         del events, tail
         if tables.need_flow:
@@ -844,22 +854,21 @@ def _chunks(raw: bytes | bytearray, span: tuple[int, int], notes: _Notes | None 
         buf = bytearray(b"[")
         buf += memoryview(raw)[a:b]
         buf += b"]"
-        try:
-            events = _EVENTS.decode(buf, notes)
-        except msgspec.DecodeError:
-            raise _BadCut() from None  # a cut inside an event, or not JSON
+        events = _EVENTS.decode(buf, notes)
+        if events is None:
+            raise _BadCut()  # a cut inside an event, or not JSON
         del buf
         yield events
 
 
 def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exact: bool,
                   notes: _Notes | None = None) -> list[Event]:
-    try:
-        return _EVENTS.decode(memoryview(raw)[span[0]:span[1]], notes)
-    except msgspec.DecodeError:
+    events = _EVENTS.decode(memoryview(raw)[span[0]:span[1]], notes)
+    if events is None:
         if not exact:
-            raise _SplitWrong() from None
-        raise _canonical_error(path, raw) from None
+            raise _SplitWrong()
+        raise _canonical_error(path, raw)
+    return events
 
 
 class _Codes(dict):
