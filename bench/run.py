@@ -87,11 +87,11 @@ def c_stages(path: str, db: str) -> dict:
     out: dict[str, float] = {}
 
     def peak(step: str) -> None:
-        """The step's peak RSS (VmHWM since the last reset), then reset it for the next step."""
+        """Peak RSS so far (VmHWM) after each step: where the process's peak is reached. (Not
+        reset per step: a reset would also lower the peak wait4 reports for the process.)"""
         try:
             status = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines())
             out[f"peak_mb {step}"] = int(status["VmHWM"].split()[0]) / 1024
-            Path("/proc/self/clear_refs").write_text("5")
         except (OSError, KeyError, ValueError):
             pass  # not Linux: no per-step peaks
 
