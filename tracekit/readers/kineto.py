@@ -11,7 +11,8 @@ What was tolerated on the way (odd fields, repaired UTF-8, unpaired B/E) goes to
 Speed and memory on traces of hundreds of MB come from these choices:
 - The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
   small typed msgspec structs that are turned into Arrow columns and dropped before the next
-  slice: memory holds one slice of text and of structs plus the kept columns. A streamed slice
+  slice: memory holds one slice of text and of structs plus the kept columns, which are
+  concatenated at the end one column at a time, each column's slices freed as it is built. A streamed slice
   is decoded in place in its buffer (no copy), and a second thread inflates the next ones.
 - The structs opt out of the garbage collector and collection is paused while they are built;
   otherwise every few hundred allocations CPython walks all live objects (5x the decode time).
@@ -1336,14 +1337,21 @@ def _copy_kind(name: str | None) -> str | None:
 
 
 def _sorted_with_ids(t: pa.Table, id_col: str) -> pa.Table:
+    """Rows by (start, end descending), stable (events with the same extent keep their order in
+    the file), numbered 0..n-1 in id_col."""
     t = t.combine_chunks()  # take() on one chunk per column is several times faster
     if t.num_rows:
         start = t.column("start_ns").to_numpy()
         end = t.column("end_ns").to_numpy()
-        # Stable (lexsort is): events with the same extent keep their order in the file.
-        order = np.lexsort((-end, start))
-        if (order[1:] < order[:-1]).any():
-            t = t.take(pa.array(order))
+        # Kineto writes most tables in order already: checked first, that costs a few bytes per
+        # row, where the sort would cost two int64 arrays and its scratch.
+        ordered = bool(np.all((start[1:] > start[:-1]) | ((start[1:] == start[:-1]) & (end[1:] <= end[:-1]))))
+        if not ordered:
+            order = pa.array(np.lexsort((-end, start)))
+            del start, end
+            # A column at a time: the old column goes before the next is taken.
+            for i in range(t.num_columns):
+                t = t.set_column(i, t.schema.field(i), t.column(i).take(order))
     return t.set_column(t.schema.get_field_index(id_col), id_col, pa.array(np.arange(t.num_rows), pa.int64()))
 
 
