@@ -157,7 +157,30 @@ def scale_kineto(src: Path, dst: Path, layers: int, steps: int) -> dict:
     max_ext = max((e["args"]["External id"] for e in xs if isinstance((e.get("args") or {}).get("External id"), int)),
                   default=0)
     corr_stride, ext_stride = max_corr + 1, max_ext + 1
-    out: list[bytes] = []
+    # Events are written as they are made (a 2.27 GB trace never sits in memory whole), in
+    # Kineto's layout: one event per indented block, ",\n" between them.
+    envelope = {k: v for k, v in trace.items() if k != "traceEvents"}
+    head = msgspec.json.encode(envelope)[:-1] + b', "traceEvents": [\n'
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sink = gzip.open(dst, "wb", compresslevel=6)
+    sink.write(head)
+    pending: list[bytes] = []
+    n_events, n_bytes = 0, len(head)
+
+    def flush() -> None:
+        nonlocal n_bytes
+        chunk = b"".join(pending)
+        n_bytes += len(chunk)
+        sink.write(chunk)
+        pending.clear()
+
+    def put(ev: bytes) -> None:
+        nonlocal n_events
+        pending.append(b"  " + msgspec.json.format(ev, indent=0) if not n_events
+                       else b",\n  " + msgspec.json.format(ev, indent=0))
+        n_events += 1
+        if len(pending) >= 20_000:
+            flush()
     cursor = pre.cpu_start
     copy = 0
 
@@ -180,7 +203,7 @@ def scale_kineto(src: Path, dst: Path, layers: int, steps: int) -> dict:
                     if isinstance(args.get("External id"), int):
                         args["External id"] += copy * ext_stride
                     d["args"] = args
-            out.append(msgspec.json.encode(d))
+            put(msgspec.json.encode(d))
         cursor += seg.advance
         copy += 1
         return shift
@@ -203,7 +226,7 @@ def scale_kineto(src: Path, dst: Path, layers: int, steps: int) -> dict:
             end = ann["_ts"] + ann["_dur"] + last_shift
             d = {k2: v for k2, v in ann.items() if k2 not in ("_ts", "_dur")}
             d.update(ts=_us(start), dur=_us(end - start), cat=a_cat)
-            out.append(msgspec.json.encode(d))
+            put(msgspec.json.encode(d))
         n_kernels += sum(1 for seg in (prefix, *[lays[j % len(lays)] for j in range(layers)], suffix)
                          for e in seg.events if e.get("cat") == "kernel")
     emit(post)
@@ -213,18 +236,11 @@ def scale_kineto(src: Path, dst: Path, layers: int, steps: int) -> dict:
             d["dur"] = _us(cursor - e["_ts"])
         elif e.get("name") == "Record Window End":
             d["ts"] = _us(cursor)
-        out.append(msgspec.json.encode(d))
-
-    envelope = {k: v for k, v in trace.items() if k != "traceEvents"}
-    head = msgspec.json.encode(envelope)[:-1] + b', "traceEvents": [\n'
-    # Kineto writes one event per indented block with spaces after separators; match its size.
-    body = b",\n".join(b"  " + msgspec.json.format(ev, indent=0) for ev in out)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(dst, "wb", compresslevel=6) as f:
-        f.write(head)
-        f.write(body)
-        f.write(b"\n]}")
-    return {"path": str(dst), "events": len(out), "kernels": n_kernels, "json_bytes": len(head) + len(body) + 3,
+        put(msgspec.json.encode(d))
+    pending.append(b"\n]}")
+    flush()
+    sink.close()
+    return {"path": str(dst), "events": n_events, "kernels": n_kernels, "json_bytes": n_bytes,
             "gz_bytes": dst.stat().st_size, "layers": layers, "steps": steps, "source_layers": src_layers}
 
 
@@ -280,10 +296,14 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--steps", type=int, default=64, help="generation passes after the summarization pass")
     ap.add_argument("--nsys-copies", type=int, default=112, help="112 x 3,348 kernels = 374,976 kernels")
+    ap.add_argument("--only", choices=("kineto", "nsys"), help="make one of the two inputs")
     args = ap.parse_args()
-    k = scale_kineto(KINETO_SRC, args.out / f"kineto_llama2-7b-{args.layers}L_{args.steps}steps.pt.trace.json.gz",
-                     args.layers, args.steps)
-    print(json.dumps(k))
+    if args.only != "nsys":
+        k = scale_kineto(KINETO_SRC, args.out / f"kineto_llama2-7b-{args.layers}L_{args.steps}steps.pt.trace.json.gz",
+                         args.layers, args.steps)
+        print(json.dumps(k))
+    if args.only == "kineto":
+        return
     n = scale_nsys(NSYS_SRC, args.out / f"nsys_llama2-7b_x{args.nsys_copies}.sqlite", args.nsys_copies)
     print(json.dumps(n))
 

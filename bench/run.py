@@ -91,12 +91,25 @@ def c_stages(path: str, db: str) -> dict:
     from tracekit.store import connect, insert_run
 
     out: dict[str, float] = {}
+
+    def peak(step: str) -> None:
+        """Peak RSS so far (VmHWM) after each step: where the process's peak is reached. (Not
+        reset per step: a reset would also lower the peak wait4 reports for the process.)"""
+        try:
+            status = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines())
+            out[f"peak_mb {step}"] = int(status["VmHWM"].split()[0]) / 1024
+        except (OSError, KeyError, ValueError):
+            pass  # not Linux: no per-step peaks
+
+    peak("imports")
     t = time.perf_counter()
     data = read(Path(path))
     out["read"] = time.perf_counter() - t
+    peak("read")
     t = time.perf_counter()
     data = link(data)
     out["link"] = time.perf_counter() - t
+    peak("link")
     h = file_hash(Path(path))
     con = connect(db)
     t = time.perf_counter()
@@ -105,6 +118,7 @@ def c_stages(path: str, db: str) -> dict:
     run_id = insert_run(con, data, source_path=path, content_hash=h, importer_version="bench", meta={},
                         stages=stages)
     out["insert+stages"] = time.perf_counter() - t
+    peak("insert+stages")
     try:
         from tracekit.enrich.classify import classify
         from tracekit.enrich.rules import RuleSet
@@ -118,6 +132,7 @@ def c_stages(path: str, db: str) -> dict:
     t = time.perf_counter()
     con.execute("COMMIT")
     out["commit"] = time.perf_counter() - t
+    peak("classify+commit")
     out["kernels"] = data.kernels.num_rows
     return out
 
@@ -495,10 +510,22 @@ def fresh(db: Path):
     return go
 
 
-def ensure_inputs() -> None:
-    if KINETO.exists() and NSYS.exists():
-        return
-    subprocess.run([PY, str(ROOT / "bench" / "make_inputs.py")], check=True)
+def ensure_inputs(groups: set[str]) -> None:
+    for kind, path in (("kineto", KINETO), ("nsys", NSYS)):
+        if kind in groups and not path.exists():
+            subprocess.run([PY, str(ROOT / "bench" / "make_inputs.py"), "--only", kind], check=True)
+
+
+def kineto_scaled(spec: str) -> Path:
+    """A scaled Kineto input "LAYERSxSTEPS" (made once, kept in bench/data/), or a path."""
+    if "x" in spec and not Path(spec).exists():
+        layers, steps = spec.split("x")
+        path = DATA / f"kineto_llama2-7b-{layers}L_{steps}steps.pt.trace.json.gz"
+        if not path.exists():
+            subprocess.run([PY, str(ROOT / "bench" / "make_inputs.py"), "--only", "kineto", "--layers", layers,
+                            "--steps", steps], check=True)
+        return path
+    return Path(spec)
 
 
 def ensure_jobs_inputs(n: int) -> list[Path]:
@@ -648,6 +675,9 @@ def main() -> None:
     ap.add_argument("--hta-python", default=os.environ.get("HTA_PYTHON", ""),
                     help="python of a throwaway venv with holistictraceanalysis installed")
     ap.add_argument("--hta-repeat", type=int, default=2)
+    ap.add_argument("--kineto-scaled", default="",
+                    help="kineto group: also import these larger inputs once each, for peak RSS against size "
+                         "(comma-separated LAYERSxSTEPS specs for make_inputs, e.g. 32x640 = 2.27 GB, or paths)")
     ap.add_argument("--duckdb-sqlite-python", default=os.environ.get("DUCKDB_SQLITE_PYTHON", ""),
                     help="python of a throwaway venv with duckdb + duckdb-extension-sqlite-scanner of one version")
     ap.add_argument("--classify-kernels", type=lambda v: [int(x) for x in v.split(",")],
@@ -667,7 +697,7 @@ def main() -> None:
         return
     groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs", "scale"])
     if groups & {"kineto", "nsys"}:
-        ensure_inputs()
+        ensure_inputs(groups)
     results: dict = json.loads(args.results.read_text()) if args.results.exists() else {}
     # The parent stays small: a forked child's peak RSS (wait4) counts the parent's RSS at fork,
     # so everything heavy, building databases included, happens in children.
@@ -696,6 +726,17 @@ def main() -> None:
                     os.symlink(KINETO, link)
                 repeat("HTA 0.5.0 TraceAnalysis (load)", lambda: [args.hta_python, "-c", HTA_SCRIPT, str(hta_dir)],
                        args.hta_repeat, g)
+            # Memory against trace size: the same pipeline on larger scaled traces, once each.
+            for spec in filter(None, args.kineto_scaled.split(",")):
+                big = kineto_scaled(spec)
+                sg = g.setdefault("scaled", {}).setdefault(big.name, {"gz_mb": big.stat().st_size / 1e6,
+                                                                      "load": load()})
+                print(f"  {big.name} ({big.stat().st_size / 1e6:.0f} MB gz)")
+                repeat("tracekit stages (read/link/insert/...)", lambda b=big: child_cmd("stages", b, db), 1, sg,
+                       prepare=fresh(db))
+                repeat("tracekit import (CLI, end to end)", lambda b=big: cli_import([b], db), 1, sg,
+                       prepare=fresh(db))
+                sg["load_after"] = load()
             g["load_after"] = load()
         if "nsys" in groups:
             print(f"nsys: {NSYS.name} ({NSYS.stat().st_size / 1e6:.1f} MB)")

@@ -71,3 +71,46 @@ def test_events_array_not_last_key(tmp_path, monkeypatch):
     assert got.gpu_name == ref.gpu_name == "NVIDIA H100 80GB HBM3"
     for name in TABLES:
         assert got.table(name).equals(ref.table(name)), name
+
+
+def test_decode_falls_back_only_for_values_of_another_type():
+    """The one decode step (_Events.decode): text that is not JSON is None (callers check it);
+    a value a typed decoder does not take goes to the next step, and only such a value. Checked
+    at every msgspec release CI installs (0.18 and the newest): the fallback rests on
+    ValidationError being a DecodeError of its own class."""
+    assert issubclass(msgspec.ValidationError, msgspec.DecodeError)
+    ev = kineto._Events()
+    # A cut inside an event, a truncated array, a non-array: None, not an exception.
+    assert ev.decode(b'[{"ph": "X", "args": {') is None
+    assert ev.decode(b'[{"ph": "X"},') is None
+    assert ev.decode(b'{"ph": "X"}') is None
+    # Known phase and category: the literal fast path (one shared string per value).
+    (known,) = ev.decode(b'[{"ph": "X", "cat": "kernel", "ts": 1.5}]')
+    assert isinstance(known, kineto._KnownEvent) and known.cat == "kernel"
+    # An unknown category: Event, its value kept as written.
+    (other,) = ev.decode(b'[{"ph": "X", "cat": "my_cat", "ts": 1.5}]')
+    assert type(other) is kineto.Event and other.cat == "my_cat"
+    # A value of another type (string stream): checked field by field, the field left out and counted.
+    notes = kineto._Notes()
+    (checked,) = ev.decode(b'[{"ph": "X", "cat": "kernel", "ts": 1.5, "args": {"stream": "7", "device": 0}}]', notes)
+    assert checked.args.stream is None and checked.args.device == 0 and checked.ts == 1.5
+    assert notes.ignored == {("kernel", "args.stream", "string"): 1}
+
+
+@pytest.mark.parametrize("rows", [
+    [(5, 9, "a"), (1, 3, "b"), (1, 4, "c"), (5, 9, "d"), (0, 0, "e"), (1, 4, "f")],  # out of order, ties
+    [(0, 9, "a"), (0, 3, "b"), (1, 1, "c"), (1, 1, "d"), (2, 5, "e")],  # in order already
+    [(3, 4, "a")],
+])
+def test_rows_sorted_by_start_then_longest_first_stably(rows):
+    """_sorted_with_ids, whether it sorts (a column at a time) or finds the rows in order: the
+    order Python's stable sort gives on (start, -end), ids 0..n-1."""
+    import pyarrow as pa
+
+    t = pa.table({"x_id": pa.nulls(len(rows), pa.int64()), "start_ns": [r[0] for r in rows],
+                  "end_ns": [r[1] for r in rows], "name": pa.array([r[2] for r in rows]).dictionary_encode()})
+    out = kineto._sorted_with_ids(t, "x_id")
+    want = sorted(rows, key=lambda r: (r[0], -r[1]))
+    assert out.column("name").to_pylist() == [r[2] for r in want]
+    assert out.column("start_ns").to_pylist() == [r[0] for r in want]
+    assert out.column("x_id").to_pylist() == list(range(len(rows)))

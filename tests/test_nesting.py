@@ -8,7 +8,7 @@ from conftest import FIXTURES, KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.enrich.nesting import _depths, _nearest_cover, _sweep, _thread_keys, nest
+from tracekit.enrich.nesting import _blocked_cover, _depths, _nearest_cover, _sweep, _thread_keys, nest
 from tracekit.readers import read
 
 
@@ -21,13 +21,19 @@ def _both(pid, tid, start, end):
     s, e = start[order], end[order]
     sweep_parent, sweep_depth = _sweep(s, e, bounds)
     parent = _nearest_cover(s, e, bounds)
-    return (sweep_parent, sweep_depth), (parent, _depths(parent))
+    # Searched a block of rows at a time (as nest does for millions of ops), with blocks small
+    # enough that they cut threads, nesting chains and runs of equal starts everywhere.
+    blocked = [_blocked_cover(s, e, bounds, block) for block in (1, 2, 5, 16)]
+    return (sweep_parent, sweep_depth), (parent, _depths(parent)), blocked
 
 
 def _assert_same(pid, tid, start, end):
-    (sp, sd), (vp, vd) = _both(pid, tid, start, end)
+    (sp, sd), (vp, vd), blocked = _both(pid, tid, start, end)
     assert np.array_equal(sp, vp)
     assert np.array_equal(sd, vd)
+    for bp, bd in blocked:
+        assert np.array_equal(sp, bp)
+        assert np.array_equal(sd, bd)
     return sp, sd
 
 

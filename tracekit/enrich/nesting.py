@@ -24,22 +24,65 @@ def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -
     parent = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return depth, parent
-    keys = _thread_keys(pid, tid)
+    kp = np.nan_to_num(pid.astype("float64"), nan=-1)
+    kt = np.nan_to_num(tid.astype("float64"), nan=-1)
     # Sort by thread, then start ascending, then end descending so an enclosing interval with the
-    # same start comes before what it encloses.
-    order = np.lexsort((-end, start, keys[:, 1], keys[:, 0]))
-    k = keys[order]
-    bounds = np.flatnonzero((k[1:] != k[:-1]).any(axis=1)) + 1
+    # same start comes before what it encloses. (Keys as 1-D arrays, as _thread_keys gives them
+    # stacked: a stacked copy of millions of rows is memory for nothing.)
+    order = np.lexsort((-end, start, kt, kp))
+    kp, kt = kp[order], kt[order]
+    bounds = np.flatnonzero((kp[1:] != kp[:-1]) | (kt[1:] != kt[:-1])) + 1
+    del kp, kt
     s_sorted, e_sorted = start[order], end[order]
     # The search below assumes end >= start and computes start + 1 without overflow.
     if (e_sorted < s_sorted).any() or s_sorted.max() == np.iinfo(np.int64).max:
         p, dep = _sweep(s_sorted, e_sorted, bounds)
     else:
-        p = _nearest_cover(s_sorted, e_sorted, bounds)
-        dep = _depths(p)
+        p, dep = _blocked_cover(s_sorted, e_sorted, bounds)
     parent[order] = np.where(p >= 0, order[np.clip(p, 0, None)], -1)
     depth[order] = dep
     return depth, parent
+
+
+# Rows searched at once by _nearest_cover: its sparse table holds ~log2(distance to the parent)
+# copies of the block's ends, so whole traces of millions of ops would need hundreds of MB.
+BLOCK = 1 << 18
+
+
+def _blocked_cover(s: np.ndarray, e: np.ndarray, bounds: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """_nearest_cover's parents and their depths, a block of sorted rows at a time.
+
+    Before a block, the sweep's stack is the previous row and its ancestors (a row on the stack
+    has what was under it when it was pushed, its own ancestors, below it); by _nearest_cover's
+    argument, a row's parent is in that stack or earlier in its block. So each block is searched
+    with that chain in front of it, whose parents and depths are already known."""
+    n = len(s)
+    if n <= block:
+        p = _nearest_cover(s, e, bounds)
+        return p, _depths(p)
+    parent = np.empty(n, dtype=np.int64)
+    depth = np.empty(n, dtype=np.int32)
+    new_thread = np.zeros(n + 1, dtype=bool)
+    new_thread[bounds] = True
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        chain: list[int] = []
+        if a and not new_thread[a]:
+            t = a - 1
+            while t >= 0:
+                chain.append(t)
+                t = int(parent[t])
+            chain.reverse()
+        m = len(chain)
+        idx = np.concatenate([np.array(chain, dtype=np.int64), np.arange(a, b, dtype=np.int64)])
+        local_bounds = bounds[(bounds > a) & (bounds < b)] - a + m
+        p = _nearest_cover(s[idx], e[idx], local_bounds)
+        p[:m] = -1  # the chain's rows are roots here, at their known depths
+        base = np.zeros(len(idx), dtype=np.int64)
+        base[:m] = depth[idx[:m]]
+        parent[a:b] = np.where(p[m:] >= 0, idx[np.clip(p[m:], 0, None)], -1)
+        depth[a:b] = _depths(p, base)[m:]
+    return parent, depth
 
 
 def _sweep(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +182,12 @@ def _nearest_cover(s: np.ndarray, e: np.ndarray, bounds: np.ndarray) -> np.ndarr
     return np.where(zero & prev_zero, pos - 1, parent)
 
 
-def _depths(parent: np.ndarray) -> np.ndarray:
-    """Ancestors of each node, by pointer doubling (parents come before children)."""
+def _depths(parent: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Ancestors of each node, by pointer doubling (parents come before children); a root
+    counts `base` ancestors of its own (0 without it)."""
     depth = (parent >= 0).astype(np.int64)
+    if base is not None:
+        depth = np.where(parent >= 0, depth, base)
     up = parent.copy()
     while True:
         live = np.flatnonzero(up >= 0)
@@ -161,22 +207,29 @@ def innermost(
     out = np.full(len(pt_ts), -1, dtype=np.int64)
     if len(pt_ts) == 0 or len(iv_start) == 0:
         return out
-    pk = _thread_keys(pt_pid, pt_tid)
-    ik = _thread_keys(iv_pid, iv_tid)
-    # One complex number per (pid, tid): a 1-D unique is far cheaper than np.unique(axis=0).
-    pkey = pk[:, 0] + 1j * pk[:, 1]
-    ikeys, iinv = np.unique(ik[:, 0] + 1j * ik[:, 1], return_inverse=True)
-    iinv = iinv.reshape(-1)
-    for g, key in enumerate(ikeys):
-        rows = np.nonzero(iinv == g)[0]
-        pts = np.nonzero(pkey == key)[0]
+    # One sort of all intervals by thread, start, end descending (stable: ties keep row order);
+    # each thread is then a slice of it. Keys stay two 1-D arrays: stacking them, or one complex
+    # key and np.unique, costs several copies of the millions of ops in memory.
+    ip = np.nan_to_num(iv_pid.astype("float64"), nan=-1)
+    it = np.nan_to_num(iv_tid.astype("float64"), nan=-1)
+    order = np.lexsort((-iv_end, iv_start, it, ip))
+    ip, it = ip[order], it[order]
+    cut = np.flatnonzero((ip[1:] != ip[:-1]) | (it[1:] != it[:-1])) + 1
+    firsts = np.concatenate([[0], cut])
+    lasts = np.concatenate([cut, [len(order)]])
+    keys = list(zip(ip[firsts].tolist(), it[firsts].tolist(), strict=True))
+    del ip, it
+    pp = np.nan_to_num(pt_pid.astype("float64"), nan=-1)
+    ptt = np.nan_to_num(pt_tid.astype("float64"), nan=-1)
+    for (kp, kt), a, b in zip(keys, firsts.tolist(), lasts.tolist(), strict=True):
+        pts = np.flatnonzero((pp == kp) & (ptt == kt))
         if len(pts) == 0:
             continue
-        o = np.lexsort((-iv_end[rows], iv_start[rows]))
-        rows = rows[o]
+        rows = order[a:b]
         starts = iv_start[rows]
         ts = pt_ts[pts]
         pos = np.searchsorted(starts, ts, side="right") - 1
+        del starts
         cand = np.where(pos >= 0, rows[np.clip(pos, 0, None)], -1)
         # Walk up the parent chain while the candidate ended before the point.
         for _ in range(256):

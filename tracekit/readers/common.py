@@ -121,3 +121,24 @@ def short_name(demangled: str) -> str:
     # Return types other than void ("int foo<...>") leave a space-separated prefix.
     head = head.rsplit(" ", 1)[-1]
     return head.rsplit("::", 1)[-1] or demangled
+
+
+def give_back_memory() -> None:
+    """Return freed buffers to the OS. Otherwise glibc (many small ones, in its heap) and Arrow's
+    allocator keep them, and what is allocated next (the next column, DuckDB's insert) stacks on
+    top of them instead of reusing them."""
+    pa.default_memory_pool().release_unused()
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None  # libc's malloc_trim once looked up; False where there is none

@@ -11,7 +11,8 @@ What was tolerated on the way (odd fields, repaired UTF-8, unpaired B/E) goes to
 Speed and memory on traces of hundreds of MB come from these choices:
 - The events array is decoded in slices of about `_CHUNK` bytes, cut at event boundaries, into
   small typed msgspec structs that are turned into Arrow columns and dropped before the next
-  slice: memory holds one slice of text and of structs plus the kept columns. A streamed slice
+  slice: memory holds one slice of text and of structs plus the kept columns, which are
+  concatenated at the end one column at a time, each column's slices freed as it is built. A streamed slice
   is decoded in place in its buffer (no copy), and a second thread inflates the next ones.
 - The structs opt out of the garbage collector and collection is paused while they are built;
   otherwise every few hundred allocations CPython walks all live objects (5x the decode time).
@@ -29,8 +30,6 @@ writes (see _ns and _ns_array).
 from __future__ import annotations
 
 import codecs
-import ctypes
-import ctypes.util
 import gc
 import gzip
 import json
@@ -57,6 +56,7 @@ from tracekit.readers.common import (
     OP_SCHEMA,
     RANGE_SCHEMA,
     TraceData,
+    give_back_memory,
     short_name,
 )
 
@@ -172,10 +172,13 @@ class _Events:
        string `grid`) is dropped and counted in `notes`, never fatal: most fields of most events
        are not needed, and a kernel whose needed field is unusable is skipped and counted.
 
-    Which step applies is decided by what the text holds, not by which exception a decoder
-    raises (their types change between msgspec releases): a typed decoder either returns or does
-    not, and only the untyped decode can say that the text is not JSON (msgspec.DecodeError,
-    for the caller). Invalid UTF-8 never reaches a decoder: see _utf8.
+    Which step applies is decided by what the text holds: the next step is taken only for
+    well-formed JSON holding a value the step's type does not take (msgspec.ValidationError, a
+    DecodeError of its own class in every release this package allows: checked by a test).
+    Text that is not JSON is answered by None at once, not decoded three times, and no msgspec
+    exception leaves this class: callers check for None (a slice cut inside an event, or a
+    broken file). Invalid UTF-8 never reaches a decoder (see _utf8): that is where releases
+    disagree (msgspec < 0.19 raised UnicodeDecodeError, later ones DecodeError).
     """
 
     def __init__(self) -> None:
@@ -183,13 +186,21 @@ class _Events:
         self.any = msgspec.json.Decoder(list[Event])
         self.untyped = msgspec.json.Decoder()
 
-    def decode(self, text: bytes | bytearray | memoryview, notes: _Notes | None = None) -> list[Event]:
+    def decode(self, text: bytes | bytearray | memoryview, notes: _Notes | None = None) -> list[Event] | None:
+        """The events of a JSON array of events, or None when the text is not JSON."""
         for typed in (self.known, self.any):
             try:
                 return typed.decode(text)
+            except msgspec.ValidationError:
+                continue  # well-formed, with a value this type does not take: the next step
             except msgspec.DecodeError:
-                continue  # a value this type does not take, or not JSON: the steps below decide
-        values = self.untyped.decode(text)  # raises msgspec.DecodeError: not JSON
+                return None  # not JSON
+        try:
+            values = self.untyped.decode(text)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(values, list):
+            return None  # not an array of events (callers pass `[...]`: not reached)
         return _checked_events(values, notes if notes is not None else _Notes())
 
 
@@ -261,11 +272,9 @@ _LIST_ARGS = {"grid": "grid", "block": "block"}
 _RAW_ARGS = {"Input Dims": "input_dims", "Input dims": "input_dims_old", "Input type": "input_type"}
 
 
-def _checked_events(values: object, notes: _Notes) -> list[Event]:
+def _checked_events(values: list, notes: _Notes) -> list[Event]:
     """Events from untyped JSON values: a field whose value Event does not take is left out
     (as if absent) and counted; an array element that is not an object is skipped and counted."""
-    if not isinstance(values, list):
-        raise msgspec.ValidationError("traceEvents is not an array")
     out = []
     ignored = notes.ignored
     for v in values:
@@ -411,7 +420,7 @@ def read(path: Path) -> TraceData:
     finally:
         if enabled:
             gc.enable()
-        _give_back_memory()
+        give_back_memory()
 
 
 def _utf8(text: bytes | bytearray | memoryview) -> tuple[bytes | bytearray | memoryview, bool]:
@@ -431,21 +440,6 @@ def _utf8(text: bytes | bytearray | memoryview) -> tuple[bytes | bytearray | mem
         return codecs.utf_8_decode(text, "replace", True)[0].encode(), True
 
 
-def _give_back_memory() -> None:
-    """Return the freed decode buffers to the OS. Otherwise glibc and Arrow's allocator keep
-    them (about the size of the text), and DuckDB's inserts that follow stack on top of them."""
-    pa.default_memory_pool().release_unused()
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc: nothing to trim
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def _read_stream(path: Path) -> TraceData:
@@ -488,14 +482,13 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
             comma, nxt = cut
             buf[comma] = ord("]")
             text, repaired = _utf8(memoryview(buf)[:comma + 1])
-            try:
-                events = _EVENTS.decode(text, tables.notes)
-            except msgspec.DecodeError:  # not JSON: see _Events.decode
+            events = _EVENTS.decode(text, tables.notes)
+            if events is None:  # not JSON: a cut inside an event, or a broken file
                 del text  # a view of buf: it must go before buf is resized
                 buf[comma] = ord(",")
                 misses += 1  # a cut inside an event: keep reading and cut further on
                 if misses > 4:
-                    raise _SplitWrong() from None
+                    raise _SplitWrong()
                 continue
             tables.notes.utf8_repaired += repaired
             tables.add(events, path, None)
@@ -508,6 +501,8 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
         del buf
         tables.notes.utf8_repaired += repaired
         events = _EVENTS.decode(tail, tables.notes) if _first_byte(tail, 1) != ord("]") else []
+        if events is None:
+            raise _SplitWrong()  # not JSON where the layout promised events: the whole-text path words it
         tables.add(events, path, None)
         del events, tail
         if tables.need_flow:
@@ -860,22 +855,21 @@ def _chunks(raw: bytes | bytearray, span: tuple[int, int], notes: _Notes | None 
         buf = bytearray(b"[")
         buf += memoryview(raw)[a:b]
         buf += b"]"
-        try:
-            events = _EVENTS.decode(buf, notes)
-        except msgspec.DecodeError:
-            raise _BadCut() from None  # a cut inside an event, or not JSON
+        events = _EVENTS.decode(buf, notes)
+        if events is None:
+            raise _BadCut()  # a cut inside an event, or not JSON
         del buf
         yield events
 
 
 def _decode_whole(path: Path, raw: bytes | bytearray, span: tuple[int, int], exact: bool,
                   notes: _Notes | None = None) -> list[Event]:
-    try:
-        return _EVENTS.decode(memoryview(raw)[span[0]:span[1]], notes)
-    except msgspec.DecodeError:
+    events = _EVENTS.decode(memoryview(raw)[span[0]:span[1]], notes)
+    if events is None:
         if not exact:
-            raise _SplitWrong() from None
-        raise _canonical_error(path, raw) from None
+            raise _SplitWrong()
+        raise _canonical_error(path, raw)
+    return events
 
 
 class _Codes(dict):
@@ -900,9 +894,8 @@ class _Codes(dict):
     def encode(self, vals: list) -> np.ndarray:
         return np.fromiter(map(self.__getitem__, vals), np.int32, len(vals))
 
-    def column(self, codes: pa.ChunkedArray) -> pa.Array:
-        idx = codes.combine_chunks()
-        return pa.DictionaryArray.from_arrays(idx, pa.array(self.values, pa.string()))
+    def column(self, codes: pa.Array) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(codes, pa.array(self.values, pa.string()))
 
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -930,11 +923,11 @@ class _Tables:
     """Accumulates each kept table as Arrow record batches, one per slice of events."""
 
     def __init__(self) -> None:
-        self.k: list[pa.RecordBatch] = []
-        self.la: list[pa.RecordBatch] = []
-        self.r: list[pa.RecordBatch] = []
-        self.o: list[pa.RecordBatch] = []
-        self.m: list[pa.RecordBatch] = []
+        self.k = _Columns(_K_BATCH)
+        self.la = _Columns(_LA_BATCH)
+        self.r = _Columns(RANGE_SCHEMA)
+        self.o = _Columns(_O_BATCH)
+        self.m = _Columns(MEMOP_SCHEMA)
         self.bad_ts = 0
         self.notes = _Notes()
         self.open_b: dict[tuple, list[Event]] = {}  # (pid, tid) -> B events not yet closed
@@ -1067,7 +1060,7 @@ class _Tables:
             cols.update(zip((f"{key}_x", f"{key}_y", f"{key}_z"), xyz, strict=True))
             if wide:
                 self.notes.ignored[("kernel", f"args.{key}", "integer out of range")] += wide
-        self.k.append(_batch(cols, _K_BATCH))
+        self.k.append(cols)
 
     def _launches(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
@@ -1075,12 +1068,12 @@ class _Tables:
             return
         corr = pa.array([(e.args or _NO_ARGS).correlation for e in evs], pa.int64())
         self._no_corr("la", corr, evs)
-        self.la.append(_batch({
+        self.la.append({
             "launch_id": pa.nulls(len(evs), pa.int64()), "name": self.codes["la.name"].encode([e.name for e in evs]),
             "kind": self.codes["la.kind"].encode([_RUNTIME_CATS[e.cat] for e in evs]),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]), "correlation": corr,
-        }, _LA_BATCH))
+        })
 
     def _ops(self, evs: list[Event], path: Path, raw: bytes | bytearray) -> None:
         evs, start, ed = self._times(evs)
@@ -1091,7 +1084,7 @@ class _Tables:
         ext = _ints([a.external_id for a in args])
         if ext.null_count:  # PyTorch 1.8-1.9 spelled the key in lower case
             ext = _ints([a.external_id if a.external_id is not None else a.external_id_old for a in args])
-        self.o.append(_batch({
+        self.o.append({
             "op_id": pa.nulls(n, pa.int64()), "name": self.codes["o.name"].encode([e.name for e in evs]),
             "source": np.full(n, self.codes["o.source"]["kineto"], np.int32),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
@@ -1099,7 +1092,7 @@ class _Tables:
             "external_id": ext,
             "input_dims": self._json_codes([a.input_dims for a in args], 0, path, raw, args),
             "input_types": self._json_codes([a.input_type for a in args], 1, path, raw),
-        }, _O_BATCH))
+        })
 
     def _json_codes(self, vals: list[msgspec.Raw], style: int, path: Path, raw: bytes | bytearray,
                     old_key_of: list[Args] | None = None) -> pa.Array:
@@ -1145,12 +1138,12 @@ class _Tables:
         evs, start, ed = self._times(evs)
         if not evs:
             return
-        self.r.append(_batch({
+        self.r.append({
             "range_id": pa.nulls(len(evs), pa.int64()), "name": [e.name or "" for e in evs],
             "kind": [e.cat for e in evs], "domain": pa.nulls(len(evs), pa.string()),
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1],
             "pid": _ints([e.pid for e in evs]), "tid": _ints([e.tid for e in evs]),
-        }, RANGE_SCHEMA))
+        })
 
     def _memops(self, evs: list[Event]) -> None:
         evs, start, ed = self._times(evs)
@@ -1158,48 +1151,35 @@ class _Tables:
             return
         args = [e.args or _NO_ARGS for e in evs]
         kinds = [_MEM_CATS[e.cat] for e in evs]
-        self.m.append(_batch({
+        self.m.append({
             "memop_id": pa.nulls(len(evs), pa.int64()), "kind": kinds, "name": [e.name for e in evs],
             "start_ns": start, "end_ns": ed[0], "dur_ns": ed[1], "bytes": [a.nbytes for a in args],
             "device": [a.device for a in args], "stream": [a.stream for a in args],
             "correlation": [a.correlation for a in args],
             "copy_kind": [_copy_kind(e.name) if k == "memcpy" else None for e, k in zip(evs, kinds, strict=True)],
-        }, MEMOP_SCHEMA))
-
-    def _assemble(self, batches: list[pa.RecordBatch], batch_schema: pa.Schema, out_schema: pa.Schema,
-                  cols: dict[str, _Codes]) -> pa.Table:
-        t = pa.Table.from_batches(batches, batch_schema)
-        arrays = [cols[f.name].column(t.column(f.name)) if f.name in cols else t.column(f.name).combine_chunks()
-                  for f in out_schema]
-        del t
-        return pa.Table.from_arrays(arrays, schema=out_schema)
+        })
 
     def finish(self, envelope: dict) -> TraceData | None:
-        if not self.k:
+        if not self.k.rows:
             return None
         c = self.codes
         kname = c["k.name"]
         # short_name from each distinct kernel name once; its own dictionary keeps values unique.
         shorts = _Codes()
         remap = np.array([shorts[short_name(v)] for v in kname.values], np.int32)
-        t = pa.Table.from_batches(self.k, _K_BATCH)
-        self.k = []
-        name_idx = t.column("name").combine_chunks()
+        name_idx = self.k.column("name")
         short_idx = pa.array(remap[name_idx.to_numpy()], pa.int32())
-        kernels = pa.Table.from_arrays(
-            [kname.column(pa.chunked_array([name_idx])) if f.name == "name"
-             else shorts.column(pa.chunked_array([short_idx])) if f.name == "short_name"
-             else t.column(f.name).combine_chunks() for f in _K_OUT], schema=_K_OUT)
-        del t
-        launches = self._assemble(self.la, _LA_BATCH, _LA_OUT, {"name": c["la.name"], "kind": c["la.kind"]})
-        self.la = []
+        # Each table is assembled a column at a time, each column's slices freed as it is built:
+        # the peak is the kept columns plus one column, not twice the tables.
+        kernels = self.k.table(_K_OUT, {"name": kname, "short_name": shorts},
+                               given={"name": name_idx, "short_name": short_idx})
+        del name_idx, short_idx
+        launches = self.la.table(_LA_OUT, {"name": c["la.name"], "kind": c["la.kind"]})
         flow_used = 0
         if self.need_flow:
             kernels, launches, flow_used = self._apply_flows(kernels, launches)
-        ops = self._assemble(self.o, _O_BATCH, _O_OUT, {
-            "name": c["o.name"], "source": c["o.source"],
-            "input_dims": c["o.input_dims"], "input_types": c["o.input_types"]})
-        self.o = []
+        ops = self.o.table(_O_OUT, {"name": c["o.name"], "source": c["o.source"],
+                                     "input_dims": c["o.input_dims"], "input_types": c["o.input_types"]})
         absent = []
         if flow_used:
             absent.append(f"correlation args on {flow_used} kernels (linked through ac2g flows instead)")
@@ -1224,9 +1204,9 @@ class _Tables:
             format="kineto",
             kernels=_sorted_with_ids(kernels, "kernel_id"),
             launches=_sorted_with_ids(launches, "launch_id"),
-            ranges=_sorted_with_ids(pa.Table.from_batches(self.r, RANGE_SCHEMA), "range_id"),
+            ranges=_sorted_with_ids(self.r.table(RANGE_SCHEMA, {}), "range_id"),
             ops=_sorted_with_ids(ops, "op_id"),
-            memops=_sorted_with_ids(pa.Table.from_batches(self.m, MEMOP_SCHEMA), "memop_id"),
+            memops=_sorted_with_ids(self.m.table(MEMOP_SCHEMA, {}), "memop_id"),
             gpu_name=envelope["gpu_name"],
             tool_versions=envelope["tool_versions"],
             trace_meta=envelope["trace_meta"],
@@ -1298,12 +1278,47 @@ def _ints(vals: list) -> pa.Array:
     return pa.array([v if type(v) is int else _int_or_none(v) for v in vals], pa.int64())
 
 
-def _batch(cols: dict[str, object], schema: pa.Schema) -> pa.RecordBatch:
-    arrays = []
-    for f in schema:
-        v = cols[f.name]
-        arrays.append(v if isinstance(v, pa.Array) else pa.array(v, type=f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+class _Columns:
+    """One table's columns as lists of per-slice arrays (typed as `schema`), assembled at the end."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.parts: dict[str, list[pa.Array]] = {f.name: [] for f in schema}
+        self.rows = 0
+
+    def append(self, cols: dict[str, object]) -> None:
+        n = None
+        for f in self.schema:
+            v = cols[f.name]
+            arr = v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
+            if arr.type != f.type or (n is not None and len(arr) != n):
+                raise TypeError(f"column {f.name}: {arr.type}[{len(arr)}], not {f.type}[{n}]")  # a reader bug
+            n = len(arr)
+            self.parts[f.name].append(arr)
+        self.rows += n or 0
+
+    def column(self, name: str) -> pa.Array:
+        """One column whole, its slices let go."""
+        parts = self.parts.pop(name)
+        if not parts:
+            return pa.array([], self.schema.field(name).type)
+        if len(parts) == 1:
+            return parts[0]
+        whole = pa.concat_arrays(parts)
+        del parts
+        # The slices' buffers are small, so malloc keeps them in its heap once freed; trimmed
+        # here, the next column reuses that memory instead of adding to the peak.
+        give_back_memory()
+        return whole
+
+    def table(self, out: pa.Schema, coded: dict[str, _Codes], given: dict[str, pa.Array] | None = None) -> pa.Table:
+        """The table with `out`'s columns: those in `coded` become dictionary columns of their codes."""
+        arrays = []
+        for f in out:
+            col = given[f.name] if given and f.name in given else self.column(f.name)
+            arrays.append(coded[f.name].column(col) if f.name in coded else col)
+        self.parts.clear()
+        return pa.Table.from_arrays(arrays, schema=out)
 
 
 def _stream_of(tid: int | str | None) -> int | None:
@@ -1322,14 +1337,21 @@ def _copy_kind(name: str | None) -> str | None:
 
 
 def _sorted_with_ids(t: pa.Table, id_col: str) -> pa.Table:
+    """Rows by (start, end descending), stable (events with the same extent keep their order in
+    the file), numbered 0..n-1 in id_col."""
     t = t.combine_chunks()  # take() on one chunk per column is several times faster
     if t.num_rows:
         start = t.column("start_ns").to_numpy()
         end = t.column("end_ns").to_numpy()
-        # Stable (lexsort is): events with the same extent keep their order in the file.
-        order = np.lexsort((-end, start))
-        if (order[1:] < order[:-1]).any():
-            t = t.take(pa.array(order))
+        # Kineto writes most tables in order already: checked first, that costs a few bytes per
+        # row, where the sort would cost two int64 arrays and its scratch.
+        ordered = bool(np.all((start[1:] > start[:-1]) | ((start[1:] == start[:-1]) & (end[1:] <= end[:-1]))))
+        if not ordered:
+            order = pa.array(np.lexsort((-end, start)))
+            del start, end
+            # A column at a time: the old column goes before the next is taken.
+            for i in range(t.num_columns):
+                t = t.set_column(i, t.schema.field(i), t.column(i).take(order))
     return t.set_column(t.schema.get_field_index(id_col), id_col, pa.array(np.arange(t.num_rows), pa.int64()))
 
 
