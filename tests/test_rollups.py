@@ -212,6 +212,39 @@ def test_rules_edit_and_reclassify_keep_the_views_right(study_copy, tmp_path):
     assert _stored_totals(db.con) == _fresh_totals(db.con)
 
 
+def test_an_edit_that_no_per_kernel_decision_reads_gives_a_full_refreshs_result(study_copy, tmp_path):
+    """An edit that moves only categories no per-kernel decision reads (norm kernels) skips the
+    per-kernel part and rewrites kernel_sums alone: the verdicts, follow_* columns and rollups must
+    be what a full refresh of every run gives (a second copy, `refresh=True`)."""
+    from tracekit.enrich.classify import classify
+    from tracekit.enrich.rules import RuleSet
+
+    pack = tmp_path / "nonorm"
+    pack.mkdir()
+    (pack / "off.toml").write_text('[pack]\nname = "off"\ndisable = ["pt.layer-norm", "pt.op-norm"]\n')
+    full = tmp_path / "full.duckdb"
+    shutil.copy(study_copy, full)
+    rules = RuleSet.load([pack])
+    state = []
+    for path, refresh in ((study_copy, False), (full, True)):
+        with duckdb.connect(str(path)) as con:
+            con.execute("BEGIN")
+            touched = classify(con, None, rules, refresh=refresh)
+            con.execute("COMMIT")
+            state.append([con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in (
+                "kernel_verdicts", "follow_totals", "kernel_sums")]
+                         + [con.execute("SELECT rowid, follow_category, follow_evidence FROM kernel_rows "
+                                        "ORDER BY rowid").fetchall()])
+            if not refresh:
+                assert touched  # the edit changed verdicts somewhere
+    assert state[0] == state[1]
+    assert any(c is None for (_, _, c, *_) in state[0][0])  # norm kernels lost their class
+    db = tracekit.open(study_copy, read_only=True)
+    _check_equal_to_oracle(db.con, each_run=False)
+    assert _stored_totals(db.con) == _fresh_totals(db.con)
+    db.close()
+
+
 def test_replace_and_delete_leave_no_stale_rollups(study_copy):
     db = tracekit.open(study_copy)
     old = db.con.execute("SELECT run_id FROM runs WHERE source_name = ?", [SHARED_TRACES[0].name]).fetchall()[0][0]

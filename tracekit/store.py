@@ -324,18 +324,21 @@ def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = 
     _refresh_follow_and_sums(con, where)
 
 
-def refresh_follow_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> None:
+def refresh_follow_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None,
+                          sums_only: bool = False) -> None:
     """Rewrite follow_totals and kernel_sums of `run_ids` (all runs: None): after classification
     changed their verdicts or per-kernel follow_* columns. Reads only the kernels with follow_*
-    set (a few per cent) and the per-context totals, never every kernel again."""
-    _refresh_follow_and_sums(con, _run_filter(con, run_ids))
+    set (a few per cent) and the per-context totals, never every kernel again. `sums_only`: the
+    runs' follow_* did not change (only context verdicts did): kernel_sums alone is rewritten."""
+    _refresh_follow_and_sums(con, _run_filter(con, run_ids), follow=not sums_only)
 
 
-def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str) -> None:
-    con.execute(f"DELETE FROM follow_totals WHERE {where}")
-    con.execute(f"INSERT INTO follow_totals "
-                f"{kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where} AND {_FOLLOWS})', follow=True)} "
-                "GROUP BY ALL")
+def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str, follow: bool = True) -> None:
+    if follow:
+        con.execute(f"DELETE FROM follow_totals WHERE {where}")
+        con.execute(f"INSERT INTO follow_totals "
+                    f"{kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where} AND {_FOLLOWS})', follow=True)} "
+                    "GROUP BY ALL")
     # kernel_sums: each context's totals under its verdict, less its follow kernels (negative
     # rows, under the same verdict: they cancel in the sum), plus the follow kernels under theirs.
     part = ", ".join(PARTITION)
