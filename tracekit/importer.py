@@ -259,8 +259,11 @@ def _store(
         old = find_run(con, h)
         if old is not None:
             delete_run(con, old)
+        n_kernels = data.kernels.num_rows
+        # release: the tables are emptied as they are written (nothing after needs them), so the
+        # store step's peak is not the reader's output plus DuckDB's copy of it.
         run_id = ranks.insert(con, ranks.prepare(f, data), source_path=str(f), content_hash=h,
-                              importer_version=__version__, meta=meta, stages=stages)
+                              importer_version=__version__, meta=meta, stages=stages, release=True)
         _enrich(con, run_id, rules, on_phase, str(f))
         con.execute("COMMIT")
     except BaseException as exc:
@@ -278,4 +281,4 @@ def _store(
             return ImportResult(str(f), "failed", error=f"{f}: could not be stored ({type(exc).__name__}: {exc})")
         raise  # KeyboardInterrupt / SystemExit: rolled back above, then stop
     return ImportResult(str(f), "replaced" if old is not None else "imported", run_id=run_id,
-                        n_kernels=data.kernels.num_rows, seconds=time.perf_counter() - t0)
+                        n_kernels=n_kernels, seconds=time.perf_counter() - t0)

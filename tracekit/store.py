@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracekit.errors import TracekitError
-from tracekit.readers.common import TraceData
+from tracekit.readers.common import TraceData, give_back_memory
 
 SCHEMA_VERSION = 2
 # Tables a reader fills, in insert order: kernels last, because their contexts name their ops.
@@ -456,14 +456,18 @@ def insert_run(
     importer_version: str,
     meta: dict[str, tuple[str, str]],
     stages: StagePlanner | None = None,
+    release: bool = False,
 ) -> int:
     """Insert one linked trace as a new run; the caller owns the transaction. `stages` (the
     importer gives tracekit.enrich.stages): also attribute stages, planned before the kernel rows
     are written so that each row is written once with its stage. The rollups (kernel_totals,
-    stage_spans) are the caller's to write (refresh_rollups)."""
+    stage_spans) are the caller's to write (refresh_rollups). `release`: each of data's tables is
+    emptied once written (the importer's: it needs none of them afterwards), so that its memory
+    is free for DuckDB's insert and stage planning instead of stacking under them (issue 15: the
+    2.27 GB Kineto trace's ops and launches are ~300 MB)."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
-    k = data.kernels
-    kernel_time = pc.sum(k.column("dur_ns")).as_py() or 0
+    n_kernels = data.kernels.num_rows
+    kernel_time = pc.sum(data.kernels.column("dur_ns")).as_py() or 0
     con.execute(
         """INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version,
            imported_at, gpu_name, tool_versions, trace_meta, absent, n_kernels, kernel_time_ns)
@@ -471,7 +475,7 @@ def insert_run(
         [
             run_id, source_path, Path(source_path).name, data.format, content_hash, importer_version,
             datetime.now(UTC).replace(tzinfo=None), data.gpu_name, json.dumps(data.tool_versions),
-            json.dumps(data.trace_meta, default=str), data.absent, k.num_rows, kernel_time,
+            json.dumps(data.trace_meta, default=str), data.absent, n_kernels, kernel_time,
         ],
     )
     if meta:
@@ -483,24 +487,40 @@ def insert_run(
         arrow = data.table(table)
         if arrow.num_rows == 0:
             continue
-        cols = ", ".join(f'"{c}"' for c in arrow.column_names)
-        con.register("_tk_in", arrow)
-        try:
-            if table == "kernels":
-                if _insert_kernels_arrow(con, run_id, arrow, stages):
-                    stages = None
-                else:
-                    insert_kernels(con, run_id, "_tk_in")
-            else:
-                con.execute(f"INSERT INTO {table} (run_id, {cols}) SELECT {run_id}, {cols} FROM _tk_in")
-        finally:
-            try:
-                con.unregister("_tk_in")
-            except duckdb.Error:
-                pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
+        if table == "kernels":
+            stages = _insert_kernels(con, run_id, arrow, stages)
+        else:
+            # Through a relation, not con.register: a view registered and dropped inside the
+            # transaction keeps its Arrow table alive until COMMIT (DuckDB keeps the dropped catalog
+            # entry), so `release` would free nothing; the relation lets go of it when deleted.
+            cols = ", ".join(f'"{c}"' for c in arrow.column_names)
+            rel = con.from_arrow(arrow)
+            rel.query("_tk_in", f"INSERT INTO {table} (run_id, {cols}) SELECT {run_id}, {cols} FROM _tk_in")
+            del rel
+        if release:
+            setattr(data, table, arrow.schema.empty_table())
+            del arrow
+            give_back_memory()
     if stages is not None:  # not planned while inserting (no kernels, or names the fast path does not take)
         stages.attribute_stages(con, run_id)
     return run_id
+
+
+def _insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table,
+                    stages: StagePlanner | None) -> StagePlanner | None:
+    """Insert a reader's kernel table (the fast path, else the SQL one); the planner back when
+    stages are still to be attributed (None: planned while writing)."""
+    con.register("_tk_in", kernels)
+    try:
+        if _insert_kernels_arrow(con, run_id, kernels, stages):
+            return None
+        insert_kernels(con, run_id, "_tk_in")
+        return stages
+    finally:
+        try:
+            con.unregister("_tk_in")
+        except duckdb.Error:
+            pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
