@@ -267,6 +267,8 @@ def test_insert_releases_tables_inside_the_transaction(tmp_path, path):
     import gc
     import sys
 
+    import duckdb
+
     from tracekit.enrich import stages as stage_planner
     from tracekit.enrich.links import link
     from tracekit.readers import read
@@ -285,9 +287,13 @@ def test_insert_releases_tables_inside_the_transaction(tmp_path, path):
     # after a collection: what DuckDB's relation objects drop can wait in a reference cycle for the
     # collector (seen in the full suite's order only), whereas a view registered in the transaction
     # holds its table from C++ until COMMIT, which no collection frees.
+    # DuckDB before 2.0 keeps a relation's Arrow table until COMMIT however it is inserted (seen at
+    # the lower bound, 1.4.2): there the tables are emptied and stored, and the memory comes back at
+    # COMMIT; the import's lower peak is a DuckDB 2 figure (bench/RESULTS.md).
     gc.collect()
     refs = {t: sys.getrefcount(held[t]) for t in held}
-    assert refs == dict.fromkeys(held, 2)
+    if int(duckdb.__version__.split(".")[0]) >= 2:
+        assert refs == dict.fromkeys(held, 2)
     stored = {t: con.execute(f"SELECT count(*) FROM {'kernel_rows' if t == 'kernels' else t} WHERE run_id = ?",
                              [rid]).fetchall()[0][0] for t in TABLES}
     con.execute("COMMIT")
