@@ -40,7 +40,7 @@ _PER_KERNEL_INPUTS = GEMM_FAMILY | {"EMBED", "SAMPLING"}
 _MARKERS = (_PENDING, _PASS, _MOE)
 # One GPU work queue: a stream of one device in one process (NULLs compare as equal here).
 _QUEUE = ("coalesce(r.pid, -1) AS pid, coalesce(r.device, -1) AS device, "
-          "coalesce(r.stream, -1) AS stream")  # verdict evidence of kernels that take the preceding GEMM's class
+          "coalesce(r.stream, -1) AS stream")
 
 
 def _pending_evidence(d: Decision, rules: RuleSet) -> str:
@@ -147,7 +147,7 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             # rewrites only the run's kernel_sums: redoing every run's per-kernel part after an
             # edit to, say, the ELEMWISE rules cost 3.8 s at 10M kernels.
             looked_at = ", ".join(f"'{c}'" for c in sorted(_PER_KERNEL_INPUTS))
-            markers = ", ".join(f"'{e}'" for e in (_PENDING, _PASS, _MOE))
+            markers = ", ".join(f"'{e}'" for e in _MARKERS)
             per_kernel = [r[0] for r in con.execute(
                 f"SELECT run_id FROM _tk_new WHERE category IN ({looked_at}) OR old_category IN ({looked_at}) "
                 f"OR evidence IN ({markers}) OR old_evidence IN ({markers}) "
@@ -168,8 +168,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         # After a failure the caller's transaction is aborted and these fail too; the original
         # error is the one to report, and the rollback drops the temp tables anyway.
         _quietly(con.unregister, "_tk_decided")
-        for table in ("_tk_new", "_tk_follow", "_tk_pass", "_tk_place"):
-            _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
+        # The per-kernel steps drop their own tables (_resolve_per_kernel).
+        _quietly(con.execute, "DROP TABLE IF EXISTS _tk_new")
 
 
 def _quietly(call, arg: str) -> None:
