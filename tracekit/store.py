@@ -269,16 +269,17 @@ def has_rollups(con: duckdb.DuckDBPyConnection) -> bool:
         "AND table_name IN ('kernel_totals', 'follow_totals', 'kernel_sums', 'stage_spans')").fetchall()[0][0] == 4
 
 
-def _run_filter(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None) -> str:
-    """A WHERE condition on run_id selecting `run_ids` (all: None). A long list goes into a temp
-    table (a semi-join): an IN list of thousands of literals is evaluated per row."""
+def run_filter(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None, alias: str = "") -> str:
+    """A WHERE condition on `alias`run_id selecting `run_ids` (all: None). A long list goes into a
+    temp table (a semi-join): an IN list of thousands of literals is evaluated per row. That table
+    is the connection's one: a condition holds until the next call with a long list."""
     if run_ids is None:
         return "true"
     ids = [int(r) for r in run_ids]
     if len(ids) <= 64:
-        return f"run_id IN ({', '.join(map(str, ids)) or 'NULL'})"
+        return f"{alias}run_id IN ({', '.join(map(str, ids)) or 'NULL'})"
     con.execute("CREATE OR REPLACE TEMP TABLE _tk_sel AS SELECT unnest(?::INTEGER[]) AS run_id", [ids])
-    return "run_id IN (SELECT run_id FROM _tk_sel)"
+    return f"{alias}run_id IN (SELECT run_id FROM _tk_sel)"
 
 
 # A kernel whose class its context does not decide (kernel_rows.follow_*: split-K reduces, GEMMs
@@ -315,7 +316,7 @@ def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = 
     """Rewrite every rollup of `run_ids` (all runs: None) from their kernel rows: after an import
     or stage attribution (the rollups are summed by stage), and for code that edits kernel_rows or
     kernel_verdicts by hand. Classification needs only refresh_follow_totals."""
-    where = _run_filter(con, run_ids)
+    where = run_filter(con, run_ids)
     for table in ("kernel_totals", "stage_spans"):
         con.execute(f"DELETE FROM {table} WHERE {where}")
     con.execute(f"INSERT INTO kernel_totals {kernel_totals_sql(f'(SELECT * FROM kernel_rows WHERE {where})')} "
@@ -330,7 +331,7 @@ def refresh_follow_totals(con: duckdb.DuckDBPyConnection, run_ids: list[int] | N
     changed their verdicts or per-kernel follow_* columns. Reads only the kernels with follow_*
     set (a few per cent) and the per-context totals, never every kernel again. `sums_only`: the
     runs' follow_* did not change (only context verdicts did): kernel_sums alone is rewritten."""
-    _refresh_follow_and_sums(con, _run_filter(con, run_ids), follow=not sums_only)
+    _refresh_follow_and_sums(con, run_filter(con, run_ids), follow=not sums_only)
 
 
 def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str, follow: bool = True) -> None:
