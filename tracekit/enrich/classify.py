@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS, refresh_follow_totals, run_filter
+from tracekit.store import DIM_COLS, refresh_follow_totals, refresh_kernel_sums, run_filter
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -115,7 +115,9 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
     place) is redone for runs where a verdict changed, or for every selected run with `refresh`
     (after the run's metadata or stages changed: `tracekit classify` does that). Those runs'
     rollups that depend on verdicts are rewritten (store.refresh_follow_totals: from the kernels
-    with follow_* set and the per-context totals, not every kernel). Returns those runs."""
+    with follow_* set and the per-context totals, not every kernel); in the other runs whose
+    verdicts changed, the kernel_sums rows of the changed contexts' names (store.refresh_kernel_sums).
+    Returns the runs whose rollups were rewritten."""
     rules = rules if rules is not None else RuleSet.load()
     selected = None if run_ids is None else list(run_ids)
     where_v = run_filter(con, selected, "v.")
@@ -160,7 +162,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         sums_only = [r for (r,) in con.execute("SELECT DISTINCT run_id FROM _tk_new ORDER BY 1").fetchall()
                      if r not in done]
         if sums_only:
-            refresh_follow_totals(con, sums_only, sums_only=True)
+            # Their follow_* stand: only the kernel_sums rows of the changed contexts' names move.
+            refresh_kernel_sums(con, f"SELECT run_id, ctx_id FROM _tk_new WHERE {run_filter(con, sums_only)}")
         return sorted(done.union(sums_only))
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
