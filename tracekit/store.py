@@ -315,7 +315,7 @@ def stage_spans_sql(source: str = "kernel_rows") -> str:
 def refresh_rollups(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None = None) -> None:
     """Rewrite every rollup of `run_ids` (all runs: None) from their kernel rows: after an import
     or stage attribution (the rollups are summed by stage), and for code that edits kernel_rows or
-    kernel_verdicts by hand. Classification needs only refresh_follow_totals."""
+    kernel_verdicts by hand. Classification needs only refresh_follow_totals / refresh_kernel_sums."""
     where = run_filter(con, run_ids)
     for table in ("kernel_totals", "stage_spans"):
         con.execute(f"DELETE FROM {table} WHERE {where}")
@@ -343,11 +343,11 @@ def refresh_kernel_sums(con: duckdb.DuckDBPyConnection, changed: str) -> None:
                 f"SELECT DISTINCT c.run_id, n.short_name, m.name_id FROM ({changed}) c "
                 "JOIN kernel_contexts x ON x.ctx_id = c.ctx_id JOIN kernel_names n ON n.name_id = x.name_id "
                 "JOIN kernel_names m ON m.short_name = n.short_name")
-    try:
-        _write_kernel_sums(con, "(run_id, name_id) IN (SELECT run_id, name_id FROM _tk_touched)",
-                           "(run_id, short_name) IN (SELECT run_id, short_name FROM _tk_touched)")
-    finally:
-        con.execute("DROP TABLE IF EXISTS _tk_touched")
+    _write_kernel_sums(con, "(run_id, name_id) IN (SELECT run_id, name_id FROM _tk_touched)",
+                       "(run_id, short_name) IN (SELECT run_id, short_name FROM _tk_touched)")
+    # On an error the caller's rollback drops it (dropping it here would fail in the aborted
+    # transaction and hide the error).
+    con.execute("DROP TABLE _tk_touched")
 
 
 def _refresh_follow_and_sums(con: duckdb.DuckDBPyConnection, where: str) -> None:
