@@ -4,9 +4,9 @@ A kernel context (`kernel_contexts`, made at import) is everything a rule can lo
 the linked op's name and input dims, the launch dims. A database of millions of kernels has
 thousands of contexts, so the rules run in Python once per distinct context as the rules see it,
 and a rules edit rewrites only the `kernel_verdicts` rows whose verdict changed; the `kernels`
-view joins verdicts back onto the kernels. The one per-kernel part is a split-K reduce that takes
-the class of the GEMM it completes (`kernel_rows.follow_*`), redone only for runs where a verdict that
-can matter to it (GEMM family or such a reduce) changed.
+view joins verdicts back onto the kernels. What a context cannot decide is decided per kernel
+(`kernel_rows.follow_*`: shapeless GEMMs by their pass, split-K reduces by the GEMM they complete,
+shapeless softmaxes by their place), redone only for runs where a changed verdict can move it.
 
 Runs inside the caller's transaction (the importer's, or the CLI's); never begins or commits one.
 """
