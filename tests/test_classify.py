@@ -384,14 +384,16 @@ def test_softmax_is_sampling_only_over_a_vocabulary(last_dim, category):
     assert d.category == category and d.evidence == f"shape:last_dim={last_dim}"
 
 
-def _generated_run(kernels: list[tuple[int, str, int, int]]):
-    """A database holding one run of the given (kernel_id, name, stream, start) rows, no ops."""
+def _generated_run(kernels: list[tuple[int, str, int, int]], con=None, run: int = 1):
+    """A database holding one run of the given (kernel_id, name, stream, start) rows, no ops (or
+    that run added to `con`)."""
     from importlib import resources
 
-    con = duckdb.connect()
-    con.execute(resources.files("tracekit").joinpath("schema.sql").read_text())
+    if con is None:
+        con = duckdb.connect()
+        con.execute(resources.files("tracekit").joinpath("schema.sql").read_text())
     con.execute("INSERT INTO runs (run_id, source_path, source_name, format, content_hash, importer_version, "
-                "imported_at) VALUES (1, 'x', 'x', 'nsys-sqlite', 'h', 't', now())")
+                "imported_at) VALUES (?, 'x', 'x', 'nsys-sqlite', ?, 't', now())", [run, f"h{run}"])
     rows = to_table({
         "kernel_id": [i for i, *_ in kernels], "name": [n for _, n, *_ in kernels],
         "short_name": [n[:20] for _, n, *_ in kernels], "start_ns": [s for *_, s in kernels],
@@ -399,7 +401,8 @@ def _generated_run(kernels: list[tuple[int, str, int, int]]):
         "stream": [st for _, _, st, _ in kernels],
     }, KERNEL_SCHEMA).append_column("op_id", pa.nulls(len(kernels), pa.int64()))
     con.register("_rows", rows)
-    insert_kernels(con, 1, "_rows")
+    insert_kernels(con, run, "_rows")
+    con.unregister("_rows")
     return con
 
 
@@ -418,6 +421,20 @@ def test_softmax_without_shapes_is_decided_by_its_place():
         "SELECT kernel_id, category, evidence FROM kernels WHERE kernel_id IN (1, 4, 7, 9)").fetchall()))
     assert got == {1: ("ATTN", "place:before-gemm"), 4: ("SAMPLING", "place:after-last-gemm"),
                    7: ("SAMPLING", "place:last"), 9: ("SAMPLING", "place:last")}
+
+
+def test_per_kernel_steps_over_many_runs_each_with_its_own_kind():
+    """One call over runs of which only one has split-K reduces and another only shapeless
+    softmaxes (each step reads only the runs with its kernels), selected by a list longer than
+    64 ids (the store's run filter then selects through a temp table): each run's kernels are
+    decided from its own queue, as the schedules below say."""
+    con = _generated_run([(0, "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", 7, 10), (1, SPLITK, 7, 20)])
+    _generated_run([(0, NVJET, 7, 0), (1, SOFTMAX, 7, 15), (2, NVJET, 7, 30)], con, run=2)
+    _generated_run([(0, NVJET, 7, 0), (1, EMBED, 7, 25)], con, run=3)
+    classify(con, [1, 2, 3, *range(100, 170)], RuleSet.load(include_user=False))
+    got = con.execute("SELECT run_id, kernel_id, category, evidence FROM kernels "
+                      "WHERE kernel_id = 1 ORDER BY run_id").fetchall()
+    assert got == [(1, 1, "GEMV", "prev_gemm:name"), (2, 1, "ATTN", "place:before-gemm"), (3, 1, "EMBED", "name")]
 
 
 # -- MoE (issue 12 item 4) --------------------------------------------------------------------------

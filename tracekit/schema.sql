@@ -122,7 +122,7 @@ JOIN kernel_names n ON n.name_id = r.name_id
 LEFT JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id;
 
 -- Per-run rollups, so that stage_ratio and composition read a few dozen rows a run instead of every
--- kernel (store.py refresh_rollups / refresh_follow_totals):
+-- kernel (store.py refresh_rollups / refresh_follow_totals / refresh_kernel_sums):
 --   kernel_totals: kernel_rows summed by partition, stage and context: depends on stages only
 --     (written at import and by stage attribution);
 --   follow_totals: the same for the kernels with per-kernel verdicts (kernel_rows.follow_*, a few

@@ -4,9 +4,9 @@ A kernel context (`kernel_contexts`, made at import) is everything a rule can lo
 the linked op's name and input dims, the launch dims. A database of millions of kernels has
 thousands of contexts, so the rules run in Python once per distinct context as the rules see it,
 and a rules edit rewrites only the `kernel_verdicts` rows whose verdict changed; the `kernels`
-view joins verdicts back onto the kernels. The one per-kernel part is a split-K reduce that takes
-the class of the GEMM it completes (`kernel_rows.follow_*`), redone only for runs where a verdict that
-can matter to it (GEMM family or such a reduce) changed.
+view joins verdicts back onto the kernels. What a context cannot decide is decided per kernel
+(`kernel_rows.follow_*`: shapeless GEMMs by their pass, split-K reduces by the GEMM they complete,
+shapeless softmaxes by their place), redone only for runs where a changed verdict can move it.
 
 Runs inside the caller's transaction (the importer's, or the CLI's); never begins or commits one.
 """
@@ -28,7 +28,7 @@ from tracekit.enrich.rules import (
     m_from_dims,
 )
 from tracekit.readers.common import demangle
-from tracekit.store import DIM_COLS, refresh_follow_totals
+from tracekit.store import DIM_COLS, refresh_follow_totals, refresh_kernel_sums, run_filter
 
 _PENDING = "prev_gemm?"  # verdict evidence of kernels that take the preceding GEMM's class
 _PASS = "pass?"          # a GEMM-family kernel without shapes: its pass gives M
@@ -41,6 +41,10 @@ _MARKERS = (_PENDING, _PASS, _MOE)
 # One GPU work queue: a stream of one device in one process (NULLs compare as equal here).
 _QUEUE = ("coalesce(r.pid, -1) AS pid, coalesce(r.device, -1) AS device, "
           "coalesce(r.stream, -1) AS stream")
+# What every per-kernel step's temp table holds of its kernels besides the answer: where the
+# kernel ran (its queue and start), so a later step reads earlier answers without joining
+# kernel_rows again by rowid (that join took longer than the split-K ASOF join itself).
+_PLACED = f"r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns"
 
 
 def _pending_evidence(d: Decision, rules: RuleSet) -> str:
@@ -54,13 +58,6 @@ def _pending_evidence(d: Decision, rules: RuleSet) -> str:
     if d.pending == "moe":
         return _MOE
     return d.evidence
-
-
-def _run_filter(run_ids: Sequence[int] | None, alias: str) -> str:
-    if run_ids is None:
-        return "TRUE"
-    ids = ",".join(str(int(r)) for r in run_ids) or "NULL"
-    return f"{alias}run_id IN ({ids})"
 
 
 def _decide(con: duckdb.DuckDBPyConnection, rules: RuleSet, where_v: str) -> pa.Table:
@@ -118,9 +115,12 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
     place) is redone for runs where a verdict changed, or for every selected run with `refresh`
     (after the run's metadata or stages changed: `tracekit classify` does that). Those runs'
     rollups that depend on verdicts are rewritten (store.refresh_follow_totals: from the kernels
-    with follow_* set and the per-context totals, not every kernel). Returns those runs."""
+    with follow_* set and the per-context totals, not every kernel); in the other runs whose
+    verdicts changed, the kernel_sums rows of the changed contexts' names (store.refresh_kernel_sums).
+    Returns the runs whose rollups were rewritten."""
     rules = rules if rules is not None else RuleSet.load()
-    where_v = _run_filter(run_ids, "v.")
+    selected = None if run_ids is None else list(run_ids)
+    where_v = run_filter(con, selected, "v.")
     try:
         con.register("_tk_decided", _decide(con, rules, where_v))
         # Only verdicts that differ are written: after a rules edit, what the edit changed.
@@ -153,7 +153,7 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
                 f"OR evidence IN ({markers}) OR old_evidence IN ({markers}) "
                 f"OR starts_with(evidence, '{_PLACE}') OR starts_with(old_evidence, '{_PLACE}') "
                 f"UNION SELECT DISTINCT v.run_id FROM kernel_verdicts v "
-                f"JOIN ({_meta_sql(_run_filter(run_ids, ''))}) m ON m.run_id = v.run_id "
+                f"JOIN ({_meta_sql(run_filter(con, selected, 'r.'))}) m ON m.run_id = v.run_id "
                 f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
                 f"ORDER BY 1").fetchall()]
         if per_kernel:
@@ -162,7 +162,8 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
         sums_only = [r for (r,) in con.execute("SELECT DISTINCT run_id FROM _tk_new ORDER BY 1").fetchall()
                      if r not in done]
         if sums_only:
-            refresh_follow_totals(con, sums_only, sums_only=True)
+            # Their follow_* stand: only the kernel_sums rows of the changed contexts' names move.
+            refresh_kernel_sums(con, f"SELECT run_id, ctx_id FROM _tk_new WHERE {run_filter(con, sums_only)}")
         return sorted(done.union(sums_only))
     finally:
         # After a failure the caller's transaction is aborted and these fail too; the original
@@ -189,15 +190,16 @@ _META = {
 }
 
 
-def _meta_sql(run_filter: str) -> str:
-    """Per run: batch, input_len, top_k, experts as integers (NULL when unknown)."""
+def _meta_sql(where_r: str) -> str:
+    """Per run of `where_r` (on alias r.): batch, input_len, top_k, experts as integers (NULL when
+    unknown)."""
     cols = []
     for out, keys in _META.items():
         picks = [f"max(TRY_CAST(value AS BIGINT)) FILTER (WHERE key = '{k}')" for k in keys]
         picks += [f"max(TRY_CAST(json_extract_string(TRY_CAST(value AS JSON), '$.{k}') AS BIGINT)) "
                   f"FILTER (WHERE key = 'config')" for k in keys]
         cols.append(f"coalesce({', '.join(picks)}) AS {out}")
-    return f"SELECT run_id, {', '.join(cols)} FROM run_meta WHERE {run_filter} GROUP BY run_id"
+    return f"SELECT run_id, {', '.join(cols)} FROM run_meta r WHERE {where_r} GROUP BY run_id"
 
 
 def _refresh_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
@@ -213,17 +215,19 @@ def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv
     kernel_rows is written once at the end, only where an answer changed: updating the same rows
     three times (after clearing them) made each later scan read the transaction's row versions,
     2.8 s of the 4.2 s an all-change classify took at 10M kernels."""
+    where_r = run_filter(con, run_ids, "r.")
     try:
-        _resolve_by_pass(con, run_ids, gemv_max_m)
-        _resolve_follows_gemm(con, run_ids)
-        _resolve_by_place(con, run_ids)
-        where = _run_filter(run_ids, "")
+        _resolve_by_pass(con, where_r, gemv_max_m)
+        _resolve_follows_gemm(con, where_r)
+        _resolve_by_place(con, where_r)
         con.execute(
             "UPDATE kernel_rows SET follow_category = u.category, follow_evidence = u.evidence "
             "FROM (SELECT coalesce(n.rid, o.rid) AS rid, n.category, n.evidence "
-            "      FROM (SELECT * FROM _tk_pass UNION ALL SELECT * FROM _tk_follow UNION ALL SELECT * FROM _tk_place) n "
-            "      FULL JOIN (SELECT rowid AS rid, follow_category, follow_evidence FROM kernel_rows "
-            f"                 WHERE {where} AND (follow_category IS NOT NULL OR follow_evidence IS NOT NULL)) o "
+            "      FROM (SELECT rid, category, evidence FROM _tk_pass UNION ALL "
+            "            SELECT rid, category, evidence FROM _tk_follow UNION ALL "
+            "            SELECT rid, category, evidence FROM _tk_place) n "
+            "      FULL JOIN (SELECT r.rowid AS rid, r.follow_category, r.follow_evidence FROM kernel_rows r "
+            f"                 WHERE {where_r} AND (r.follow_category IS NOT NULL OR r.follow_evidence IS NOT NULL)) o "
             "      ON n.rid = o.rid "
             "      WHERE n.category IS DISTINCT FROM o.follow_category OR n.evidence IS DISTINCT FROM o.follow_evidence) u "
             "WHERE kernel_rows.rowid = u.rid")
@@ -232,32 +236,48 @@ def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
-def _current(where_r: str, steps: tuple[tuple[str, tuple[str, ...]], ...], cols: str) -> str:
-    """Kernel rows of the selected runs with `cols` and their category / evidence as decided so
-    far: a kernel whose verdict evidence is one of a done step's markers takes that step's answer
-    (temp table, one row per such kernel), every other kernel its context's verdict. UNION ALL of
-    inner joins: the steps' tables may be empty, and no LEFT JOIN to an empty table is involved
-    (DuckDB 2.0.1 has summed such joins wrongly)."""
-    rows = "FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id"
+def _current(where_r: str, steps: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    """Kernel rows of the selected runs (run_id, queue, start_ns) with their category / evidence
+    as decided so far: a kernel whose verdict evidence is one of a done step's markers takes that
+    step's answer (its temp table holds every such kernel once, with its queue and start), every
+    other kernel its context's verdict. UNION ALL, no LEFT JOIN: the steps' tables may be empty
+    (DuckDB 2.0.1 has summed LEFT JOINs to an empty table wrongly)."""
     marked = " OR ".join(f"v.evidence IN ({', '.join(repr(m) for m in marks)})" for _, marks in steps) or "FALSE"
-    parts = [f"SELECT {cols}, v.category, v.evidence {rows} WHERE {where_r} AND NOT coalesce({marked}, FALSE)"]
-    parts += [f"SELECT {cols}, d.category, d.evidence {rows} JOIN {table} d ON d.rid = r.rowid WHERE {where_r}"
-              for table, _ in steps]
+    parts = [f"SELECT r.run_id, {_QUEUE}, r.start_ns, v.category, v.evidence "
+             f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+             f"WHERE {where_r} AND NOT coalesce({marked}, FALSE)"]
+    parts += [f"SELECT run_id, pid, device, stream, start_ns, category, evidence FROM {table}" for table, _ in steps]
     return " UNION ALL ".join(parts)
 
 
-def _resolve_by_pass(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+def _none_marked(con: duckdb.DuckDBPyConnection, where_r: str, marked: str, table: str) -> bool:
+    """Whether no selected run has a verdict `marked` (a condition on r.evidence); if so the step
+    has nothing to decide and its table is made empty: its ASOF join would still read every kernel
+    of the runs (0.4 s at 10M kernels for a database without such kernels)."""
+    if con.execute(f"SELECT 1 FROM kernel_verdicts r WHERE {where_r} AND {marked} LIMIT 1").fetchone():
+        return False
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                f"SELECT {_PLACED}, NULL::VARCHAR AS category, NULL::VARCHAR AS evidence FROM kernel_rows r LIMIT 0")
+    return True
+
+
+def _with_marked(where_r: str, marked: str) -> str:
+    """`where_r` narrowed to the runs with a verdict `marked` (a condition on r.evidence): the
+    runs a per-kernel step has kernels to decide in, the only ones its ASOF join reads."""
+    return f"{where_r} AND r.run_id IN (SELECT run_id FROM kernel_verdicts r WHERE {where_r} AND {marked})"
+
+
+def _resolve_by_pass(con: duckdb.DuckDBPyConnection, where_r: str, gemv_max_m: int) -> None:
     """A GEMM-family kernel without op shapes (a CUDA-graph replay has no CPU op) gets M from the
     pass it runs in: a decode pass of batch B multiplies B rows by every weight. An expert GEMM
     (MoE) sees tokens x top-k / experts, tokens being B in decode and B x input_len in prefill.
     Needs the stage
     (kernel_rows.stage) and the batch (run metadata); where either is missing the name's class
     stands, with evidence saying so."""
-    where_r = _run_filter(run_ids, "r.")
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_pass AS "
-        f"WITH meta AS ({_meta_sql(_run_filter(run_ids, ''))}), "
-        f"k AS (SELECT r.rowid AS rid, r.stage, v.category, v.evidence = '{_MOE}' AS moe, m.batch, "
+        f"WITH meta AS ({_meta_sql(where_r)}), "
+        f"k AS (SELECT {_PLACED}, r.stage, v.category, v.evidence = '{_MOE}' AS moe, m.batch, "
         f"             m.input_len, m.top_k, m.experts, "
         # A prefill pass is no single M for dense layers (HF computes the LM head on the last
         # token only), so only decode passes decide dense GEMMs; experts see every token in both.
@@ -267,7 +287,7 @@ def _resolve_by_pass(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_ma
         f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      LEFT JOIN meta m ON m.run_id = r.run_id "
         f"      WHERE {where_r} AND v.evidence IN ('{_PASS}', '{_MOE}')) "
-        f"SELECT rid, "
+        f"SELECT rid, run_id, pid, device, stream, start_ns, "
         f"  CASE WHEN moe AND tokens IS NOT NULL AND top_k > 0 AND experts > 0 "
         f"         THEN CASE WHEN tokens * top_k / experts <= {int(gemv_max_m)} THEN 'GEMV' ELSE 'GEMM' END "
         f"       WHEN NOT moe AND tokens IS NOT NULL "
@@ -285,21 +305,25 @@ def _resolve_by_pass(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_ma
     )
 
 
-def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
+def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
     """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
     latest GEMM-family kernel that started before it on the same stream of the same process and
     device of the same run (stream ids repeat across GPUs and processes: stream 7 of GPU 0 is not
     stream 7 of GPU 1)."""
+    pending = f"r.evidence = '{_PENDING}'"
+    if _none_marked(con, where_r, pending, "_tk_follow"):
+        return
     family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
-    where_r = _run_filter(run_ids, "r.")
-    # The GEMMs' class as decided so far: by their pass where that step settled it.
-    gemms = _current(where_r, (("_tk_pass", (_PASS, _MOE)),), f"r.run_id, {_QUEUE}, r.start_ns")
+    # The GEMMs' class as decided so far (by their pass where that step settled it), in the runs
+    # that have reduces.
+    gemms = _current(_with_marked(where_r, pending), (("_tk_pass", (_PASS, _MOE)),))
     # Materialised (an UPDATE ... FROM (the ASOF join) took 2.15 s at 10M kernels / 415k reduces).
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_follow AS "
-        f"SELECT s.rid, coalesce(p.category, s.category) AS category, "
+        f"SELECT s.rid, s.run_id, s.pid, s.device, s.stream, s.start_ns, "
+        f"       coalesce(p.category, s.category) AS category, "
         f"       coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
-        f"FROM (SELECT r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns, v.category "
+        f"FROM (SELECT {_PLACED}, v.category "
         f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      WHERE {where_r} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
@@ -310,25 +334,27 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, run_ids: list[int]) ->
     )
 
 
-def _resolve_by_place(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
+def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
     """A softmax without shapes: over the vocabulary (sampling) when it runs after the last
     matrix product of its pass, over attention keys otherwise. The next GEMM-family, embedding or
     sampling kernel on its queue tells: a GEMM next (the attention's P x V) means attention; an
     embedding lookup or sampling kernel next (the next pass began), or nothing, means it came after
     the LM head."""
-    where_r = _run_filter(run_ids, "r.")
+    placed = f"starts_with(r.evidence, '{_PLACE}')"
+    if _none_marked(con, where_r, placed, "_tk_place"):
+        return
     looked_at = ", ".join(f"'{c}'" for c in sorted(_PER_KERNEL_INPUTS))
-    # The next kernels' class as decided so far: by their pass, or by their GEMM (a reduce).
-    nexts = _current(where_r, (("_tk_pass", (_PASS, _MOE)), ("_tk_follow", (_PENDING,))),
-                     f"r.run_id, {_QUEUE}, r.start_ns")
+    # The next kernels' class as decided so far (by their pass, or by their GEMM: a reduce), in
+    # the runs that have such softmaxes.
+    nexts = _current(_with_marked(where_r, placed),
+                     (("_tk_pass", (_PASS, _MOE)), ("_tk_follow", (_PENDING,))))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_place AS "
         f"SELECT s.rid, CASE WHEN n.category IN ('GEMM', 'GEMV') THEN s.category ELSE s.after END AS category, "
         f"       CASE WHEN n.category IN ('GEMM', 'GEMV') THEN 'place:before-gemm' "
         f"            WHEN n.category IS NULL THEN 'place:last' "
         f"            ELSE 'place:after-last-gemm' END AS evidence "
-        f"FROM (SELECT r.rowid AS rid, r.run_id, {_QUEUE}, r.start_ns, v.category, "
-        f"             substr(v.evidence, {len(_PLACE) + 1}) AS after "
+        f"FROM (SELECT {_PLACED}, v.category, substr(v.evidence, {len(_PLACE) + 1}) AS after "
         f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      WHERE {where_r} AND starts_with(v.evidence, '{_PLACE}')) s "
         f"ASOF LEFT JOIN (SELECT * FROM ({nexts}) g WHERE g.category IN ({looked_at}) "
