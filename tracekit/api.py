@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,28 +29,53 @@ def _reclassify_all(con: duckdb.DuckDBPyConnection) -> None:
 
 
 class Database:
-    """A tracekit database. `tracekit.open(path)` makes one."""
+    """A tracekit database. `tracekit.open(path)` makes one.
+
+    The views are made on open, but for the few that cost most to bind (tracekit.views.ON_DEMAND:
+    the roofline's): those are made when `con` is handed out (any SQL may follow) or when SQL given
+    to `query` / `arrow` / `connection_for` names one of them. Every command that never touches the
+    roofline so skips binding it."""
 
     def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> None:
+        from tracekit import views
+
         self.path = str(path)
         self.read_only = read_only
-        self.con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
-                                                            reclassify=_reclassify_all)
-        self._views()
+        self._con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
+                                                             reclassify=_reclassify_all)
+        self._on_demand: re.Pattern | None = re.compile(
+            r"\b(?:" + "|".join(views.on_demand_names()) + r")\b", re.I)
+        self._views(lambda: views.create_views(self._con, on_demand=False))
 
-    def _views(self) -> None:
+    def _views(self, create) -> None:
         try:
-            from tracekit.views import create_views
-        except ImportError:
-            return
-        try:
-            create_views(self.con)
+            create()
         except duckdb.Error as exc:
             # Tables of the same names but other columns: someone else's DuckDB file, or one
             # written by an incompatible tracekit. Stop before anything is written to it.
-            self.con.close()
+            self._con.close()
             raise TracekitError(f"{self.path}: not a tracekit database, or one from an incompatible "
                                 f"version ({str(exc).splitlines()[0]})") from None
+
+    def _all_views(self) -> None:
+        if self._on_demand is not None:
+            from tracekit.views import create_on_demand_views
+
+            self._views(lambda: create_on_demand_views(self._con))
+            self._on_demand = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The duckdb connection, with every view made (whatever SQL it runs next may read any)."""
+        self._all_views()
+        return self._con
+
+    def connection_for(self, sql: str) -> duckdb.DuckDBPyConnection:
+        """The duckdb connection, with the views `sql` reads made: the on-demand ones only when
+        their name appears in it."""
+        if self._on_demand is not None and self._on_demand.search(sql):
+            self._all_views()
+        return self._con
 
     def import_paths(
         self,
@@ -67,7 +93,7 @@ class Database:
         # `tracekit runs`, `query` and the analysis commands never need them.
         from tracekit.importer import import_paths
 
-        results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
+        results = import_paths(self._con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
                                nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase, group=group)
         return results
 
@@ -78,7 +104,7 @@ class Database:
         return pl.from_arrow(self.arrow(sql, params))
 
     def arrow(self, sql: str, params: builtins.list | None = None) -> pa.Table:
-        return self.con.sql(sql, params=params or None).to_arrow_table()
+        return self.connection_for(sql).sql(sql, params=params or None).to_arrow_table()
 
     def runs(self) -> pl.DataFrame:
         return self.query(
@@ -111,7 +137,7 @@ class Database:
         return notebook.chart(self, name, run_id, **options)
 
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> Database:
         return self

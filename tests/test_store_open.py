@@ -1,0 +1,80 @@
+"""Opening a database: what every command pays before its own work (issue 15, start-up).
+
+The expected column types come from a database made from schema.sql by DuckDB itself; the
+on-demand (roofline) views must give what they give when made on open."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+
+import tracekit
+from tracekit import store
+from tracekit.outputs.cli import main
+from tracekit.views import create_views, on_demand_names, view_names
+
+ROOFLINE = ("run_peaks", "op_work", "kernel_work", "roofline", "decode_ideal", "memop_work")
+
+
+def _temp_objects(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE temporary "
+        "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
+
+
+def test_expected_columns_read_from_the_schema_text_are_duckdbs():
+    scratch = duckdb.connect(":memory:")
+    scratch.execute((ROOT / "tracekit" / "schema.sql").read_text())
+    views = {r[0] for r in scratch.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    made: dict[str, dict[str, str]] = {}
+    for table, column, dtype in scratch.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal").fetchall():
+        if table not in views:
+            made.setdefault(table, {})[column] = dtype
+    assert "kernel_rows" in made and "runs" in made
+    assert store._expected_columns() == made
+
+
+def test_on_demand_names_are_the_roofline_views_and_their_peak_tables():
+    assert set(on_demand_names()) == {*ROOFLINE, "gpu_peaks", "peak_override"}
+    assert set(ROOFLINE) <= set(view_names())
+
+
+def test_open_leaves_the_roofline_views_until_a_query_names_one(shared_db_path):
+    db = tracekit.open(shared_db_path, read_only=True)
+    try:
+        con = db.connection_for("SELECT count(*) FROM runs")
+        made = _temp_objects(con)
+        assert {"stage_ratio", "composition", "steps", "top_kernels", "comm_ops", "kernels"} <= made
+        assert not made & set(on_demand_names())
+        # Named in any case, the views (and the peak tables they read) are there when the query runs.
+        lazily = db.arrow("SELECT * FROM Roofline ORDER BY ALL")
+        assert set(on_demand_names()) <= _temp_objects(con)
+    finally:
+        db.close()
+    # The same rows as a connection that made every view on open.
+    con = store.connect(shared_db_path, read_only=True)
+    try:
+        create_views(con)
+        eager = con.sql("SELECT * FROM roofline ORDER BY ALL").to_arrow_table()
+    finally:
+        con.close()
+    assert lazily.num_rows > 0
+    assert lazily.equals(eager)
+
+
+def test_the_connection_handed_out_has_every_view(shared_db_path):
+    with tracekit.open(shared_db_path, read_only=True) as db:
+        made = _temp_objects(db.con)
+        assert set(view_names()) <= made
+        assert db.con.execute("SELECT count(*) FROM gpu_peaks").fetchall()[0][0] > 0
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) AS n FROM kernel_work", "select count(*) as n from DECODE_IDEAL"])
+def test_cli_query_reaches_an_on_demand_view(shared_db_path, sql):
+    out = CliRunner().invoke(main, ["query", "--db", str(shared_db_path), "--format", "csv", sql])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0] == "n"
+    assert int(out.output.splitlines()[1]) > 0
