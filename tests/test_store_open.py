@@ -8,7 +8,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import NSYS_L2, ROOT
 
 import tracekit
 from tracekit import store
@@ -78,3 +78,20 @@ def test_cli_query_reaches_an_on_demand_view(shared_db_path, sql):
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[0] == "n"
     assert int(out.output.splitlines()[1]) > 0
+
+
+def test_a_new_database_makes_its_views_when_sql_first_names_one(tmp_path):
+    db = tracekit.open(tmp_path / "new.duckdb")
+    try:
+        # Nothing to check in a database this open made, and an import reads no view.
+        assert not _temp_objects(db.connection_for("SELECT 1")) & set(view_names())
+        [result] = db.import_paths([NSYS_L2])
+        assert result.status == "imported", result.error
+        assert not _temp_objects(db.connection_for("SELECT 1")) & set(view_names())
+        ratio = db.arrow("SELECT run_id, gen_ratio FROM stage_ratio").to_pylist()
+        assert set(view_names()) <= _temp_objects(db.connection_for("SELECT 1"))
+    finally:
+        db.close()
+    with tracekit.open(tmp_path / "new.duckdb", read_only=True) as again:
+        assert again.arrow("SELECT run_id, gen_ratio FROM stage_ratio").to_pylist() == ratio
+    assert ratio[0]["gen_ratio"] > 0

@@ -31,21 +31,29 @@ def _reclassify_all(con: duckdb.DuckDBPyConnection) -> None:
 class Database:
     """A tracekit database. `tracekit.open(path)` makes one.
 
-    The views are made on open, but for the few that cost most to bind (tracekit.views.ON_DEMAND:
-    the roofline's): those are made when `con` is handed out (any SQL may follow) or when SQL given
-    to `query` / `arrow` / `connection_for` names one of them. Every command that never touches the
-    roofline so skips binding it."""
+    Views are TEMP views made on each connection. Those not made on open are made when `con` is
+    handed out (any SQL may follow) or when SQL given to `query` / `arrow` / `connection_for` names
+    one of them: on a database this open creates (nothing in it to check, and `import` reads no
+    view) that is all of them; on any other, the ON_DEMAND ones (tracekit.views: the roofline's,
+    which cost the most to bind), the others being made on open, which also checks that tracekit
+    can read the database before anything is written to it."""
 
     def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> None:
         from tracekit import views
 
         self.path = str(path)
         self.read_only = read_only
+        created = store.creates(path)
         self._con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
                                                              reclassify=_reclassify_all)
-        self._on_demand: re.Pattern | None = re.compile(
-            r"\b(?:" + "|".join(views.on_demand_names()) + r")\b", re.I)
-        self._views(lambda: views.create_views(self._con, on_demand=False))
+        self._opened_views = not created
+        if self._opened_views:
+            self._views(lambda: views.create_views(self._con, on_demand=False))
+            waiting = views.on_demand_names()
+        else:
+            waiting = views.view_names() + views.on_demand_names()
+        # Names of the views not made yet (None: all are made).
+        self._waiting: re.Pattern | None = re.compile(r"\b(?:" + "|".join(sorted(set(waiting))) + r")\b", re.I)
 
     def _views(self, create) -> None:
         try:
@@ -58,11 +66,12 @@ class Database:
                                 f"version ({str(exc).splitlines()[0]})") from None
 
     def _all_views(self) -> None:
-        if self._on_demand is not None:
-            from tracekit.views import create_on_demand_views
+        if self._waiting is not None:
+            from tracekit import views
 
-            self._views(lambda: create_on_demand_views(self._con))
-            self._on_demand = None
+            self._views(lambda: views.create_on_demand_views(self._con) if self._opened_views
+                        else views.create_views(self._con))
+            self._waiting = None
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -71,9 +80,9 @@ class Database:
         return self._con
 
     def connection_for(self, sql: str) -> duckdb.DuckDBPyConnection:
-        """The duckdb connection, with the views `sql` reads made: the on-demand ones only when
-        their name appears in it."""
-        if self._on_demand is not None and self._on_demand.search(sql):
+        """The duckdb connection, with the views `sql` reads made: those not made on open only
+        when one of their names appears in it."""
+        if self._waiting is not None and self._waiting.search(sql):
             self._all_views()
         return self._con
 

@@ -92,6 +92,12 @@ def _trace_kind(path: str) -> str | None:
 Reclassify = Callable[[duckdb.DuckDBPyConnection], None]
 
 
+def creates(path: str | Path) -> bool:
+    """Whether opening `path` creates the database: then nothing stored in it needs checking
+    (check_stored), and nothing in it can fail to bind tracekit's views."""
+    return str(path) == ":memory:" or not Path(path).exists()
+
+
 def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
             reclassify: Reclassify | None = None) -> duckdb.DuckDBPyConnection:
     """Open the database; while another process holds its write lock, wait (saying so) up to wait_s.
@@ -102,8 +108,7 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
     on a writable open (the caller's rules: the store knows none; tracekit.open gives it); without
     one such a database is only opened read-only."""
     path = str(path)
-    # A database this call creates holds nothing to check (check_stored).
-    new = path == ":memory:" or not Path(path).exists()
+    new = creates(path)
     if path != ":memory:":
         if read_only and not Path(path).exists():
             raise TracekitError(f"{path}: no such database (import traces into it first)")
