@@ -69,8 +69,8 @@ class Database:
         if self._waiting is not None:
             from tracekit import views
 
-            self._views(lambda: views.create_on_demand_views(self._con) if self._opened_views
-                        else views.create_views(self._con))
+            make = views.create_on_demand_views if self._opened_views else views.create_views
+            self._views(lambda: make(self._con))
             self._waiting = None
 
     @property

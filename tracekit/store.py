@@ -110,7 +110,7 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
     path = str(path)
     new = creates(path)
     if path != ":memory:":
-        if read_only and not Path(path).exists():
+        if read_only and new:
             raise TracekitError(f"{path}: no such database (import traces into it first)")
         if Path(path).is_dir():
             return _open_dataset(path, read_only)
