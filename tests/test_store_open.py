@@ -62,7 +62,12 @@ def test_open_leaves_the_roofline_views_until_a_query_names_one(shared_db_path):
     finally:
         con.close()
     assert lazily.num_rows > 0
-    assert lazily.equals(eager)
+    assert lazily.schema == eager.schema
+    # Sums of doubles may differ in their last bits with the order DuckDB's threads add them.
+    for got, want in zip(lazily.to_pylist(), eager.to_pylist(), strict=True):
+        assert got.keys() == want.keys()
+        for key, value in got.items():
+            assert value == pytest.approx(want[key], rel=1e-9) if isinstance(value, float) else value == want[key]
 
 
 def test_the_connection_handed_out_has_every_view(shared_db_path):
