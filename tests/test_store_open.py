@@ -100,3 +100,19 @@ def test_a_new_database_makes_its_views_when_sql_first_names_one(tmp_path):
     with tracekit.open(tmp_path / "new.duckdb", read_only=True) as again:
         assert again.arrow("SELECT run_id, gen_ratio FROM stage_ratio").to_pylist() == ratio
     assert ratio[0]["gen_ratio"] > 0
+
+
+def test_an_on_demand_view_that_cannot_bind_is_one_line_when_first_used(shared_db_copy):
+    # A column only the roofline reads, gone: the other commands still read the database, and the
+    # roofline says why it cannot in one line, as an open did when every view was made on open.
+    con = duckdb.connect(str(shared_db_copy))
+    con.execute("ALTER TABLE memops DROP COLUMN copy_kind")
+    con.close()
+    runner = CliRunner()
+    stages = runner.invoke(main, ["stages", "--db", str(shared_db_copy), "--format", "csv"])
+    assert stages.exit_code == 0, stages.output
+    roofline = runner.invoke(main, ["roofline", "--db", str(shared_db_copy)])
+    assert roofline.exit_code == 1
+    [line] = roofline.stderr.strip().splitlines()
+    assert line.startswith(f"tracekit: error: {shared_db_copy}: not a tracekit database, or one from an "
+                           "incompatible version (") and "copy_kind" in line
