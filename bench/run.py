@@ -2,7 +2,7 @@
 same run; raw figures go to bench/results.json (or --results FILE), read into bench/RESULTS.md.
 
     .venv/bin/python bench/run.py                 # make inputs if missing, run everything
-    .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs, scale
+    .venv/bin/python bench/run.py --only kineto   # one group: kineto, nsys, classify, views, jobs, scale, startup
     .venv/bin/python bench/run.py --only jobs --jobs 1,2,4,8 --jobs-files 16 --results other-machine.json
 
 Every measurement runs in a fresh child process, so its peak RSS (from wait4) is its own and no
@@ -411,14 +411,19 @@ def repeat(label: str, cmd_fn, n: int, results: dict, prepare=None) -> dict:
     """Run cmd_fn() n times, each a fresh process: wall, CPU, peak RSS of each, and the 1-minute
     load average when each started (`load1`), so every figure carries the load it was taken at.
     The group's dict is stamped with when and where it was measured (the first measurement's)."""
-    results.setdefault("when", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    results.setdefault("host", host())
     runs = []
     for _ in range(n):
         if prepare:
             prepare()
         load1 = os.getloadavg()[0]
         runs.append({**spawn_rusage(cmd_fn()), "load1": load1})
+    return summarize(label, runs, results)
+
+
+def summarize(label: str, runs: list[dict], results: dict) -> dict:
+    """Store and print the figures of `runs` (spawn_rusage's, with load1) under `label`."""
+    results.setdefault("when", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    results.setdefault("host", host())
     keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float))})
     summary = {k: [r[k] for r in runs if k in r] for k in keys}
     results[label] = summary
@@ -661,6 +666,51 @@ def repeat_tracekit(trace: Path, db: Path, n: int, g: dict) -> None:
     repeat("tracekit import (CLI, end to end)", lambda: cli_import([trace], db), n, g, prepare=fresh(db))
 
 
+def startup_group(base: str, n: int, tmp: Path, g: dict) -> None:
+    """The fixed cost of every invocation on a tiny trace (the 944-kernel nsys fixture): import into
+    a new database, into one that holds a run already, and `stages` on that database; the same
+    commands with the code of git revision `base`, alternating with this tree's run by run (so both
+    see the same load), and a bare `python -c "import duckdb, pyarrow"`, the floor under any of
+    them. Python writes bytecode caches here (as an installed package has them), one warm-up run
+    of each tree first."""
+    trace = ROOT / "fixtures" / "h100" / "gemma-7b-2L_b1_i32_o8.sqlite"
+    other = ROOT / "fixtures" / "h100" / "gemma-2b-2L_b8_i64_o8.sqlite"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    base_dir = tmp / "startup-base"
+    base_dir.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", base], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_dir)], input=archive, check=True)
+    g["base"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", base], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    cli = [PY, "-m", "tracekit.outputs.cli"]
+    sides = {"this tree": ROOT, f"base {base}": base_dir}
+    cases = []
+    for side, cwd in sides.items():
+        new, held, template = (tmp / f"{cwd.name}-{x}.duckdb" for x in ("new", "held", "template"))
+        for db in (new, held, template):
+            db.unlink(missing_ok=True)
+        # The held database: one run imported by this side's code; each import into it starts from a copy.
+        spawn_rusage([*cli, "import", "-q", str(other), "--db", str(template)], env=env, cwd=cwd)
+        spawn_rusage([*cli, "stages", "--db", str(template)], env=env, cwd=cwd)  # warm-up: bytecode written
+        cases += [
+            (f"{side}: import into a new database", [*cli, "import", "-q", str(trace), "--db", str(new)], cwd,
+             fresh(new)),
+            (f"{side}: import into a database with a run", [*cli, "import", "-q", str(trace), "--db", str(held)],
+             cwd, lambda t=template, h=held: (fresh(h)(), shutil.copy(t, h))),
+            (f"{side}: stages on that database", [*cli, "stages", "--db", str(template)], cwd, None),
+        ]
+    cases.append(("python -c 'import duckdb, pyarrow' (floor)", [PY, "-c", "import duckdb, pyarrow"], ROOT, None))
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in cases}
+    for _ in range(n):
+        for label, cmd, cwd, prepare in cases:
+            if prepare:
+                prepare()
+            load1 = os.getloadavg()[0]
+            runs[label].append({**spawn_rusage(cmd, env=env, cwd=cwd), "load1": load1})
+    for label, measured in runs.items():
+        summarize(label, measured, g)
+
+
 def int_list(v: str) -> list[int]:
     return [int(x) for x in v.split(",") if x.strip()]
 
@@ -669,7 +719,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="tracekit benchmarks")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", action="append", choices=["kineto", "nsys", "classify", "views", "jobs", "scale"])
+    ap.add_argument("--only", action="append",
+                    choices=["kineto", "nsys", "classify", "views", "jobs", "scale", "startup"])
     ap.add_argument("--scale-runs", type=lambda v: [int(x) for x in v.split(",")], default=[1_000, 10_000],
                     help="run counts for the views-over-many-runs figures (store, dataset, dataset copy)")
     ap.add_argument("--hta-python", default=os.environ.get("HTA_PYTHON", ""),
@@ -689,13 +740,15 @@ def main() -> None:
     ap.add_argument("--dataset-workers", type=int_list, default=[1, 2],
                     help="jobs group: `dataset import --workers N` values ('' for none)")
     ap.add_argument("--jobs-files", type=int, default=8, help="files the jobs group imports")
+    ap.add_argument("--startup-base", default="main",
+                    help="startup group: the git revision whose code the same commands are compared with")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json",
                     help="where the figures go (merged by group; use another file for another machine)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1:])))
         return
-    groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs", "scale"])
+    groups = set(args.only or ["kineto", "nsys", "classify", "views", "jobs", "scale", "startup"])
     if groups & {"kineto", "nsys"}:
         ensure_inputs(groups)
     results: dict = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -826,6 +879,11 @@ def main() -> None:
                        lambda w=w: cli_dataset_import(files, ds, w), n, g, prepare=fresh_dir(ds))
             for w in (w for w in args.dataset_workers if w > 1):
                 repeat(f"local Dask cluster of {w} workers: start (+stop)", lambda w=w: child_cmd("dask_start", w), n, g)
+            g["load_after"] = load()
+        if "startup" in groups:
+            print(f"startup: the 944-kernel nsys fixture, this tree vs {args.startup_base}; load {load()}")
+            g = res["startup"] = {"load": load()}
+            startup_group(args.startup_base, n, tmp, g)
             g["load_after"] = load()
         if "scale" in groups:
             # Views over many runs: the DuckDB store; the Parquet dataset read live; its copy.

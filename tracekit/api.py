@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,28 +29,62 @@ def _reclassify_all(con: duckdb.DuckDBPyConnection) -> None:
 
 
 class Database:
-    """A tracekit database. `tracekit.open(path)` makes one."""
+    """A tracekit database. `tracekit.open(path)` makes one.
+
+    Views are TEMP views made on each connection. Those not made on open are made when `con` is
+    handed out (any SQL may follow) or when SQL given to `query` / `arrow` / `connection_for` names
+    one of them: on a database this open creates (nothing in it to check, and `import` reads no
+    view) that is all of them; on any other, the ON_DEMAND ones (tracekit.views: the roofline's,
+    which cost the most to bind), the others being made on open, which also checks that tracekit
+    can read the database before anything is written to it."""
 
     def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> None:
+        from tracekit import views
+
         self.path = str(path)
         self.read_only = read_only
-        self.con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
-                                                            reclassify=_reclassify_all)
-        self._views()
+        created = store.creates(path)
+        self._con: duckdb.DuckDBPyConnection = store.connect(path, read_only=read_only, wait_s=wait_s,
+                                                             reclassify=_reclassify_all)
+        self._opened_views = not created
+        if self._opened_views:
+            self._views(lambda: views.create_views(self._con, on_demand=False))
+            waiting = views.on_demand_names()
+        else:
+            waiting = views.view_names() + views.on_demand_names()
+        # Names of the views not made yet (None: all are made).
+        self._waiting: re.Pattern | None = re.compile(r"\b(?:" + "|".join(sorted(set(waiting))) + r")\b", re.I)
 
-    def _views(self) -> None:
+    def _views(self, create) -> None:
         try:
-            from tracekit.views import create_views
-        except ImportError:
-            return
-        try:
-            create_views(self.con)
+            create()
         except duckdb.Error as exc:
             # Tables of the same names but other columns: someone else's DuckDB file, or one
             # written by an incompatible tracekit. Stop before anything is written to it.
-            self.con.close()
+            self._con.close()
             raise TracekitError(f"{self.path}: not a tracekit database, or one from an incompatible "
                                 f"version ({str(exc).splitlines()[0]})") from None
+
+    def _all_views(self) -> None:
+        if self._waiting is not None:
+            from tracekit import views
+
+            make = views.create_on_demand_views if self._opened_views else views.create_views
+            self._views(lambda: make(self._con))
+            self._waiting = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The duckdb connection, with every view made (whatever SQL it runs next may read any)."""
+        self._all_views()
+        return self._con
+
+    def connection_for(self, sql: str) -> duckdb.DuckDBPyConnection:
+        """The duckdb connection, with the views `sql` reads made: those not made on open only
+        when one of their names appears in it."""
+        if self._waiting is not None and self._waiting.search(sql):
+            self._all_views()
+        return self._con
 
     def import_paths(
         self,
@@ -67,7 +102,7 @@ class Database:
         # `tracekit runs`, `query` and the analysis commands never need them.
         from tracekit.importer import import_paths
 
-        results = import_paths(self.con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
+        results = import_paths(self._con, paths, meta=meta, replace=replace, rules_dirs=rules_dirs,
                                nsys=nsys, jobs=jobs, on_result=on_result, on_phase=on_phase, group=group)
         return results
 
@@ -78,7 +113,7 @@ class Database:
         return pl.from_arrow(self.arrow(sql, params))
 
     def arrow(self, sql: str, params: builtins.list | None = None) -> pa.Table:
-        return self.con.sql(sql, params=params or None).to_arrow_table()
+        return self.connection_for(sql).sql(sql, params=params or None).to_arrow_table()
 
     def runs(self) -> pl.DataFrame:
         return self.query(
@@ -111,7 +146,7 @@ class Database:
         return notebook.chart(self, name, run_id, **options)
 
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> Database:
         return self

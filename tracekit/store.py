@@ -92,6 +92,12 @@ def _trace_kind(path: str) -> str | None:
 Reclassify = Callable[[duckdb.DuckDBPyConnection], None]
 
 
+def creates(path: str | Path) -> bool:
+    """Whether opening `path` creates the database: then nothing stored in it needs checking
+    (check_stored), and nothing in it can fail to bind tracekit's views."""
+    return str(path) == ":memory:" or not Path(path).exists()
+
+
 def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
             reclassify: Reclassify | None = None) -> duckdb.DuckDBPyConnection:
     """Open the database; while another process holds its write lock, wait (saying so) up to wait_s.
@@ -102,8 +108,9 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
     on a writable open (the caller's rules: the store knows none; tracekit.open gives it); without
     one such a database is only opened read-only."""
     path = str(path)
+    new = creates(path)
     if path != ":memory:":
-        if read_only and not Path(path).exists():
+        if read_only and new:
             raise TracekitError(f"{path}: no such database (import traces into it first)")
         if Path(path).is_dir():
             return _open_dataset(path, read_only)
@@ -138,7 +145,8 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = 120.0,
         # A second connection to a file this process has open shares its (already locked) instance.
         if path != ":memory:" and not con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
             con.execute("SET lock_configuration = true")
-        check_stored(con, path)
+        if not new:
+            check_stored(con, path)
         if not read_only:
             ensure_schema(con, reclassify)
         try:
@@ -173,23 +181,32 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _expected_columns() -> dict[str, dict[str, str]]:
-    """{table: {column: type}} as schema.sql declares them, read from a scratch in-memory database."""
+    """{table: {column: type}} as schema.sql's CREATE TABLE statements declare them. Read from the
+    text, not from a scratch database made from it (that took ~30 ms of every open): schema.sql
+    writes each type as DuckDB names it, which tests/test_store_open.py checks against such a
+    database."""
     global _EXPECTED
     if _EXPECTED is None:
-        scratch = duckdb.connect(":memory:", config=dict(SAFE_CONFIG))
-        try:
-            scratch.execute(_schema_sql())
-            rows = scratch.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
-                                   "WHERE NOT internal AND database_name = current_database()").fetchall()
-            views = {r[0] for r in scratch.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary").fetchall()}
-        finally:
-            scratch.close()
         _EXPECTED = {}
-        for table, column, dtype in rows:
-            if table not in views:
-                _EXPECTED.setdefault(table, {})[column] = dtype
+        for table, body in re.findall(r"^CREATE TABLE IF NOT EXISTS (\w+) \((.*?)^\);", _schema_sql(), re.S | re.M):
+            columns = _EXPECTED[table] = {}
+            for item in _top_level_items(re.sub(r"--[^\n]*", "", body)):
+                name, dtype = item.split()[:2]
+                if name.upper() not in ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT"):
+                    columns[name] = dtype
     return _EXPECTED
+
+
+def _top_level_items(body: str) -> list[str]:
+    """The comma-separated items of a CREATE TABLE body, commas inside parentheses kept."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            items.append(body[start:i])
+            start = i + 1
+    items.append(body[start:])
+    return [item.strip() for item in items if item.strip()]
 
 
 _EXPECTED: dict[str, dict[str, str]] | None = None
@@ -212,15 +229,18 @@ def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
         "SELECT table_name, table_type FROM information_schema.tables "
         "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
     expected = _expected_columns()
+    stored_columns: dict[str, dict[str, str]] = {}
+    for table, column, dtype in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main'").fetchall():
+        stored_columns.setdefault(table, {})[column] = dtype
     for name, columns in expected.items():
         if name not in objects:
             continue
         if objects[name] != "BASE TABLE":
             raise TracekitError(f"{path}: refusing this database: `{name}` is a {objects[name].lower()}, "
                                 "not a table")
-        stored = dict(con.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND table_name = ?", [name]).fetchall())
+        stored = stored_columns.get(name, {})
         wrong = [c for c, t in columns.items() if c in stored and _family(stored[c]) != _family(t)]
         if wrong:
             c = wrong[0]

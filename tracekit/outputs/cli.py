@@ -6,6 +6,8 @@ import importlib
 
 import click
 
+from tracekit.errors import TracekitError
+
 # (module, attribute) of each command or group; a module owns its commands so that work on
 # one area never edits another's file.
 _COMMANDS = [
@@ -31,7 +33,19 @@ _COMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):
+        # A TracekitError that escapes a command is still one line: the views a command reads
+        # first may be made (and found unreadable) after open (tracekit.api.Database).
+        try:
+            return super().invoke(ctx)
+        except TracekitError as exc:
+            from tracekit.outputs.cli_core import fail
+
+            fail(str(exc))
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tracekit")
 def main() -> None:
     """Where does the GPU time of LLM inference go?

@@ -38,10 +38,7 @@ def _frame(db_path: str, sql: str, params: list, run_id: int | None) -> pl.DataF
     db = open_db(db_path, read_only=True)
     require_runs(db, db_path)
     try:
-        # fetchall, not fetchone: a half-read result blocks the connection's next query.
-        if run_id is not None and not db.con.execute(
-            "SELECT run_id FROM runs WHERE run_id = ?", [run_id]
-        ).fetchall():
+        if run_id is not None and not db.arrow("SELECT run_id FROM runs WHERE run_id = ?", [run_id]).num_rows:
             fail(f"{db_path}: no run {run_id} (see `tracekit runs`)")
         return db.query(sql, params)
     except duckdb.Error as exc:

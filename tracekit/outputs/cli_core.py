@@ -41,7 +41,8 @@ def open_db(path: str, read_only: bool = False):
 def require_runs(db, db_path: str) -> None:
     """Stop with one line (exit 1) when the database holds no runs: an analysis of nothing would
     print an empty table that reads like a result."""
-    if not db.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]:
+    sql = "SELECT count(*) FROM runs"
+    if not db.connection_for(sql).execute(sql).fetchall()[0][0]:
         db.close()
         fail(f"{db_path}: no runs in the database: import traces first (tracekit import TRACE... --db {db_path})")
 
@@ -225,13 +226,14 @@ def query_cmd(sql, db_path, fmt) -> None:
     from tracekit.outputs.format import printable
 
     db = open_db(db_path, read_only=True)
+    con = db.connection_for(sql)
 
     def run():
-        rel = db.con.sql(sql)
+        rel = con.sql(sql)
         return None if rel is None else printable(rel).to_arrow_table()
 
     try:
-        table = _interruptible(db.con, run)
+        table = _interruptible(con, run)
         if table is None:
             fail("query: nothing to print: the SQL is empty or is a statement without a result")
         _print(pl.from_arrow(table), fmt)

@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import re2
 
-from tracekit.enrich.rules import (
-    CATEGORIES,
-    KernelContext,
-    RuleError,
-    RuleSet,
-    display_path,
-    m_from_dims,
-    real_path,
-    rule_files,
-)
 from tracekit.outputs.cli_core import db_option, fail, open_db
+
+# tracekit.enrich.rules (and re2) load in the commands that use them: every other command
+# registers this module, and `stages` or `query` have no use for the rules (~15 ms).
+if TYPE_CHECKING:
+    from tracekit.enrich.rules import RuleSet
 
 rules_option = click.option(
     "--rules", "rules_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
@@ -29,6 +24,8 @@ run_option = click.option("--run", "run_ids", multiple=True, type=int, help="Onl
 
 
 def _load(rules_dirs: tuple[Path, ...]) -> RuleSet:
+    from tracekit.enrich.rules import RuleError, RuleSet
+
     try:
         return RuleSet.load(list(rules_dirs))
     except RuleError as exc:
@@ -57,6 +54,8 @@ def check_cmd(paths: tuple[Path, ...]) -> None:
     examples, rules shadowed by earlier ones. PATHS (files, or directories searched with their
     subdirectories) are checked layered over the user and built-in packs; with no PATHS, every
     loaded pack is checked. A directory with no rule file below it is an error."""
+    from tracekit.enrich.rules import RuleSet, real_path, rule_files
+
     ruleset = RuleSet.load(list(paths), strict=False)
     only = None
     if paths:
@@ -94,8 +93,10 @@ def list_cmd(rules_dirs: tuple[Path, ...]) -> None:
 @rules_option
 def explain_cmd(name, short_name, op, m, grid, block, rules_dirs) -> None:
     """Which rule classifies kernel NAME and why, and which others would match."""
-    ruleset = _load(rules_dirs)
+    from tracekit.enrich.rules import KernelContext
     from tracekit.readers.common import demangle
+
+    ruleset = _load(rules_dirs)
 
     ctx = KernelContext(name=demangle(name), short_name=short_name, op=op, m=m,
                         grid=_dims(grid, "--grid"), block=_dims(block, "--block"))
@@ -232,6 +233,8 @@ def _last_dim(input_dims: str | None) -> int | None:
 def suggest_category(name: str, short_name: str, op: str | None = None, input_dims: str | None = None,
                      gemv_max_m: int = 8, shape_ops: dict | None = None) -> tuple[str | None, str]:
     """(category or None, the reason) from what is known of one kernel."""
+    from tracekit.enrich.rules import m_from_dims
+
     if op and re.fullmatch(r"aten::_?softmax|aten::_softmax|aten::softmax|aten::log_softmax|aten::_log_softmax", op):
         last = _last_dim(input_dims)
         if last is not None and last >= VOCAB_MIN:
@@ -265,6 +268,10 @@ def _toml_str(text: str) -> str:
 def suggest_rule(name: str, short_name: str, share: float, count: int, op: str | None = None,
                  input_dims: str | None = None, ruleset: RuleSet | None = None) -> str:
     """A draft [[rule]] for one unclassified kernel, its category proposed from the evidence."""
+    import re2
+
+    from tracekit.enrich.rules import CATEGORIES
+
     key = short_name or name
     lowered = key.lower()
     category, reason = suggest_category(name, short_name, op, input_dims,
@@ -311,6 +318,8 @@ def suggest_cmd(db_path, run_ids, top) -> None:
     if not rows:
         click.echo("# no unclassified kernels: nothing to suggest")
         return
+    from tracekit.enrich.rules import RuleSet
+
     ruleset = RuleSet.load(strict=False)
     click.echo("# Draft rules for unclassified kernels. Review every category and TODO before use.\n")
     click.echo("\n\n".join(
@@ -328,6 +337,7 @@ def suggest_cmd(db_path, run_ids, top) -> None:
 def classify_cmd(db_path, run_ids, rules_dirs, gemv_max_m) -> None:
     """Re-classify the kernels of every run (or --run) in place with the current rules."""
     from tracekit.enrich.classify import classify
+    from tracekit.enrich.rules import display_path
 
     ruleset = _load(rules_dirs)
     if gemv_max_m is not None:

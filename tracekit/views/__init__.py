@@ -3,8 +3,12 @@
 Views are created as TEMP views on every connection, so they work on read-only databases and
 always match the installed code (an old database never carries stale view definitions).
 Files run in name order; a view may read only views of files before it (work_roofline.sql, last,
-reads step_totals). The roofline views also read the GPU peak tables, which `create_views`
-installs on the connection first (tracekit.peaks).
+reads step_totals). The roofline views also read the GPU peak tables, which are installed on the
+connection with them (tracekit.peaks).
+
+The ON_DEMAND files may be left for later (`create_views(con, on_demand=False)`, then
+`create_on_demand_views(con)` when a query names one of `on_demand_names()`): binding the
+roofline's nested views costs more than all the others together, on every open of every command.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ from tracekit.store import PARTITION, PASSES_DDL
 
 # Tables the views read (besides `passes`, which create_views supplies when missing).
 _NEEDED = ("runs", "run_meta", "kernels")
+# View files made only when a query needs them (tracekit.api.Database): work_roofline.sql binds
+# op_work's 300-line definition once per view that nests it, 55-60 ms of a ~110 ms open. They sort
+# after every other file, so nothing made on every open reads them.
+ON_DEMAND = ("work_roofline.sql",)
+# The TEMP tables the on-demand views read, made with them (tracekit.peaks).
+_ON_DEMAND_TABLES = ("gpu_peaks", "peak_override")
 
 
 def sql_files() -> list[str]:
@@ -49,10 +59,14 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
 _ADDED = re.compile(r"^-- @added (\w+) (\w+) (\w+)$", re.M)
 
 
-def _main_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {r[0] for r in con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database() "
-        "AND schema_name = 'main'", [table]).fetchall()}
+def _main_columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """{table or view: its columns} of the database's main schema, in one catalog query."""
+    columns: dict[str, set[str]] = {}
+    for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main'").fetchall():
+        columns.setdefault(table, set()).add(column)
+    return columns
 
 
 def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -62,11 +76,12 @@ def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
     database (its `runs` has content_hash): a foreign file is left exactly as it was."""
     from tracekit.store import _schema_sql
 
-    if "content_hash" not in _main_columns(con, "runs"):
+    main = _main_columns(con)
+    if "content_hash" not in main.get("runs", ()):
         return
     missing: dict[str, list[tuple[str, str]]] = {}
     for table, col, typ in _ADDED.findall(_schema_sql()):
-        have = _main_columns(con, table)
+        have = main.get(table)
         if have and col not in have:
             missing.setdefault(table, []).append((col, typ))
     db = con.execute("SELECT current_database()").fetchall()[0][0]
@@ -85,7 +100,7 @@ def _ensure_rank_columns(con: duckdb.DuckDBPyConnection) -> None:
     # the view the file stores), and the missing run_ranks gets a temporary stand-in.
     from tracekit.store import create_kernels_view
 
-    if "content_hash" in _main_columns(con, "runs"):
+    if "content_hash" in _main_columns(con).get("runs", ()):
         create_kernels_view(con)
     if not _has_table(con, "run_ranks"):
         from tracekit.store import table_ddl
@@ -148,8 +163,15 @@ def _with_partition(sql: str) -> str:
     return sql.replace("{{partition}}", ", ".join(PARTITION))
 
 
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create (or replace) every analysis view on this connection.
+def _run_files(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    root = resources.files(__package__)
+    for name in names:
+        con.execute(_with_partition(root.joinpath(name).read_text()))
+
+
+def create_views(con: duckdb.DuckDBPyConnection, on_demand: bool = True) -> None:
+    """Create (or replace) every analysis view on this connection; `on_demand=False` leaves the
+    ON_DEMAND files' views to create_on_demand_views.
 
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
@@ -157,18 +179,33 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     _added_columns(con)
     _ensure_rank_columns(con)
     _rollups(con)
+    _run_files(con, [n for n in sql_files() if n not in ON_DEMAND])
+    if on_demand:
+        create_on_demand_views(con)
+
+
+def create_on_demand_views(con: duckdb.DuckDBPyConnection) -> None:
+    """The ON_DEMAND files' views and the GPU peak tables they read, on a connection that has the
+    others (create_views)."""
     _roofline_inputs(con)
+    _run_files(con, [n for n in sql_files() if n in ON_DEMAND])
+
+
+def _views_of(names: list[str]) -> list[str]:
+    found = []
     root = resources.files(__package__)
-    for name in sql_files():
-        con.execute(_with_partition(root.joinpath(name).read_text()))
+    for name in names:
+        for line in root.joinpath(name).read_text().splitlines():
+            if line.startswith("-- @view "):
+                found.append(line.split()[2])
+    return found
 
 
 def view_names() -> list[str]:
     """The views the SQL files define, for listings and tests."""
-    names = []
-    root = resources.files(__package__)
-    for name in sql_files():
-        for line in root.joinpath(name).read_text().splitlines():
-            if line.startswith("-- @view "):
-                names.append(line.split()[2])
-    return names
+    return _views_of(sql_files())
+
+
+def on_demand_names() -> list[str]:
+    """What create_on_demand_views makes: the ON_DEMAND files' views and the tables they read."""
+    return [*_views_of([n for n in sql_files() if n in ON_DEMAND]), *_ON_DEMAND_TABLES]
