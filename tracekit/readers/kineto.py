@@ -34,19 +34,27 @@ import gc
 import gzip
 import json
 import math
+import mmap
+import multiprocessing
 import os
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracekit.errors import TraceError
 from tracekit.readers.common import (
@@ -447,14 +455,17 @@ def _read_stream(path: Path) -> TraceData:
     memory. Raises _SplitWrong when the file is not laid out as Kineto writes it (events one per
     line, the array closed by `]` after the last event), or is broken: the whole-text path then
     reads it, or words the error exactly."""
+    helper = _Helper.start(path) if _wants_helper(path) else None
     pieces = _read_ahead(_pieces(path))
     try:
-        return _decode_stream(path, pieces)
+        return _decode_stream(path, pieces, helper)
     finally:
         pieces.close()  # stops the inflating thread at once when a slice did not decode
+        if helper is not None:
+            helper.close()
 
 
-def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
+def _decode_stream(path: Path, pieces: Iterator[bytes], helper: _Helper | None = None) -> TraceData:
     buf = bytearray()
     start = -1
     for piece in pieces:
@@ -471,6 +482,8 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
     tables = _Tables()
     tables.notes.utf8_repaired += repaired
     misses = 0
+    # With a helper: the slices not yet added to tables, in file order (see _Pending).
+    pending = _Pending(helper, tables, path) if helper is not None else None
     with _errors_as_trace_error(path):
         for piece in pieces:
             buf += piece
@@ -482,19 +495,30 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
             comma, nxt = cut
             buf[comma] = ord("]")
             text, repaired = _utf8(memoryview(buf)[:comma + 1])
-            events = _EVENTS.decode(text, tables.notes)
-            if events is None:  # not JSON: a cut inside an event, or a broken file
-                del text  # a view of buf: it must go before buf is resized
-                buf[comma] = ord(",")
-                misses += 1  # a cut inside an event: keep reading and cut further on
-                if misses > 4:
-                    raise _SplitWrong()
-                continue
-            tables.notes.utf8_repaired += repaired
-            tables.add(events, path, None)
-            del events, text  # its Raw values pin buf: it must go before buf is resized
+            if pending is not None:
+                pending.drain(wait=False)
+            if pending is not None and pending.to_helper(text):
+                tables.notes.utf8_repaired += repaired
+            else:
+                local = pending.local() if pending is not None and pending.queue else tables
+                events = _EVENTS.decode(text, local.notes)
+                if events is None:  # not JSON: a cut inside an event, or a broken file
+                    del text  # a view of buf: it must go before buf is resized
+                    buf[comma] = ord(",")
+                    misses += 1  # a cut inside an event: keep reading and cut further on
+                    if misses > 4:
+                        raise _SplitWrong()
+                    continue
+                tables.notes.utf8_repaired += repaired
+                local.add(events, path, None)
+                del events
+                if local is not tables:
+                    pending.add_part(local, text)  # behind the helper's slice: added after it
+            del text  # a view of buf (and the events' Raw values): it must go before buf is resized
             del buf[:nxt - 1]
             buf[0] = ord("[")
+        if pending is not None:
+            pending.drain(wait=True)
         del buf[:1]
         top, end = _close_events(prefix, buf)
         tail, repaired = _utf8(b"[" + bytes(buf[:end]) + b"]")
@@ -561,6 +585,225 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
     finally:
         stop.set()
         worker.join()
+
+
+# Traces of at least this much JSON text get a second decoding process (_Helper). Below it the
+# helper's start (~0.35 CPU-s of imports, while this process decodes alone) is not won back:
+# the 230 MB bench trace imported no faster with it (2.5-2.6 s either way), the 2.27 GB one
+# 1.5 s faster. A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+_HELPER_MIN_BYTES = 512 << 20
+_GZ_RATIO = 12
+# Shared memory for the slice a helper decodes: a slice is _CHUNK plus at most one inflated piece.
+_SHARED_BYTES = 64 << 20
+
+
+def _wants_helper(path: Path) -> bool:
+    """A helper process pays off on a big file, with a second CPU to run on, and not inside a
+    worker process (`import -j`, Dask: the files are already parsed in parallel there)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create"):
+        return False
+    try:
+        with path.open("rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False  # _pieces words the error
+    return size * (_GZ_RATIO if gz else 1) >= _HELPER_MIN_BYTES
+
+
+class _Helper:
+    """A second process that decodes every other slice of events into columns (_helper_main),
+    while this one decodes the next: msgspec holds the GIL, so a thread could not.
+
+    Its columns (_Tables.part) are merged in file order (_take), so the tables are the ones one
+    process reads. What it cannot decide alone is redone here, in order, from the slice's text:
+    a B/E pair or a missing correlation spanning slices, a slice that did not decode, any error
+    (so errors are this process's own), a helper that died. A helper that does not start is
+    simply never used. It is a plain `python -c` child, not multiprocessing's spawn, which would
+    import the caller's __main__ again. Slices go through shared memory (a memfd both map), not
+    the socket: copying 8 MB through it cost more than a tenth of decoding it."""
+
+    def __init__(self, proc: subprocess.Popen, conn: Connection, shared: mmap.mmap) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.shared = shared
+        self.ready = False
+        self.broken = False
+        self.sent: int | None = None  # bytes of the slice the helper has (in shared)
+
+    @classmethod
+    def start(cls, path: Path) -> _Helper | None:
+        ours, theirs = socket.socketpair()
+        mem = os.memfd_create("tracekit-slice")
+        try:
+            os.ftruncate(mem, _SHARED_BYTES)  # pages are only allocated as slices are written
+            shared = mmap.mmap(mem, _SHARED_BYTES)
+            root = str(Path(__file__).resolve().parents[2])  # so a source checkout finds this package too
+            cmd = (f"import sys; sys.path.insert(0, {root!r}); from tracekit.readers.kineto import _helper_main; "
+                   f"_helper_main({theirs.fileno()}, {mem}, {_SHARED_BYTES}, {str(path)!r})")
+            # Quiet: whatever goes wrong in it is redone here, and this process's errors are the ones shown.
+            proc = subprocess.Popen([sys.executable, "-c", cmd], pass_fds=[theirs.fileno(), mem],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+            os.close(mem)
+        return cls(proc, Connection(ours.detach()), shared)
+
+    def idle(self) -> bool:
+        """Ready for a slice: started (never waited for) and holding none."""
+        if self.broken or self.sent is not None:
+            return False
+        if not self.ready:
+            try:
+                if not self.conn.poll():
+                    return False  # still importing: this process decodes meanwhile
+                self.ready = self.conn.recv() == "ready"
+            except (EOFError, OSError):
+                self.ready = False
+            self.broken = not self.ready
+        return self.ready
+
+    def send(self, text: memoryview) -> bool:
+        """Hand the helper a slice; False (nothing sent) when it does not fit the shared memory."""
+        n = len(text)
+        if n > len(self.shared):
+            return False
+        self.shared[:n] = text
+        self.sent = n
+        try:
+            self.conn.send(n)
+        except OSError:
+            self.broken = True  # died: the slice is redone here when taken
+        return True
+
+    def answered(self) -> bool:
+        try:
+            return self.broken or self.conn.poll()
+        except OSError:
+            return True  # result() finds it broken
+
+    def result(self) -> tuple[bytes | None, dict | None]:
+        """(the slice sent, its part or None: redo it here); (None, None) when none was sent."""
+        n, self.sent = self.sent, None
+        if n is None:
+            return None, None
+        part = None
+        if not self.broken:
+            try:
+                part = self.conn.recv()
+            except (EOFError, OSError):
+                self.broken = True
+        return (self.shared[:n] if part is None else b""), part
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)  # the helper's signal to exit
+        except OSError:
+            pass
+        self.conn.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Pending:
+    """Slices read but not yet added to the reader's tables, in file order: the helper's slice
+    (until it answers) and the slices this process decoded after it, each as a part (its own
+    _Tables, merged later), so that neither process waits for the other. A part that cannot be
+    made alone (see _Tables.part) keeps its text and is decoded again when its turn comes."""
+
+    _HELPER = object()
+    _MAX = 8  # parts held at most before waiting for the helper: memory stays bounded
+
+    def __init__(self, helper: _Helper, tables: _Tables, path: Path) -> None:
+        self.helper = helper
+        self.tables = tables
+        self.path = path
+        self.queue: deque = deque()
+
+    def to_helper(self, text: memoryview) -> bool:
+        """Hand the slice to the helper if it is free (and the queue is not full of its parts)."""
+        if len(self.queue) >= self._MAX:
+            self.drain(wait=True)
+        if self.helper.idle() and self.helper.send(text):
+            self.queue.append(self._HELPER)
+            return True
+        return False
+
+    def local(self) -> _Tables:
+        """A _Tables for one slice decoded here while earlier ones are pending."""
+        local = _Tables()
+        local.json_text = self.tables.json_text  # text of each distinct shape: the same for every slice
+        return local
+
+    def add_part(self, local: _Tables, text: memoryview) -> None:
+        part = local.part()
+        self.queue.append(part if part is not None else bytes(text))
+
+    def drain(self, wait: bool) -> None:
+        """Add the pending slices at the front of the queue, up to the helper's unanswered one
+        (`wait`: all, waiting for the helper's answer)."""
+        while self.queue:
+            item = self.queue[0]
+            if item is self._HELPER:
+                if not wait and not self.helper.answered():
+                    return
+                text, part = self.helper.result()
+                if part is not None:
+                    self.tables.merge(part)
+                else:
+                    self._redo(text)
+            elif isinstance(item, dict):
+                self.tables.merge(item)
+            else:
+                self._redo(item)
+            self.queue.popleft()
+
+    def _redo(self, text: bytes) -> None:
+        events = _EVENTS.decode(text, self.tables.notes)
+        if events is None:
+            raise _SplitWrong()  # a cut inside an event, or not JSON: the whole-text path reads or words it
+        self.tables.add(events, self.path, None)
+
+
+def _helper_main(fd: int, mem: int, size: int, path: str) -> None:
+    """The helper process (see _Helper): each slice of text (its length in the shared memory)
+    is answered with its columns (_Tables.part), or None where the reading process must do it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading process's to handle
+    gc.disable()
+    conn = Connection(fd)
+    shared = memoryview(mmap.mmap(mem, size))
+    json_text: dict[tuple[int, bytes], str | None] = {}  # distinct shapes and types, kept across slices
+    try:
+        conn.send("ready")
+        while (n := conn.recv()) is not None:
+            text = shared[:n]  # decoded in place; the events' Raw values are views of it until dropped
+            tables = _Tables()
+            tables.json_text = json_text
+            part = None
+            try:
+                events = _EVENTS.decode(text, tables.notes)
+                if events is not None:
+                    tables.add(events, Path(path), None)
+                    part = tables.part()
+            except Exception:  # noqa: BLE001 - redone by the reading process, which raises it there
+                part = None
+            events = tables = text = None
+            conn.send(part)
+    except (EOFError, OSError):
+        pass  # the reading process is gone, or stopped early: nothing left to do
+    # Nothing to clean up that the OS does not: skipping the interpreter's teardown (tens of ms
+    # of freeing modules) lets the reading process reap it at once.
+    os._exit(0)
 
 
 def _pieces(path: Path) -> Iterator[bytes]:
@@ -919,6 +1162,14 @@ _LA_BATCH, _LA_OUT = _coded(LAUNCH_SCHEMA, _LA_COLS)
 _O_BATCH, _O_OUT = _coded(OP_SCHEMA, _O_COLS)
 
 
+# The tables a helper's part carries (_Tables attributes), and their columns holding codes of
+# _Tables.codes (short_name holds the name's codes until finish).
+_PART_TABLES = ("k", "la", "r", "o", "m")
+_PART_CODES = {"k": {"name": "k.name", "short_name": "k.name"}, "la": {"name": "la.name", "kind": "la.kind"},
+               "o": {"name": "o.name", "source": "o.source", "input_dims": "o.input_dims",
+                     "input_types": "o.input_types"}}
+
+
 class _Tables:
     """Accumulates each kept table as Arrow record batches, one per slice of events."""
 
@@ -975,6 +1226,34 @@ class _Tables:
             self._ranges(rngs)
         if mem:
             self._memops(mem)
+
+    def part(self) -> dict | None:
+        """This one slice's columns for another _Tables (merge), or None when the slice holds
+        what only the reader of every slice in order can settle: a B/E pair left open or an E
+        without its B (pairs across slices), rows without correlation (their row numbers)."""
+        if any(self.open_b.values()) or self.lone_e or self.need_flow:
+            return None
+        cols = {t: {name: parts[0] for name, parts in getattr(self, t).parts.items() if parts} for t in _PART_TABLES}
+        return {"cols": cols, "codes": {k: c.values for k, c in self.codes.items()},
+                "bad_ts": self.bad_ts, "ignored": self.notes.ignored}
+
+    def merge(self, part: dict) -> None:
+        """Append a part (another _Tables' slice) as if its events had been added here: its
+        dictionary codes mapped to this reader's (new values get codes in the order they first
+        appear, as add gives them)."""
+        remap = {k: pa.array(np.fromiter(map(self.codes[k].__getitem__, vals), np.int32, len(vals)), pa.int32())
+                 for k, vals in part["codes"].items()}
+        for t in _PART_TABLES:
+            cols = part["cols"][t]
+            if not cols:
+                continue
+            coded = _PART_CODES.get(t, {})
+            cols = {name: pc.take(remap[coded[name]], arr) if name in coded else arr for name, arr in cols.items()}
+            getattr(self, t).append(cols)
+            if t in self.rows:
+                self.rows[t] += len(cols["start_ns"])
+        self.bad_ts += part["bad_ts"]
+        self.notes.ignored.update(part["ignored"])
 
     def _paired(self, e: Event) -> Event | None:
         """Duration events as B/E pairs (the Chrome format's other way to write an X event): an E
