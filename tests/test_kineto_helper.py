@@ -151,3 +151,15 @@ def test_broken_text_is_worded_as_without_helper(tmp_path, helper_on, monkeypatc
     with pytest.raises(TraceError) as without:
         _single(f, monkeypatch)
     assert str(with_helper.value) == str(without.value) and "invalid JSON" in str(with_helper.value)
+
+
+def test_who_gets_a_helper(monkeypatch):
+    # By the JSON text's size (a gzipped file counts _GZ_RATIO times), unless turned off.
+    size = KINETO_L2.stat().st_size
+    monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", size * kineto._GZ_RATIO)
+    assert kineto._wants_helper(KINETO_L2)
+    monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", size * kineto._GZ_RATIO + 1)
+    assert not kineto._wants_helper(KINETO_L2)
+    monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", 0)
+    monkeypatch.setenv("TRACEKIT_KINETO_HELPER", "0")
+    assert not kineto._wants_helper(KINETO_L2)

@@ -22,6 +22,12 @@ Speed and memory on traces of hundreds of MB come from these choices:
   (kernel short names, input shapes) are computed once each, and string columns stay
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
+- A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
+  process (_Helper, _helper_main) turns every other streamed slice into columns while this one
+  decodes the next, and its columns are merged in file order (_Pending), so the tables are the
+  ones one process reads; what only an in-order reading can settle is redone here from the
+  slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
+  workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
 nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
 writes (see _ns and _ns_array).
@@ -599,7 +605,10 @@ _SHARED_BYTES = 64 << 20
 
 def _wants_helper(path: Path) -> bool:
     """A helper process pays off on a big file, with a second CPU to run on, and not inside a
-    worker process (`import -j`, Dask: the files are already parsed in parallel there)."""
+    worker process (`import -j`, Dask: the files are already parsed in parallel there).
+    TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison)."""
+    if os.environ.get("TRACEKIT_KINETO_HELPER") == "0":
+        return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
