@@ -136,7 +136,7 @@ def test_a_helper_that_dies_is_redone_here(helper_on, monkeypatch):
 
     monkeypatch.setattr(kineto._Helper, "send", send_then_die)
     got = kineto.read(KINETO_L2)
-    assert helper_on["merged"] >= 3 and helper_on["redone"] == 1  # its last slice, then no more
+    assert helper_on["merged"] >= 2 and 1 <= helper_on["redone"] <= kineto._SLOTS  # the slices it held, then no more
     _same(got, _single(KINETO_L2, monkeypatch))
 
 

@@ -43,6 +43,7 @@ import math
 import mmap
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -599,8 +600,10 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
 # 1.5 s faster. A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
 _HELPER_MIN_BYTES = 512 << 20
 _GZ_RATIO = 12
-# Shared memory for the slice a helper decodes: a slice is _CHUNK plus at most one inflated piece.
-_SHARED_BYTES = 64 << 20
+# Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
+# at most one inflated piece; its columns take a fraction of its text.
+_SHARED_BYTES = 32 << 20
+_SLOTS = 2
 
 
 def _wants_helper(path: Path) -> bool:
@@ -625,16 +628,21 @@ def _wants_helper(path: Path) -> bool:
 
 
 class _Helper:
-    """A second process that decodes every other slice of events into columns (_helper_main),
-    while this one decodes the next: msgspec holds the GIL, so a thread could not.
+    """A second process that decodes slices of events into columns (_helper_main) while this
+    one decodes others: msgspec holds the GIL, so a thread could not.
 
-    Its columns (_Tables.part) are merged in file order (_take), so the tables are the ones one
-    process reads. What it cannot decide alone is redone here, in order, from the slice's text:
-    a B/E pair or a missing correlation spanning slices, a slice that did not decode, any error
-    (so errors are this process's own), a helper that died. A helper that does not start is
+    Its columns (_Tables.part) are merged in file order (_Pending), so the tables are the ones
+    one process reads. What it cannot decide alone is redone here, in order, from the slice's
+    text: a B/E pair or a missing correlation spanning slices, a slice that did not decode, any
+    error (so errors are this process's own), a helper that died. A helper that does not start is
     simply never used. It is a plain `python -c` child, not multiprocessing's spawn, which would
-    import the caller's __main__ again. Slices go through shared memory (a memfd both map), not
-    the socket: copying 8 MB through it cost more than a tenth of decoding it."""
+    import the caller's __main__ again.
+
+    It holds up to _SLOTS slices, so it never waits for this process to hand it the next one.
+    Slices and its answers (pickled parts) go through shared memory (a memfd both map: slot i
+    is the slice, then the answer, _SHARED_BYTES each); the socket carries only their sizes, so
+    neither process blocks on the other's reading (8 MB through the socket also cost more than a
+    tenth of decoding it)."""
 
     def __init__(self, proc: subprocess.Popen, conn: Connection, shared: mmap.mmap) -> None:
         self.proc = proc
@@ -642,18 +650,19 @@ class _Helper:
         self.shared = shared
         self.ready = False
         self.broken = False
-        self.sent: int | None = None  # bytes of the slice the helper has (in shared)
+        self.sent: deque[tuple[int, int]] = deque()  # (slot, bytes) of the slices it holds, in order
 
     @classmethod
     def start(cls, path: Path) -> _Helper | None:
         ours, theirs = socket.socketpair()
         mem = os.memfd_create("tracekit-slice")
+        size = 2 * _SLOTS * _SHARED_BYTES
         try:
-            os.ftruncate(mem, _SHARED_BYTES)  # pages are only allocated as slices are written
-            shared = mmap.mmap(mem, _SHARED_BYTES)
+            os.ftruncate(mem, size)  # pages are only allocated as slices are written
+            shared = mmap.mmap(mem, size)
             root = str(Path(__file__).resolve().parents[2])  # so a source checkout finds this package too
             cmd = (f"import sys; sys.path.insert(0, {root!r}); from tracekit.readers.kineto import _helper_main; "
-                   f"_helper_main({theirs.fileno()}, {mem}, {_SHARED_BYTES}, {str(path)!r})")
+                   f"_helper_main({theirs.fileno()}, {mem}, {str(path)!r})")
             # Quiet: whatever goes wrong in it is redone here, and this process's errors are the ones shown.
             proc = subprocess.Popen([sys.executable, "-c", cmd], pass_fds=[theirs.fileno(), mem],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -666,8 +675,8 @@ class _Helper:
         return cls(proc, Connection(ours.detach()), shared)
 
     def idle(self) -> bool:
-        """Ready for a slice: started (never waited for) and holding none."""
-        if self.broken or self.sent is not None:
+        """Ready for a slice: started (never waited for) and a slot free."""
+        if self.broken or len(self.sent) >= _SLOTS:
             return False
         if not self.ready:
             try:
@@ -680,36 +689,40 @@ class _Helper:
         return self.ready
 
     def send(self, text: memoryview) -> bool:
-        """Hand the helper a slice; False (nothing sent) when it does not fit the shared memory."""
+        """Hand the helper a slice; False (nothing sent) when it does not fit a slot."""
         n = len(text)
-        if n > len(self.shared):
+        if n > _SHARED_BYTES:
             return False
-        self.shared[:n] = text
-        self.sent = n
+        slot = min(set(range(_SLOTS)) - {s for s, _ in self.sent})
+        at = 2 * slot * _SHARED_BYTES
+        self.shared[at:at + n] = text
+        self.sent.append((slot, n))
         try:
-            self.conn.send(n)
+            self.conn.send((slot, n))
         except OSError:
             self.broken = True  # died: the slice is redone here when taken
         return True
 
     def answered(self) -> bool:
+        """Whether the oldest slice's answer is there (answers come in the order sent)."""
         try:
             return self.broken or self.conn.poll()
         except OSError:
             return True  # result() finds it broken
 
-    def result(self) -> tuple[bytes | None, dict | None]:
-        """(the slice sent, its part or None: redo it here); (None, None) when none was sent."""
-        n, self.sent = self.sent, None
-        if n is None:
-            return None, None
+    def result(self) -> tuple[bytes, dict | None]:
+        """The oldest slice sent: (b"", its part), or (its text, None): redo it here."""
+        slot, n = self.sent.popleft()
+        at = 2 * slot * _SHARED_BYTES
         part = None
         if not self.broken:
             try:
-                part = self.conn.recv()
+                size = self.conn.recv()
+                if size is not None:
+                    part = pickle.loads(self.shared[at + _SHARED_BYTES:at + _SHARED_BYTES + size])
             except (EOFError, OSError):
                 self.broken = True
-        return (self.shared[:n] if part is None else b""), part
+        return (self.shared[at:at + n] if part is None else b""), part
 
     def close(self) -> None:
         try:
@@ -784,30 +797,39 @@ class _Pending:
         self.tables.add(events, self.path, None)
 
 
-def _helper_main(fd: int, mem: int, size: int, path: str) -> None:
-    """The helper process (see _Helper): each slice of text (its length in the shared memory)
-    is answered with its columns (_Tables.part), or None where the reading process must do it."""
+def _helper_main(fd: int, mem: int, path: str) -> None:
+    """The helper process (see _Helper): each slice of text (slot and length in the shared
+    memory) is answered with the length of its pickled columns (_Tables.part) in the slot's
+    answer half, or None where the reading process must do it itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading process's to handle
     gc.disable()
     conn = Connection(fd)
-    shared = memoryview(mmap.mmap(mem, size))
+    shared = memoryview(mmap.mmap(mem, 2 * _SLOTS * _SHARED_BYTES))
     json_text: dict[tuple[int, bytes], str | None] = {}  # distinct shapes and types, kept across slices
     try:
         conn.send("ready")
-        while (n := conn.recv()) is not None:
-            text = shared[:n]  # decoded in place; the events' Raw values are views of it until dropped
+        while (msg := conn.recv()) is not None:
+            slot, n = msg
+            at = 2 * slot * _SHARED_BYTES
+            text = shared[at:at + n]  # decoded in place; the events' Raw values are views of it until dropped
             tables = _Tables()
             tables.json_text = json_text
-            part = None
+            answer = None
             try:
                 events = _EVENTS.decode(text, tables.notes)
                 if events is not None:
                     tables.add(events, Path(path), None)
                     part = tables.part()
+                    if part is not None:
+                        answer = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:  # noqa: BLE001 - redone by the reading process, which raises it there
-                part = None
-            events = tables = text = None
-            conn.send(part)
+                answer = None
+            if answer is not None and len(answer) <= _SHARED_BYTES:
+                shared[at + _SHARED_BYTES:at + _SHARED_BYTES + len(answer)] = answer
+                conn.send(len(answer))
+            else:
+                conn.send(None)
+            events = tables = text = answer = part = None
     except (EOFError, OSError):
         pass  # the reading process is gone, or stopped early: nothing left to do
     # Nothing to clean up that the OS does not: skipping the interpreter's teardown (tens of ms
