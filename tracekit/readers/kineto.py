@@ -23,8 +23,8 @@ Speed and memory on traces of hundreds of MB come from these choices:
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
 - A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
-  process (_Helper, _helper_main) turns every other streamed slice into columns while this one
-  decodes the next, and its columns are merged in file order (_Pending), so the tables are the
+  process (_Helper, _helper_main) turns streamed slices into columns whenever it has room while
+  this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
   ones one process reads; what only an in-order reading can settle is redone here from the
   slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
   workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
@@ -597,7 +597,7 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
 # Traces of at least this much JSON text get a second decoding process (_Helper). Below it the
 # helper's start (~0.35 CPU-s of imports, while this process decodes alone) is not won back:
 # the 230 MB bench trace imported no faster with it (2.5-2.6 s either way), the 2.27 GB one
-# 1.5 s faster. A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+# ~2.3 s faster (15.2-15.6 -> 12.9-13.3 s). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
 _HELPER_MIN_BYTES = 512 << 20
 _GZ_RATIO = 12
 # Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
@@ -616,7 +616,8 @@ def _wants_helper(path: Path) -> bool:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    if cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create"):
+    if (cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create")
+            or not sys.executable):  # an embedding application may have no interpreter to start
         return False
     try:
         with path.open("rb") as f:
