@@ -789,6 +789,12 @@ def main() -> None:
                        prepare=fresh(db))
                 repeat("tracekit import (CLI, end to end)", lambda b=big: cli_import([b], db), 1, sg,
                        prepare=fresh(db))
+                # The comparison for the reader's helper process (readers/kineto.py _Helper): the
+                # same import decoded by one process. Peak RSS is the larger process's (wait4),
+                # so the helper's own (~100-150 MB) is not in the first figure.
+                repeat("tracekit import (CLI, one decoding process)",
+                       lambda b=big: ["env", "TRACEKIT_KINETO_HELPER=0", *cli_import([b], db)], 1, sg,
+                       prepare=fresh(db))
                 sg["load_after"] = load()
             g["load_after"] = load()
         if "nsys" in groups:

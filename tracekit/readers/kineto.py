@@ -22,6 +22,12 @@ Speed and memory on traces of hundreds of MB come from these choices:
   (kernel short names, input shapes) are computed once each, and string columns stay
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
+- A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
+  process (_Helper, _helper_main) turns streamed slices into columns whenever it has room while
+  this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
+  ones one process reads; what only an in-order reading can settle is redone here from the
+  slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
+  workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
 nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
 writes (see _ns and _ns_array).
@@ -34,19 +40,28 @@ import gc
 import gzip
 import json
 import math
+import mmap
+import multiprocessing
 import os
+import pickle
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracekit.errors import TraceError
 from tracekit.readers.common import (
@@ -447,14 +462,17 @@ def _read_stream(path: Path) -> TraceData:
     memory. Raises _SplitWrong when the file is not laid out as Kineto writes it (events one per
     line, the array closed by `]` after the last event), or is broken: the whole-text path then
     reads it, or words the error exactly."""
+    helper = _Helper.start(path) if _wants_helper(path) else None
     pieces = _read_ahead(_pieces(path))
     try:
-        return _decode_stream(path, pieces)
+        return _decode_stream(path, pieces, helper)
     finally:
         pieces.close()  # stops the inflating thread at once when a slice did not decode
+        if helper is not None:
+            helper.close()
 
 
-def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
+def _decode_stream(path: Path, pieces: Iterator[bytes], helper: _Helper | None = None) -> TraceData:
     buf = bytearray()
     start = -1
     for piece in pieces:
@@ -471,6 +489,8 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
     tables = _Tables()
     tables.notes.utf8_repaired += repaired
     misses = 0
+    # With a helper: the slices not yet added to tables, in file order (see _Pending).
+    pending = _Pending(helper, tables, path) if helper is not None else None
     with _errors_as_trace_error(path):
         for piece in pieces:
             buf += piece
@@ -482,19 +502,30 @@ def _decode_stream(path: Path, pieces: Iterator[bytes]) -> TraceData:
             comma, nxt = cut
             buf[comma] = ord("]")
             text, repaired = _utf8(memoryview(buf)[:comma + 1])
-            events = _EVENTS.decode(text, tables.notes)
-            if events is None:  # not JSON: a cut inside an event, or a broken file
-                del text  # a view of buf: it must go before buf is resized
-                buf[comma] = ord(",")
-                misses += 1  # a cut inside an event: keep reading and cut further on
-                if misses > 4:
-                    raise _SplitWrong()
-                continue
-            tables.notes.utf8_repaired += repaired
-            tables.add(events, path, None)
-            del events, text  # its Raw values pin buf: it must go before buf is resized
+            if pending is not None:
+                pending.drain(wait=False)
+            if pending is not None and pending.to_helper(text):
+                tables.notes.utf8_repaired += repaired
+            else:
+                local = pending.local() if pending is not None and pending.queue else tables
+                events = _EVENTS.decode(text, local.notes)
+                if events is None:  # not JSON: a cut inside an event, or a broken file
+                    del text  # a view of buf: it must go before buf is resized
+                    buf[comma] = ord(",")
+                    misses += 1  # a cut inside an event: keep reading and cut further on
+                    if misses > 4:
+                        raise _SplitWrong()
+                    continue
+                tables.notes.utf8_repaired += repaired
+                local.add(events, path, None)
+                del events
+                if local is not tables:
+                    pending.add_part(local, text)  # behind the helper's slice: added after it
+            del text  # a view of buf (and the events' Raw values): it must go before buf is resized
             del buf[:nxt - 1]
             buf[0] = ord("[")
+        if pending is not None:
+            pending.drain(wait=True)
         del buf[:1]
         top, end = _close_events(prefix, buf)
         tail, repaired = _utf8(b"[" + bytes(buf[:end]) + b"]")
@@ -561,6 +592,250 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
     finally:
         stop.set()
         worker.join()
+
+
+# Traces of at least this much JSON text get a second decoding process (_Helper). Below it the
+# helper's start (~0.35 CPU-s of imports, while this process decodes alone) is not won back:
+# the 230 MB bench trace imported no faster with it (2.5-2.6 s either way), the 2.27 GB one
+# ~2.3 s faster (15.2-15.6 -> 12.9-13.3 s). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+_HELPER_MIN_BYTES = 512 << 20
+_GZ_RATIO = 12
+# Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
+# at most one inflated piece; its columns take a fraction of its text.
+_SHARED_BYTES = 32 << 20
+_SLOTS = 2
+
+
+def _wants_helper(path: Path) -> bool:
+    """A helper process pays off on a big file, with a second CPU to run on, and not inside a
+    worker process (`import -j`, Dask: the files are already parsed in parallel there).
+    TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison)."""
+    if os.environ.get("TRACEKIT_KINETO_HELPER") == "0":
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if (cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create")
+            or not sys.executable):  # an embedding application may have no interpreter to start
+        return False
+    try:
+        with path.open("rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False  # _pieces words the error
+    return size * (_GZ_RATIO if gz else 1) >= _HELPER_MIN_BYTES
+
+
+class _Helper:
+    """A second process that decodes slices of events into columns (_helper_main) while this
+    one decodes others: msgspec holds the GIL, so a thread could not.
+
+    Its columns (_Tables.part) are merged in file order (_Pending), so the tables are the ones
+    one process reads. What it cannot decide alone is redone here, in order, from the slice's
+    text: a B/E pair or a missing correlation spanning slices, a slice that did not decode, any
+    error (so errors are this process's own), a helper that died. A helper that does not start is
+    simply never used. It is a plain `python -c` child, not multiprocessing's spawn, which would
+    import the caller's __main__ again.
+
+    It holds up to _SLOTS slices, so it never waits for this process to hand it the next one.
+    Slices and its answers (pickled parts) go through shared memory (a memfd both map: slot i
+    is the slice, then the answer, _SHARED_BYTES each); the socket carries only their sizes, so
+    neither process blocks on the other's reading (8 MB through the socket also cost more than a
+    tenth of decoding it)."""
+
+    def __init__(self, proc: subprocess.Popen, conn: Connection, shared: mmap.mmap) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.shared = shared
+        self.ready = False
+        self.broken = False
+        self.sent: deque[tuple[int, int]] = deque()  # (slot, bytes) of the slices it holds, in order
+
+    @classmethod
+    def start(cls, path: Path) -> _Helper | None:
+        ours, theirs = socket.socketpair()
+        mem = os.memfd_create("tracekit-slice")
+        size = 2 * _SLOTS * _SHARED_BYTES
+        try:
+            os.ftruncate(mem, size)  # pages are only allocated as slices are written
+            shared = mmap.mmap(mem, size)
+            root = str(Path(__file__).resolve().parents[2])  # so a source checkout finds this package too
+            cmd = (f"import sys; sys.path.insert(0, {root!r}); from tracekit.readers.kineto import _helper_main; "
+                   f"_helper_main({theirs.fileno()}, {mem}, {str(path)!r})")
+            # Quiet: whatever goes wrong in it is redone here, and this process's errors are the ones shown.
+            proc = subprocess.Popen([sys.executable, "-c", cmd], pass_fds=[theirs.fileno(), mem],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+            os.close(mem)
+        return cls(proc, Connection(ours.detach()), shared)
+
+    def idle(self) -> bool:
+        """Ready for a slice: started (never waited for) and a slot free."""
+        if self.broken or len(self.sent) >= _SLOTS:
+            return False
+        if not self.ready:
+            try:
+                if not self.conn.poll():
+                    return False  # still importing: this process decodes meanwhile
+                self.ready = self.conn.recv() == "ready"
+            except (EOFError, OSError):
+                self.ready = False
+            self.broken = not self.ready
+        return self.ready
+
+    def send(self, text: memoryview) -> bool:
+        """Hand the helper a slice; False (nothing sent) when it does not fit a slot."""
+        n = len(text)
+        if n > _SHARED_BYTES:
+            return False
+        slot = min(set(range(_SLOTS)) - {s for s, _ in self.sent})
+        at = 2 * slot * _SHARED_BYTES
+        self.shared[at:at + n] = text
+        self.sent.append((slot, n))
+        try:
+            self.conn.send((slot, n))
+        except OSError:
+            self.broken = True  # died: the slice is redone here when taken
+        return True
+
+    def answered(self) -> bool:
+        """Whether the oldest slice's answer is there (answers come in the order sent)."""
+        try:
+            return self.broken or self.conn.poll()
+        except OSError:
+            return True  # result() finds it broken
+
+    def result(self) -> tuple[bytes, dict | None]:
+        """The oldest slice sent: (b"", its part), or (its text, None): redo it here."""
+        slot, n = self.sent.popleft()
+        at = 2 * slot * _SHARED_BYTES
+        part = None
+        if not self.broken:
+            try:
+                size = self.conn.recv()
+                if size is not None:
+                    part = pickle.loads(self.shared[at + _SHARED_BYTES:at + _SHARED_BYTES + size])
+            except (EOFError, OSError):
+                self.broken = True
+        return (self.shared[at:at + n] if part is None else b""), part
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)  # the helper's signal to exit
+        except OSError:
+            pass
+        self.conn.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Pending:
+    """Slices read but not yet added to the reader's tables, in file order: the helper's slice
+    (until it answers) and the slices this process decoded after it, each as a part (its own
+    _Tables, merged later), so that neither process waits for the other. A part that cannot be
+    made alone (see _Tables.part) keeps its text and is decoded again when its turn comes."""
+
+    _HELPER = object()
+    _MAX = 8  # parts held at most before waiting for the helper: memory stays bounded
+
+    def __init__(self, helper: _Helper, tables: _Tables, path: Path) -> None:
+        self.helper = helper
+        self.tables = tables
+        self.path = path
+        self.queue: deque = deque()
+
+    def to_helper(self, text: memoryview) -> bool:
+        """Hand the slice to the helper if it is free (and the queue is not full of its parts)."""
+        if len(self.queue) >= self._MAX:
+            self.drain(wait=True)
+        if self.helper.idle() and self.helper.send(text):
+            self.queue.append(self._HELPER)
+            return True
+        return False
+
+    def local(self) -> _Tables:
+        """A _Tables for one slice decoded here while earlier ones are pending."""
+        local = _Tables()
+        local.json_text = self.tables.json_text  # text of each distinct shape: the same for every slice
+        return local
+
+    def add_part(self, local: _Tables, text: memoryview) -> None:
+        part = local.part()
+        self.queue.append(part if part is not None else bytes(text))
+
+    def drain(self, wait: bool) -> None:
+        """Add the pending slices at the front of the queue, up to the helper's unanswered one
+        (`wait`: all, waiting for the helper's answer)."""
+        while self.queue:
+            item = self.queue[0]
+            if item is self._HELPER:
+                if not wait and not self.helper.answered():
+                    return
+                text, part = self.helper.result()
+                if part is not None:
+                    self.tables.merge(part)
+                else:
+                    self._redo(text)
+            elif isinstance(item, dict):
+                self.tables.merge(item)
+            else:
+                self._redo(item)
+            self.queue.popleft()
+
+    def _redo(self, text: bytes) -> None:
+        events = _EVENTS.decode(text, self.tables.notes)
+        if events is None:
+            raise _SplitWrong()  # a cut inside an event, or not JSON: the whole-text path reads or words it
+        self.tables.add(events, self.path, None)
+
+
+def _helper_main(fd: int, mem: int, path: str) -> None:
+    """The helper process (see _Helper): each slice of text (slot and length in the shared
+    memory) is answered with the length of its pickled columns (_Tables.part) in the slot's
+    answer half, or None where the reading process must do it itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading process's to handle
+    gc.disable()
+    conn = Connection(fd)
+    shared = memoryview(mmap.mmap(mem, 2 * _SLOTS * _SHARED_BYTES))
+    json_text: dict[tuple[int, bytes], str | None] = {}  # distinct shapes and types, kept across slices
+    try:
+        conn.send("ready")
+        while (msg := conn.recv()) is not None:
+            slot, n = msg
+            at = 2 * slot * _SHARED_BYTES
+            text = shared[at:at + n]  # decoded in place; the events' Raw values are views of it until dropped
+            tables = _Tables()
+            tables.json_text = json_text
+            answer = None
+            try:
+                events = _EVENTS.decode(text, tables.notes)
+                if events is not None:
+                    tables.add(events, Path(path), None)
+                    part = tables.part()
+                    if part is not None:
+                        answer = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001 - redone by the reading process, which raises it there
+                answer = None
+            if answer is not None and len(answer) <= _SHARED_BYTES:
+                shared[at + _SHARED_BYTES:at + _SHARED_BYTES + len(answer)] = answer
+                conn.send(len(answer))
+            else:
+                conn.send(None)
+            events = tables = text = answer = part = None
+    except (EOFError, OSError):
+        pass  # the reading process is gone, or stopped early: nothing left to do
+    # Nothing to clean up that the OS does not: skipping the interpreter's teardown (tens of ms
+    # of freeing modules) lets the reading process reap it at once.
+    os._exit(0)
 
 
 def _pieces(path: Path) -> Iterator[bytes]:
@@ -919,6 +1194,14 @@ _LA_BATCH, _LA_OUT = _coded(LAUNCH_SCHEMA, _LA_COLS)
 _O_BATCH, _O_OUT = _coded(OP_SCHEMA, _O_COLS)
 
 
+# The tables a helper's part carries (_Tables attributes), and their columns holding codes of
+# _Tables.codes (short_name holds the name's codes until finish).
+_PART_TABLES = ("k", "la", "r", "o", "m")
+_PART_CODES = {"k": {"name": "k.name", "short_name": "k.name"}, "la": {"name": "la.name", "kind": "la.kind"},
+               "o": {"name": "o.name", "source": "o.source", "input_dims": "o.input_dims",
+                     "input_types": "o.input_types"}}
+
+
 class _Tables:
     """Accumulates each kept table as Arrow record batches, one per slice of events."""
 
@@ -975,6 +1258,34 @@ class _Tables:
             self._ranges(rngs)
         if mem:
             self._memops(mem)
+
+    def part(self) -> dict | None:
+        """This one slice's columns for another _Tables (merge), or None when the slice holds
+        what only the reader of every slice in order can settle: a B/E pair left open or an E
+        without its B (pairs across slices), rows without correlation (their row numbers)."""
+        if any(self.open_b.values()) or self.lone_e or self.need_flow:
+            return None
+        cols = {t: {name: parts[0] for name, parts in getattr(self, t).parts.items() if parts} for t in _PART_TABLES}
+        return {"cols": cols, "codes": {k: c.values for k, c in self.codes.items()},
+                "bad_ts": self.bad_ts, "ignored": self.notes.ignored}
+
+    def merge(self, part: dict) -> None:
+        """Append a part (another _Tables' slice) as if its events had been added here: its
+        dictionary codes mapped to this reader's (new values get codes in the order they first
+        appear, as add gives them)."""
+        remap = {k: pa.array(np.fromiter(map(self.codes[k].__getitem__, vals), np.int32, len(vals)), pa.int32())
+                 for k, vals in part["codes"].items()}
+        for t in _PART_TABLES:
+            cols = part["cols"][t]
+            if not cols:
+                continue
+            coded = _PART_CODES.get(t, {})
+            cols = {name: pc.take(remap[coded[name]], arr) if name in coded else arr for name, arr in cols.items()}
+            getattr(self, t).append(cols)
+            if t in self.rows:
+                self.rows[t] += len(cols["start_ns"])
+        self.bad_ts += part["bad_ts"]
+        self.notes.ignored.update(part["ignored"])
 
     def _paired(self, e: Event) -> Event | None:
         """Duration events as B/E pairs (the Chrome format's other way to write an X event): an E
