@@ -655,9 +655,12 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
         bad = _count(con, tables, KERNEL_TABLE)
         why = f" ({bad} rows with unusable start/end)" if bad else " (kernel table is empty)"
         raise TraceError(path, f"no GPU kernels in this nsys export{why}")
-    launches = _launches(fetch, tables, strings, absent)
+    # Memory operations first, for their correlation ids; their notes keep their place in `absent`.
+    memop_notes: list[str] = []
+    memops = _memops(con, tables, memop_notes)
+    launches = _launches(fetch, tables, strings, absent, _correlations(kernels, memops))
     ranges, ops = _nvtx(con, tables, strings, absent)
-    memops = _memops(con, tables, absent)
+    absent += memop_notes
     gpu_name, tool_versions, trace_meta = _meta(con, tables, absent)
     return TraceData(
         format="nsys-sqlite", kernels=kernels, launches=launches, ranges=ranges, ops=ops,
@@ -878,7 +881,17 @@ def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]]) -> None:
             fetch.submit(table, _launch_specs(name_col), _cuts(fetch.con, table, tables[table]), _launch_slice)
 
 
-def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
+def _correlations(*tables: pa.Table) -> np.ndarray:
+    """The correlation ids of the GPU rows (kernels, whole graphs, memory operations)."""
+    return np.concatenate([t.column("correlation").drop_null().to_numpy() for t in tables])
+
+
+def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str],
+              gpu_corr: np.ndarray):
+    """The runtime and driver calls whose correlation id some GPU row has (`gpu_corr`): the
+    others cannot be a launch (enrich.links keeps only the calls it links GPU rows to, a subset
+    of these), and dropped here they are neither decoded into names nor handed on (two thirds of
+    an LLM export's calls: synchronizations, queries, events)."""
     parts: list[tuple[str, dict[str, pa.Array]]] = []
     for table, kind in _LAUNCH_TABLES:
         tc = tables.get(table)
@@ -890,10 +903,15 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
             absent.append(f"{table} (unexpected columns)")
             continue
         cols, total = fetch.extent_rows(table, _launch_specs(name_col), finish=_launch_slice)
-        part = _launch_part(cols, kind, strings)
-        del cols
+        _skipped(fetch.con, table, absent, "calls", kept=len(cols[0]), total=total)
+        corr = cols[5]
+        # np.isin tests membership through a lookup table when the ids' range is small (always,
+        # for CUPTI's counters): ~5 ns a call, where a hash set takes ~130.
+        launched = pa.array(np.isin(corr.fill_null(0).to_numpy(), gpu_corr) & corr.is_valid().to_numpy(
+            zero_copy_only=False))
+        part = _launch_part([c.filter(launched) for c in cols], kind, strings)
+        del cols, corr
         n = len(part["start_ns"])
-        _skipped(fetch.con, table, absent, "calls", kept=n, total=total)
         if n:
             parts.append((kind, part))
     if not parts:
