@@ -167,3 +167,20 @@ def test_tables_without_a_usable_rowid_are_read_whole(tmp_path, change):
     _grow(con, K, 2 * _CUT_ROWS + 10_000)
     con.executescript(change)
     assert _cuts(con, K, _tables(con)[K]) == [""]
+
+
+def test_launches_with_correlation_ids_scattered_wide(tmp_path):
+    """Correlation ids far apart (a hand-made file): the launch test takes its other path
+    (np.isin instead of a lookup table over the ids' range), with the same rows."""
+    p = tmp_path / "wide.sqlite"
+    shutil.copy(NSYS_L2, p)
+    con = sqlite3.connect(p)
+    lo = con.execute(f"SELECT min(correlationId) FROM {K}").fetchone()[0]
+    for t in (K, RT):
+        con.execute(f"UPDATE {t} SET correlationId = correlationId + (1 << 40) WHERE correlationId = {lo}")
+    con.commit()
+    expected = con.execute(f"SELECT start, correlationId FROM {RT} r WHERE {good('r.')} AND {launched('r.')} "
+                           "ORDER BY rowid").fetchall()
+    assert (1 << 40) + lo in [c for _, c in expected]
+    la = nsys_sqlite.read(p).launches
+    assert list(zip(la.column("start_ns").to_pylist(), la.column("correlation").to_pylist(), strict=True)) == expected

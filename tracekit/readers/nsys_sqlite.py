@@ -912,8 +912,7 @@ class _Launched:
         self.ready.set()
 
     def cancel(self) -> None:
-        self.table = self.ids = None
-        self.ready.set()
+        self.ready.set()  # without ids: a slice still read is kept whole, then dropped with its read
 
     def finish(self, cols: list[pa.Array]) -> list[pa.Array]:
         """A launch slice's columns (see _launch_slice), less the calls that launched nothing."""
