@@ -3,9 +3,11 @@
     .venv/bin/python bench/compare_nsys.py [--ref main] [FILE.sqlite ...]
 
 Loads tracekit/readers/nsys_sqlite.py as it is at git ref `--ref` beside the working tree's, reads
-each export with both, and compares every table (columns decoded from dictionaries, nulls
-included), the row order, gpu_name, tool_versions, trace_meta and `absent`; a file one version
-refuses must be refused by the other with the same message. Without FILEs: every nsys export in
+each export with both, links both with the working tree's enrich.links (which keeps only the calls
+that launched GPU work: a reader may drop others early, and the linked tables show it dropped no
+launch), and compares every table (columns decoded from dictionaries, nulls included), the row
+order, gpu_name, tool_versions, trace_meta and `absent`; a file one version refuses must be refused
+by the other with the same message. Without FILEs: every nsys export in
 fixtures/ and the shared traces, the hostile variants the robustness tests make, and the bench
 exports that exist. Exits 1 on the first difference.
 """
@@ -24,6 +26,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tracekit.enrich.links import link  # noqa: E402
 from tracekit.errors import TraceError  # noqa: E402
 from tracekit.readers import nsys_sqlite as new  # noqa: E402
 
@@ -47,7 +50,7 @@ def plain(t: pa.Table) -> pa.Table:
 
 def outcome(reader, path: Path):
     try:
-        return reader.read(path)
+        return link(reader.read(path))
     except TraceError as exc:
         return f"TraceError: {exc}"
 

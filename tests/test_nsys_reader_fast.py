@@ -28,6 +28,14 @@ def good(t: str = "") -> str:
             f"AND {s} >= -4611686018427387904 AND {e} <= 4611686018427387904")
 
 
+def launched(t: str = "") -> str:
+    """The rule for a launch, in SQL: a call whose correlation id some GPU row (a kernel or memory
+    operation the reader keeps) has."""
+    gpu = " UNION ALL ".join(f"SELECT correlationId FROM {g} WHERE {good()}"
+                            for g in (K, "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"))
+    return f"{t}correlationId IN ({gpu})"
+
+
 def _grow(con: sqlite3.Connection, table: str, rows: int) -> None:
     """Copies of the table's rows, each shifted past the last, until it holds `rows` rows."""
     cols = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
@@ -117,7 +125,9 @@ def test_launches_of_runtime_and_driver_tables_in_one_column(big, slices):
         expected += [(n, kind, s, c) for n, s, c in con.execute(
             f"SELECT coalesce(s.value, r.nameId), r.start, r.correlationId FROM {table} r "
             f"LEFT JOIN StringIds s ON s.id = r.nameId AND typeof(r.nameId) = 'integer' "
-            f"WHERE {good('r.')} ORDER BY r.rowid")]
+            f"WHERE {good('r.')} AND {launched('r.')} ORDER BY r.rowid")]
+    n_calls = con.execute(f"SELECT count(*) FROM {RT}").fetchone()[0]
+    assert 0 < len(expected) < n_calls / 2  # most calls launch nothing, and are not launches
     la = nsys_sqlite.read(big).launches
     got = list(zip(*(la.column(c).to_pylist() for c in ("name", "kind", "start_ns", "correlation")), strict=True))
     assert got == expected
@@ -133,15 +143,15 @@ def test_a_value_only_the_guarded_read_takes_in_a_late_slice(big, tmp_path, monk
     shutil.copy(big, p)
     con = sqlite3.connect(p)
     hi = con.execute(f"SELECT max(rowid) FROM {RT}").fetchone()[0]
-    con.execute(f"UPDATE {RT} SET correlationId = 'x' || correlationId WHERE rowid > {hi - 50}")
+    con.execute(f"UPDATE {RT} SET globalTid = 'x' || globalTid WHERE rowid > {hi - 50}")
     con.commit()
     expected = con.execute(
-        f"SELECT start, CASE WHEN typeof(correlationId) = 'integer' THEN correlationId END FROM {RT} "
-        f"WHERE {good()} ORDER BY rowid").fetchall()
-    assert any(c is None for _, c in expected[-40:])
+        f"SELECT start, CASE WHEN typeof(globalTid) = 'integer' THEN globalTid >> 24 & 16777215 END FROM {RT} "
+        f"WHERE {good()} AND {launched()} ORDER BY rowid").fetchall()
+    assert any(pid is None for _, pid in expected[-20:])
     la = nsys_sqlite.read(p).launches
     la = la.filter(pc.equal(la.column("kind").cast(pa.string()), "runtime"))
-    got = list(zip(la.column("start_ns").to_pylist(), la.column("correlation").to_pylist(), strict=True))
+    got = list(zip(la.column("start_ns").to_pylist(), la.column("pid").to_pylist(), strict=True))
     assert got == expected
 
 
@@ -157,3 +167,20 @@ def test_tables_without_a_usable_rowid_are_read_whole(tmp_path, change):
     _grow(con, K, 2 * _CUT_ROWS + 10_000)
     con.executescript(change)
     assert _cuts(con, K, _tables(con)[K]) == [""]
+
+
+def test_launches_with_correlation_ids_scattered_wide(tmp_path):
+    """Correlation ids far apart (a hand-made file): the launch test takes its other path
+    (np.isin instead of a lookup table over the ids' range), with the same rows."""
+    p = tmp_path / "wide.sqlite"
+    shutil.copy(NSYS_L2, p)
+    con = sqlite3.connect(p)
+    lo = con.execute(f"SELECT min(correlationId) FROM {K}").fetchone()[0]
+    for t in (K, RT):
+        con.execute(f"UPDATE {t} SET correlationId = correlationId + (1 << 40) WHERE correlationId = {lo}")
+    con.commit()
+    expected = con.execute(f"SELECT start, correlationId FROM {RT} r WHERE {good('r.')} AND {launched('r.')} "
+                           "ORDER BY rowid").fetchall()
+    assert (1 << 40) + lo in [c for _, c in expected]
+    la = nsys_sqlite.read(p).launches
+    assert list(zip(la.column("start_ns").to_pylist(), la.column("correlation").to_pylist(), strict=True)) == expected

@@ -206,6 +206,8 @@ def ranks_of_trace(path: Path, data: TraceData) -> TraceData:
         return data
     pid = _ints(k.column("pid"))
     dev = _ints(k.column("device"))
+    if (pid == pid[0]).all() and (dev == dev[0]).all():
+        return data  # one unit, the usual trace: found without a Python loop over every kernel (1 s at 3.75M)
     units = sorted({(int(d), int(p)) for d, p in zip(dev, pid, strict=True)})
     if len(units) < 2:
         return data

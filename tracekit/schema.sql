@@ -192,6 +192,9 @@ CREATE TABLE IF NOT EXISTS kernel_sums (
     dur_ns     BIGINT NOT NULL
 );
 
+-- The API calls that launched GPU work recorded in the trace: a kernel, memcpy or memset row links
+-- to each (kernels/memops.launch_id, by correlation id; a graph launch through its kernels). Calls
+-- that launched nothing (synchronizations, queries, event records) are not stored (enrich.links).
 CREATE TABLE IF NOT EXISTS launches (
     run_id      INTEGER NOT NULL,
     launch_id   BIGINT NOT NULL,

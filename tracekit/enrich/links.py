@@ -1,5 +1,6 @@
 """Links each kernel to the CUDA API call that launched it, and that call to the innermost CPU
-operator and range around it on the launching thread. Also nests ranges and ops.
+operator and range around it on the launching thread. Also nests ranges and ops, and keeps only
+the launches: the API calls some kernel or memory operation links to (_only_launches).
 
 Runs on a reader's TraceData before it is stored, so the store receives complete rows and an
 import stays one INSERT per table.
@@ -211,7 +212,44 @@ def link(data: TraceData) -> TraceData:
     range_id = pa.array(np.where(rg_row >= 0, rg_ids[np.clip(rg_row, 0, None)] if len(rg_ids) else 0, 0),
                         pa.int64(), mask=rg_row < 0)
     kernels = kernels.append_column("op_id", op_id).append_column("range_id", range_id)
-    data.kernels, data.ranges, data.ops, data.memops = kernels, ranges, ops, memops
     del op_row, rg_row, l_pid, l_tid, l_ts, idx, lid
+    data.launches, kernels, memops = _only_launches(data.launches, kernels, memops)
+    data.kernels, data.ranges, data.ops, data.memops = kernels, ranges, ops, memops
     give_back_memory()  # the nesting's temporaries (~200 B per op): the insert that follows reuses them
     return data
+
+
+def _only_launches(launches: pa.Table, kernels: pa.Table, memops: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The launches some kernel or memory operation links to, numbered 0..n-1 again in their
+    order, and the kernels' and memops' launch_id renumbered to match.
+
+    A trace records every runtime and driver call (cudaStreamSynchronize, cudaGetDevice,
+    cudaEventRecord, ...): two thirds of an LLM export's calls launch nothing, and stored they
+    would only be written, linked and scanned (issue 15). The one rule for every format, applied
+    after linking: a launch is the call that launched GPU work of the trace. A graph launch is
+    kept through its kernels (they carry its correlation id). Readers may drop calls earlier
+    (the nsys reader keeps those whose correlation id some GPU row has), never one linked here.
+    """
+    n = launches.num_rows
+    if n == 0:
+        return launches, kernels, memops
+    used = np.zeros(n, bool)
+    for t in (kernels, memops):
+        lid = t.column("launch_id")
+        if lid.null_count < len(lid):
+            used[lid.drop_null().to_numpy()] = True  # launch_id == row index (readers number rows 0..n-1)
+    if used.all():
+        return launches, kernels, memops
+    new_id = np.cumsum(used) - 1
+    kept = launches.filter(pa.array(used))
+    i = kept.schema.get_field_index("launch_id")
+    kept = kept.set_column(i, kept.schema.field(i), pa.array(np.arange(kept.num_rows), pa.int64()))
+
+    def renumbered(t: pa.Table) -> pa.Table:
+        i = t.schema.get_field_index("launch_id")
+        col = t.column(i)
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        ids = new_id[col.fill_null(0).to_numpy(zero_copy_only=False)]
+        return t.set_column(i, t.schema.field(i), pa.array(ids, pa.int64(), mask=~valid))
+
+    return kept, renumbered(kernels), renumbered(memops)

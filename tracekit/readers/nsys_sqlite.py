@@ -290,6 +290,7 @@ class _Fetch:
         self.adbc = None
         self.pool: _Pool | None = None
         self.pending: dict[str, _TableRead] = {}
+        self.launched = _Launched()
         if con.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
             return  # text is fetched as raw bytes below, which must be UTF-8 to decode
         try:
@@ -298,6 +299,7 @@ class _Fetch:
             self.adbc = None
 
     def close(self) -> None:
+        self.launched.cancel()  # a launch slice waiting for the GPU rows' ids stops waiting
         if self.pool is not None:
             self.pool.close()  # waits for the slices being read: their connections are their own
         if self.adbc is not None:
@@ -318,10 +320,10 @@ class _Fetch:
 
     def extent_rows(self, table: str, specs: Sequence[tuple[str | None, str]], cuts: Sequence[str] = ("",),
                     finish: Callable[[list[pa.Array]], list[pa.Array]] | None = None,
-                    ) -> tuple[list[pa.Array], int | None]:
+                    ) -> tuple[list[pa.Array], int]:
         """One array per spec (two for a "name" spec: StringIds ids, then inline text as bytes)
         over the rows whose (start, end), the first two specs, pass _GOOD_EXTENT, through
-        `finish` where given; and the table's row count where the read saw every row (else None).
+        `finish` where given; and how many rows failed that test (before `finish`).
 
         A spec is (SQL expression, or None where the file lacks the column; kind), kind being
         "int64", "int32" or "name" (a column holding text or a StringIds id). cuts: _cuts(table).
@@ -343,7 +345,9 @@ class _Fetch:
             cols_ = list(zip(*rows, strict=True)) if rows else [()] * len(types)
             del rows
             cols = [pa.array(c, t) for c, t in zip(cols_, types, strict=True)]
-        return (finish(cols) if finish else cols), None
+        # A bare count(*) does not scan the rows as the negated condition would.
+        skipped = self.con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] - len(cols[0])
+        return (finish(cols) if finish else cols), skipped
 
 
 # Rows per slice of a large table (~40 MB of raw kernel columns), and the most slices of one table
@@ -417,27 +421,27 @@ class _TableRead:
 
     def result(self) -> tuple[list[pa.Array | pa.ChunkedArray], int] | None:
         """The columns of every slice, in rowid order (one chunk a slice: copying them into one
-        array would cost a copy of the table), and the rows read; None if a slice failed."""
+        array would cost a copy of the table), and the rows skipped; None if a slice failed."""
         self.done.wait()
         if self.failed:
             return None
         parts, self.parts = self.parts, []
-        total = sum(n for _, n in parts)
+        skipped = sum(n for _, n in parts)
         if len(parts) == 1:
-            return parts[0][0], total
+            return parts[0][0], skipped
         cols = [pa.chunked_array([p[0][j] for p in parts], parts[0][0][j].type) for j in range(len(parts[0][0]))]
-        return cols, total
+        return cols, skipped
 
 
 def _bare_slice(con: _Adbc, sql: str, specs: Sequence[tuple[str | None, str]],
                 finish: Callable[[list[pa.Array]], list[pa.Array]] | None) -> tuple[list[pa.Array], int] | None:
     """One slice's unguarded read: its columns as _guarded would give them, rows with a bad extent
-    dropped, through `finish`; and the rows read. None if a column holds values that only the
-    guarded read handles.
+    dropped, through `finish`; and how many rows the extent test dropped. None if a column holds
+    values that only the guarded read handles.
 
     The extent test runs in Arrow: on all-integer columns it is the same test as _GOOD_EXTENT, but
-    SQLite no longer evaluates five conditions per row, and the rows read are the table's count,
-    so the rows skipped need no count(*) of their own.
+    SQLite no longer evaluates five conditions per row, and the rows skipped need no count(*) of
+    their own.
     """
     raw = con.read(sql, _SLICE_ROWS)  # one batch: nothing to stitch
     total = raw.num_rows
@@ -449,12 +453,13 @@ def _bare_slice(con: _Adbc, sql: str, specs: Sequence[tuple[str | None, str]],
     ok = _good_extent(cols[0], cols[1])
     if ok is not None:
         cols = [c.filter(ok) for c in cols]
+    skipped = total - len(cols[0])
     cols = finish(cols) if finish else cols
     # A column still in the buffers ADBC filled is copied out: those buffers are freed together,
     # when the last column of the batch goes, so one column kept would hold every column read
     # (the globalTid and int64 originals of int32 columns: ~0.6 GB at 3.75M kernels).
     return [pa.concat_arrays([c]) if any(b is not None and b.address in imported for b in c.buffers()) else c
-            for c in cols], total
+            for c in cols], skipped
 
 
 class _Pool:
@@ -655,9 +660,13 @@ def _read(fetch: _Fetch, path: Path, tables: dict[str, set[str]]) -> TraceData:
         bad = _count(con, tables, KERNEL_TABLE)
         why = f" ({bad} rows with unusable start/end)" if bad else " (kernel table is empty)"
         raise TraceError(path, f"no GPU kernels in this nsys export{why}")
+    # Memory operations first, for their correlation ids; their notes keep their place in `absent`.
+    memop_notes: list[str] = []
+    memops = _memops(con, tables, memop_notes)
+    fetch.launched.set(np.concatenate([t.column("correlation").drop_null().to_numpy() for t in (kernels, memops)]))
     launches = _launches(fetch, tables, strings, absent)
     ranges, ops = _nvtx(con, tables, strings, absent)
-    memops = _memops(con, tables, absent)
+    absent += memop_notes
     gpu_name, tool_versions, trace_meta = _meta(con, tables, absent)
     return TraceData(
         format="nsys-sqlite", kernels=kernels, launches=launches, ranges=ranges, ops=ops,
@@ -722,15 +731,9 @@ def _count(con: sqlite3.Connection, tables: dict[str, set[str]], table: str) -> 
     return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] if table in tables else 0
 
 
-def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str, kept: int | None = None,
-             total: int | None = None) -> None:
-    if kept is not None:
-        # Every row is either kept (_GOOD_EXTENT) or skipped, and a bare count(*) does not scan
-        # the rows as the negated condition would.
-        if total is None:
-            total = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-        n = total - kept
-    else:
+def _skipped(con: sqlite3.Connection, table: str, absent: list[str], what: str, n: int | None = None) -> None:
+    """Note in `absent` the `n` rows of `table` skipped for their extent (None: counted here)."""
+    if n is None:
         n = con.execute(f'SELECT count(*) FROM "{table}" WHERE NOT ({_GOOD_EXTENT}) OR "start" IS NULL '
                         'OR "end" IS NULL').fetchone()[0]
     if n:
@@ -767,9 +770,9 @@ def _kernels(fetch: _Fetch, cols: set[str], strings: _Strings, absent: list[str]
     fetch.submit(t, specs, cuts)
     # Queued behind the kernels: read by the workers while this thread builds the kernel table.
     _read_launches_ahead(fetch, tables)
-    c, total = fetch.extent_rows(t, specs, cuts)
+    c, skipped = fetch.extent_rows(t, specs, cuts)
     c = _by_extent(c)
-    _skipped(fetch.con, t, absent, "kernels", kept=len(c[0]), total=total)
+    _skipped(fetch.con, t, absent, "kernels", skipped)
     # Names repeat (tens of distinct kernels over 100k+ rows): resolve each distinct value once.
     idx, uniq = _codes(_chunk(c[7]), _chunk(c[8]))
     resolved = [strings.get(v) for v in uniq]
@@ -875,10 +878,63 @@ def _read_launches_ahead(fetch: _Fetch, tables: dict[str, set[str]]) -> None:
     for table, _ in _LAUNCH_TABLES:
         name_col = _launch_name_col(tables.get(table, set()))
         if name_col:
-            fetch.submit(table, _launch_specs(name_col), _cuts(fetch.con, table, tables[table]), _launch_slice)
+            fetch.submit(table, _launch_specs(name_col), _cuts(fetch.con, table, tables[table]),
+                         fetch.launched.finish)
+
+
+class _Launched:
+    """Which runtime and driver calls can be launches: those whose correlation id some GPU row
+    (kernel, whole graph, memory operation) has. enrich.links keeps only the calls it links GPU
+    rows to, a subset of these; the others (two thirds of an LLM export's calls: synchronizations,
+    queries, events) are dropped in each slice as it is read, so that they are neither kept,
+    decoded into names nor handed on. The GPU rows' ids are known once the kernels are read: a
+    launch slice read before that waits for them (set), or for the read's end (cancel)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.lo = 0
+        self.table: np.ndarray | None = None  # table[id - lo]: whether id is a GPU row's
+        self.ids: np.ndarray | None = None  # the sorted ids, where their range is too wide for a table
+
+    def set(self, ids: np.ndarray) -> None:
+        if len(ids):
+            lo, hi = int(ids.min()), int(ids.max())
+            # CUPTI numbers every API call from 1, so the range is about the calls recorded: a
+            # table of a byte per id (~50 MB at 3.75M kernels) tests a call in ~5 ns; only ids
+            # scattered far wider (a hand-made file) fall back to np.isin's sort (~100 ns).
+            if hi - lo < 32 * len(ids) + (1 << 26):
+                self.lo, self.table = lo, np.zeros(hi - lo + 1, bool)
+                self.table[ids - lo] = True
+            else:
+                self.ids = np.unique(ids)
+        else:
+            self.ids = ids
+        self.ready.set()
+
+    def cancel(self) -> None:
+        self.ready.set()  # without ids: a slice still read is kept whole, then dropped with its read
+
+    def finish(self, cols: list[pa.Array]) -> list[pa.Array]:
+        """A launch slice's columns (see _launch_slice), less the calls that launched nothing."""
+        self.ready.wait()
+        corr = cols[3]
+        vals = (corr.fill_null(0) if corr.null_count else corr).to_numpy()
+        if self.table is not None:
+            at = vals - self.lo
+            inside = (at >= 0) & (at < len(self.table))
+            keep = np.zeros(len(vals), bool)
+            keep[inside] = self.table[at[inside]]
+        elif self.ids is not None:
+            keep = np.isin(vals, self.ids)
+        else:
+            return _launch_slice(cols)  # cancelled: the read is being abandoned
+        if corr.null_count:
+            keep &= corr.is_valid().to_numpy(zero_copy_only=False)
+        return _launch_slice([c.filter(pa.array(keep)) for c in cols])
 
 
 def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, absent: list[str]):
+    """The launch tables' calls that can be launches (_Launched), as one table."""
     parts: list[tuple[str, dict[str, pa.Array]]] = []
     for table, kind in _LAUNCH_TABLES:
         tc = tables.get(table)
@@ -889,11 +945,11 @@ def _launches(fetch: _Fetch, tables: dict[str, set[str]], strings: _Strings, abs
         if name_col is None:
             absent.append(f"{table} (unexpected columns)")
             continue
-        cols, total = fetch.extent_rows(table, _launch_specs(name_col), finish=_launch_slice)
+        cols, skipped = fetch.extent_rows(table, _launch_specs(name_col), finish=fetch.launched.finish)
+        _skipped(fetch.con, table, absent, "calls", skipped)
         part = _launch_part(cols, kind, strings)
         del cols
         n = len(part["start_ns"])
-        _skipped(fetch.con, table, absent, "calls", kept=n, total=total)
         if n:
             parts.append((kind, part))
     if not parts:
