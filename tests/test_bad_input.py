@@ -170,7 +170,7 @@ def test_query_cannot_write_or_read_other_files(shared_db_path, tmp_path):
 
 def test_gzip_bomb_refused_by_ratio_at_default_limits(tmp_path):
     """At the default limits a file may inflate to 200x its size (at least 256 MiB): a 300 MiB
-    bomb in a few hundred KB is refused long before the 8 GiB absolute cap."""
+    bomb in a few hundred KB is refused long before the 8 GiB cap of the whole-text read."""
     from tracekit.readers import kineto
 
     bomb = tmp_path / "bomb.json.gz"
@@ -178,7 +178,7 @@ def test_gzip_bomb_refused_by_ratio_at_default_limits(tmp_path):
         f.write(b'{"traceEvents": [')
         for _ in range(300):
             f.write(b" " * (1 << 20))
-    assert kineto.inflate_limit(bomb.stat().st_size) == 256 << 20
+    assert kineto.inflate_limit(bomb.stat().st_size, whole_text=False) == 256 << 20
     db = tmp_path / "b.duckdb"
     proc = tk("import", str(bomb), "--db", str(db))
     assert proc.returncode == 1
@@ -189,7 +189,8 @@ def test_real_traces_are_far_inside_the_inflate_limit():
     from tracekit.readers import kineto
 
     for p in (KINETO_L2,):
-        assert len(gzip.decompress(p.read_bytes())) < kineto.inflate_limit(p.stat().st_size) / 5
+        for whole_text in (True, False):
+            assert len(gzip.decompress(p.read_bytes())) < kineto.inflate_limit(p.stat().st_size, whole_text) / 5
 
 
 def test_wrong_typed_value_past_the_first_batch_falls_back_to_guarded_reads(tmp_path):

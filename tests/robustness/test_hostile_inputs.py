@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from robust_util import KINETO_FLOWS, NSYS_LEGACY, NSYS_REGISTERED, error_lines, tk
+from robust_util import KINETO_FLOWS, NSYS_LEGACY, NSYS_REGISTERED, ROOT, error_lines, tk
 from test_bad_input import snapshot
 
 import tracekit
@@ -165,12 +165,14 @@ def make_bomb(d: Path) -> Path:
 
 
 def test_zip_bomb_is_refused_while_inflating(tmp_path, monkeypatch):
-    """Inflation stops at the cap (lowered here to keep the test fast; the mechanism is the same
-    at the default): peak Python memory stays near the cap, far below the 256 MiB of output."""
+    """Inflation stops at the cap (its floor lowered here to keep the test fast, so that the
+    ratio, 200x the bomb's few hundred KB, decides; the mechanism is the same at the default):
+    peak Python memory stays near the cap, far below the 256 MiB of output."""
     import tracemalloc
 
     bomb = make_bomb(tmp_path)
-    monkeypatch.setattr(kineto, "MAX_DECOMPRESSED", 8 << 20)
+    monkeypatch.setattr(kineto, "MIN_ALLOWED", 8 << 20)
+    assert kineto.inflate_limit(bomb.stat().st_size, whole_text=False) < 64 << 20
     tracemalloc.start()
     try:
         with pytest.raises(kineto.TraceError, match="zip bomb"):
@@ -179,6 +181,23 @@ def test_zip_bomb_is_refused_while_inflating(tmp_path, monkeypatch):
     finally:
         tracemalloc.stop()
     assert peak < 100 << 20, peak
+
+
+def test_a_trace_past_the_whole_text_cap_streams(monkeypatch):
+    """The absolute cap bounds only the whole-text read, which holds every byte; the streaming
+    read holds a slice at a time, so a trace that inflates past it (a 10 GB Kineto trace is 800 MB
+    gzipped) is read, while the whole-text read of the same file is refused. The cap is lowered
+    below a real fixture's inflated size to show it."""
+    path = ROOT / "fixtures" / "h100" / "gemma-2b-2L_b1_i64_o8.pt.trace.json.gz"
+    inflated = len(gzip.decompress(path.read_bytes()))
+    monkeypatch.setattr(kineto, "MAX_DECOMPRESSED", inflated // 2)
+    monkeypatch.setattr(kineto, "MIN_ALLOWED", inflated // 2)
+    assert kineto.inflate_limit(path.stat().st_size, whole_text=False) > inflated
+    with pytest.raises(kineto.TraceError, match="read whole"):
+        kineto._load_bytes(path)
+    expected = sum(1 for e in json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+                   if e.get("cat") == "kernel" and e.get("ph") == "X")
+    assert kineto.read(path).kernels.num_rows == expected
 
 
 def test_concatenated_gzip_members_are_one_trace(tmp_path):

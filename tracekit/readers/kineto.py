@@ -76,20 +76,24 @@ from tracekit.readers.common import (
 )
 
 # Decompressed size limits: a gzip bomb must fail cleanly, not exhaust memory. Real Kineto
-# traces inflate ~15-20x (a 14.5 MB .gz holds 246 MB); bombs inflate ~1000x. A file may expand
-# to MAX_RATIO times its size (at least MIN_ALLOWED), never beyond MAX_DECOMPRESSED.
+# traces inflate ~12-20x (a 14.5 MB .gz holds 246 MB); bombs inflate ~1000x. A file may expand
+# to MAX_RATIO times its size (at least MIN_ALLOWED). The whole-text read (_load_bytes) holds
+# all of it, so there it may never pass MAX_DECOMPRESSED either; the streaming read holds a
+# slice at a time, so a 10 GB trace (800 MB gzipped) is not refused for its size.
 MAX_DECOMPRESSED = 8 * 1024**3
 MAX_RATIO = 200
 MIN_ALLOWED = 256 * 1024**2
 
 
-def inflate_limit(compressed_size: int) -> int:
-    return min(MAX_DECOMPRESSED, max(MIN_ALLOWED, MAX_RATIO * compressed_size))
+def inflate_limit(compressed_size: int, whole_text: bool) -> int:
+    by_ratio = max(MIN_ALLOWED, MAX_RATIO * compressed_size)
+    return min(MAX_DECOMPRESSED, by_ratio) if whole_text else by_ratio
 
 
-def _bomb(path: Path, limit: int) -> TraceError:
-    return TraceError(path, f"gzip expands beyond {limit / 2**20:,.0f} MiB (over {MAX_RATIO}x its size or "
-                            f"{MAX_DECOMPRESSED / 2**30:g} GiB); refusing (zip bomb?)")
+def _bomb(path: Path, limit: int, whole_text: bool) -> TraceError:
+    cap = f" or {MAX_DECOMPRESSED / 2**30:g} GiB read whole" if whole_text else ""
+    return TraceError(path, f"gzip expands beyond {limit / 2**20:,.0f} MiB (over {MAX_RATIO}x its size{cap}); "
+                            "refusing (zip bomb?)")
 # Largest |ts| or dur (µs) kept: 2^62 ns, so that start + dur still fits a signed 64-bit column.
 _MAX_US = 4.6e15
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -370,14 +374,14 @@ def _load_bytes(path: Path) -> bytes | bytearray:
     # bytearray is returned as is: a bytes() copy would double the peak memory.
     out = bytearray()
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    limit = inflate_limit(len(raw))
+    limit = inflate_limit(len(raw), whole_text=True)
     data = raw
     del raw
     try:
         while data:
             out += d.decompress(data, _CHUNK)
             if len(out) > limit:
-                raise _bomb(path, limit)
+                raise _bomb(path, limit, whole_text=True)
             data = d.unconsumed_tail
             if d.eof and d.unused_data:
                 # Concatenated gzip members are legal; continue with the next one.
@@ -854,7 +858,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
             return
         f.seek(0)
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        limit = inflate_limit(os.fstat(f.fileno()).st_size)
+        limit = inflate_limit(os.fstat(f.fileno()).st_size, whole_text=False)
         total = 0
         try:
             while data := f.read(1 << 20):
@@ -865,7 +869,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
                     out = d.decompress(data, _CHUNK)
                     total += len(out)
                     if total > limit:
-                        raise _bomb(path, limit)
+                        raise _bomb(path, limit, whole_text=False)
                     data = d.unconsumed_tail or (d.unused_data if d.eof else b"")
                     if out:
                         yield out.removeprefix(_UTF8_BOM) if first else out
