@@ -214,6 +214,16 @@ _EXPECTED: dict[str, dict[str, str]] | None = None
 _KERNEL_TABLES = ("kernel_rows", "kernel_names", "kernel_verdicts")
 
 
+def main_columns(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
+    """{table or view: {column: type}} of the database's main schema, in one catalog query."""
+    columns: dict[str, dict[str, str]] = {}
+    for table, column, dtype in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main'").fetchall():
+        columns.setdefault(table, {})[column] = dtype
+    return columns
+
+
 def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
     """Refuse a database whose stored objects could change what tracekit computes: a macro (it
     would shadow a built-in function such as sum), or something in place of one of tracekit's
@@ -229,11 +239,7 @@ def check_stored(con: duckdb.DuckDBPyConnection, path: str) -> None:
         "SELECT table_name, table_type FROM information_schema.tables "
         "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
     expected = _expected_columns()
-    stored_columns: dict[str, dict[str, str]] = {}
-    for table, column, dtype in con.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = 'main'").fetchall():
-        stored_columns.setdefault(table, {})[column] = dtype
+    stored_columns = main_columns(con)
     for name, columns in expected.items():
         if name not in objects:
             continue

@@ -37,6 +37,7 @@ _PLACE = "place?"        # + category: a softmax without shapes, that category w
 # Categories the per-kernel decisions read of other kernels: a reduce follows the last GEMM-family
 # kernel, a softmax looks for the next GEMM, embedding or sampling kernel (_resolve_by_place).
 _PER_KERNEL_INPUTS = GEMM_FAMILY | {"EMBED", "SAMPLING"}
+_PER_KERNEL_INPUTS_SQL = ", ".join(f"'{c}'" for c in sorted(_PER_KERNEL_INPUTS))
 _MARKERS = (_PENDING, _PASS, _MOE)
 # One GPU work queue: a stream of one device in one process (NULLs compare as equal here).
 _QUEUE = ("coalesce(r.pid, -1) AS pid, coalesce(r.device, -1) AS device, "
@@ -146,10 +147,10 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
             # depends on the GEMV threshold too, which no verdict records. Elsewhere a rules edit
             # rewrites only the run's kernel_sums: redoing every run's per-kernel part after an
             # edit to, say, the ELEMWISE rules cost 3.8 s at 10M kernels.
-            looked_at = ", ".join(f"'{c}'" for c in sorted(_PER_KERNEL_INPUTS))
             markers = ", ".join(f"'{e}'" for e in _MARKERS)
             per_kernel = [r[0] for r in con.execute(
-                f"SELECT run_id FROM _tk_new WHERE category IN ({looked_at}) OR old_category IN ({looked_at}) "
+                f"SELECT run_id FROM _tk_new WHERE category IN ({_PER_KERNEL_INPUTS_SQL}) "
+                f"OR old_category IN ({_PER_KERNEL_INPUTS_SQL}) "
                 f"OR evidence IN ({markers}) OR old_evidence IN ({markers}) "
                 f"OR starts_with(evidence, '{_PLACE}') OR starts_with(old_evidence, '{_PLACE}') "
                 f"UNION SELECT DISTINCT v.run_id FROM kernel_verdicts v "
@@ -343,7 +344,6 @@ def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
     placed = f"starts_with(r.evidence, '{_PLACE}')"
     if _none_marked(con, where_r, placed, "_tk_place"):
         return
-    looked_at = ", ".join(f"'{c}'" for c in sorted(_PER_KERNEL_INPUTS))
     # The next kernels' class as decided so far (by their pass, or by their GEMM: a reduce), in
     # the runs that have such softmaxes.
     nexts = _current(_with_marked(where_r, placed),
@@ -357,7 +357,7 @@ def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
         f"FROM (SELECT {_PLACED}, v.category, substr(v.evidence, {len(_PLACE) + 1}) AS after "
         f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      WHERE {where_r} AND starts_with(v.evidence, '{_PLACE}')) s "
-        f"ASOF LEFT JOIN (SELECT * FROM ({nexts}) g WHERE g.category IN ({looked_at}) "
+        f"ASOF LEFT JOIN (SELECT * FROM ({nexts}) g WHERE g.category IN ({_PER_KERNEL_INPUTS_SQL}) "
         f"                AND NOT starts_with(coalesce(g.evidence, ''), '{_PLACE}')) n "
         f"ON s.run_id = n.run_id AND s.pid = n.pid AND s.device = n.device AND s.stream = n.stream "
         f"AND s.start_ns < n.start_ns"

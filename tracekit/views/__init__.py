@@ -19,7 +19,7 @@ from importlib import resources
 import duckdb
 
 from tracekit.errors import TracekitError
-from tracekit.store import PARTITION, PASSES_DDL
+from tracekit.store import PARTITION, PASSES_DDL, main_columns
 
 # Tables the views read (besides `passes`, which create_views supplies when missing).
 _NEEDED = ("runs", "run_meta", "kernels")
@@ -59,24 +59,14 @@ def _ensure_passes(con: duckdb.DuckDBPyConnection) -> None:
 _ADDED = re.compile(r"^-- @added (\w+) (\w+) (\w+)$", re.M)
 
 
-def _main_columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
-    """{table or view: its columns} of the database's main schema, in one catalog query."""
-    columns: dict[str, set[str]] = {}
-    for table, column in con.execute(
-            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = 'main'").fetchall():
-        columns.setdefault(table, set()).add(column)
-    return columns
-
-
-def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
+def _added_columns(con: duckdb.DuckDBPyConnection, main: dict[str, dict[str, str]]) -> None:
     """Columns schema.sql lists as added later (`-- @added TABLE COLUMN TYPE`): added to a
     database written before them on a writable open; on a read-only one each such table gets a
     temporary view with the missing columns as NULL, so that the views bind. Only in a tracekit
-    database (its `runs` has content_hash): a foreign file is left exactly as it was."""
+    database (its `runs` has content_hash): a foreign file is left exactly as it was. `main`:
+    store.main_columns before any was added."""
     from tracekit.store import _schema_sql
 
-    main = _main_columns(con)
     if "content_hash" not in main.get("runs", ()):
         return
     missing: dict[str, list[tuple[str, str]]] = {}
@@ -94,13 +84,13 @@ def _added_columns(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, {extra} FROM "{db}".main.{table}')
 
 
-def _ensure_rank_columns(con: duckdb.DuckDBPyConnection) -> None:
+def _ensure_rank_columns(con: duckdb.DuckDBPyConnection, main: dict[str, dict[str, str]]) -> None:
     # A database written before multi-rank runs, opened read-only: _added_columns stood a NULL
     # kernel_rows.rank in; `kernels` is made again from this code's definition over it (never from
     # the view the file stores), and the missing run_ranks gets a temporary stand-in.
     from tracekit.store import create_kernels_view
 
-    if "content_hash" in _main_columns(con).get("runs", ()):
+    if "content_hash" in main.get("runs", ()):
         create_kernels_view(con)
     if not _has_table(con, "run_ranks"):
         from tracekit.store import table_ddl
@@ -176,8 +166,10 @@ def create_views(con: duckdb.DuckDBPyConnection, on_demand: bool = True) -> None
     Raises TracekitError when the database lacks tracekit's tables."""
     _check_tables(con)
     _ensure_passes(con)
-    _added_columns(con)
-    _ensure_rank_columns(con)
+    # One catalog read for both: adding columns changes no `runs.content_hash`, all the second reads.
+    main = main_columns(con)
+    _added_columns(con, main)
+    _ensure_rank_columns(con, main)
     _rollups(con)
     _run_files(con, [n for n in sql_files() if n not in ON_DEMAND])
     if on_demand:
