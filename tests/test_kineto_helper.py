@@ -3,7 +3,7 @@ helper that decodes every other slice into columns. Whatever the helper does, th
 the ones one process reads, row for row, and what it cannot settle alone (B/E pairs and rows
 without correlation across slices, odd values, a slice that is not JSON, its own death) is redone
 by the reading process. The fixtures are small, so the tests lower the size that calls for a
-helper and the slice size, and wait for the helper to be ready (it imports for ~0.3 s)."""
+helper and the slice size, and wait for the helper to be ready (a forked child: at once)."""
 
 from __future__ import annotations
 

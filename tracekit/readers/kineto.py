@@ -22,9 +22,9 @@ Speed and memory on traces of hundreds of MB come from these choices:
   (kernel short names, input shapes) are computed once each, and string columns stay
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
-- A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
-  process (_Helper, _helper_main) turns streamed slices into columns whenever it has room while
-  this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
+- A trace of 128 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
+  process (_Helper, _helper_main; forked, so it starts at once) turns streamed slices into
+  columns whenever it has room while this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
   ones one process reads; what only an in-order reading can settle is redone here from the
   slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
   workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
@@ -47,9 +47,9 @@ import pickle
 import queue
 import signal
 import socket
-import subprocess
-import sys
 import threading
+import time
+import warnings
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -598,11 +598,11 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
         worker.join()
 
 
-# Traces of at least this much JSON text get a second decoding process (_Helper). Below it the
-# helper's start (~0.35 CPU-s of imports, while this process decodes alone) is not won back:
-# the 230 MB bench trace imported no faster with it (2.5-2.6 s either way), the 2.27 GB one
-# ~2.3 s faster (15.2-15.6 -> 12.9-13.3 s). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
-_HELPER_MIN_BYTES = 512 << 20
+# Traces of at least this much JSON text get a second decoding process (_Helper). It is forked,
+# so it starts in milliseconds; below this size there are too few slices to share. The 230 MB
+# bench trace: the reading 1.04-1.20 -> 0.86-0.96 s wall (+0.15 CPU-s, the shared slices'
+# copies and answers). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+_HELPER_MIN_BYTES = 128 << 20
 _GZ_RATIO = 12
 # Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
 # at most one inflated piece; its columns take a fraction of its text.
@@ -620,8 +620,7 @@ def _wants_helper(path: Path) -> bool:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    if (cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create")
-            or not sys.executable):  # an embedding application may have no interpreter to start
+    if cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create"):
         return False
     try:
         with path.open("rb") as f:
@@ -640,8 +639,11 @@ class _Helper:
     one process reads. What it cannot decide alone is redone here, in order, from the slice's
     text: a B/E pair or a missing correlation spanning slices, a slice that did not decode, any
     error (so errors are this process's own), a helper that died. A helper that does not start is
-    simply never used. It is a plain `python -c` child, not multiprocessing's spawn, which would
-    import the caller's __main__ again.
+    simply never used. It is a plain fork (not multiprocessing's, whose spawn would import the
+    caller's __main__ again, or a fresh interpreter, whose imports took ~0.3 CPU-s): the child
+    runs only _helper_main, which decodes with this module (msgspec, numpy, pyarrow) and leaves
+    by os._exit, so nothing of the caller (a DuckDB connection, atexit hooks, buffered output)
+    runs or is flushed twice.
 
     It holds up to _SLOTS slices, so it never waits for this process to hand it the next one.
     Slices and its answers (pickled parts) go through shared memory (a memfd both map: slot i
@@ -649,7 +651,7 @@ class _Helper:
     neither process blocks on the other's reading (8 MB through the socket also cost more than a
     tenth of decoding it)."""
 
-    def __init__(self, proc: subprocess.Popen, conn: Connection, shared: mmap.mmap) -> None:
+    def __init__(self, proc: _Forked, conn: Connection, shared: mmap.mmap) -> None:
         self.proc = proc
         self.conn = conn
         self.shared = shared
@@ -665,18 +667,25 @@ class _Helper:
         try:
             os.ftruncate(mem, size)  # pages are only allocated as slices are written
             shared = mmap.mmap(mem, size)
-            root = str(Path(__file__).resolve().parents[2])  # so a source checkout finds this package too
-            cmd = (f"import sys; sys.path.insert(0, {root!r}); from tracekit.readers.kineto import _helper_main; "
-                   f"_helper_main({theirs.fileno()}, {mem}, {str(path)!r})")
-            # Quiet: whatever goes wrong in it is redone here, and this process's errors are the ones shown.
-            proc = subprocess.Popen([sys.executable, "-c", cmd], pass_fds=[theirs.fileno(), mem],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of forking a process with threads (the caller's DuckDB
+                # pool): their locks are never taken in the child, which runs only _helper_main.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         except OSError:
             ours.close()
-            return None
-        finally:
             theirs.close()
             os.close(mem)
+            return None
+        if pid == 0:
+            try:  # the helper: it must never return into the caller's code
+                ours.close()
+                _helper_main(theirs.detach(), mem, str(path))
+            finally:
+                os._exit(0)
+        theirs.close()
+        os.close(mem)
+        proc = _Forked(pid)
         return cls(proc, Connection(ours.detach()), shared)
 
     def idle(self) -> bool:
@@ -735,11 +744,32 @@ class _Helper:
         except OSError:
             pass
         self.conn.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if not self.proc.wait(timeout=5):
             self.proc.kill()
             self.proc.wait()
+
+
+class _Forked:
+    """The helper's process: waited for, or killed, by its pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.reaped = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it has exited (and is reaped); with a timeout, polled until then."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not self.reaped:
+            self.reaped = os.waitpid(self.pid, 0 if until is None else os.WNOHANG)[0] != 0
+            if not self.reaped:
+                if time.monotonic() > until:
+                    return False
+                time.sleep(0.005)
+        return True
+
+    def kill(self) -> None:
+        if not self.reaped:
+            os.kill(self.pid, signal.SIGKILL)
 
 
 class _Pending:
