@@ -24,8 +24,8 @@ Speed and memory on traces of hundreds of MB come from these choices:
   per-row string copies, and sorting moves int32 codes.
 - A trace of 128 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
   process (_Helper, _helper_main; forked, so it starts at once) turns streamed slices into
-  columns whenever it has room while this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
-  ones one process reads; what only an in-order reading can settle is redone here from the
+  columns whenever it has room while this one decodes the others, and its columns are merged
+  in file order (_Pending), so the tables are the ones one process reads; what only an in-order reading can settle is redone here from the
   slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
   workers (already parallel), not with one CPU or none free (the load), not with
   TRACEKIT_KINETO_HELPER=0.
@@ -604,8 +604,8 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
 
 # Traces of at least this much JSON text get a second decoding process (_Helper). It is forked,
 # so it starts in milliseconds; below this size there are too few slices to share. The 230 MB
-# bench trace: the reading 1.04-1.20 -> 0.86-0.96 s wall (+0.15 CPU-s, the shared slices'
-# copies and answers). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+# bench trace, with a core free (nice -20 on the 2-core machine at load 2.6-2.9, system zlib):
+# the reading 1.04-1.20 -> 0.86-0.96 s wall, +0.15-0.2 CPU-s (the slices' copies and answers). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
 _HELPER_MIN_BYTES = 128 << 20
 _GZ_RATIO = 12
 # Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
@@ -771,7 +771,10 @@ class _Forked:
         """Whether it has exited (and is reaped); with a timeout, polled until then."""
         until = None if timeout is None else time.monotonic() + timeout
         while not self.reaped:
-            self.reaped = os.waitpid(self.pid, 0 if until is None else os.WNOHANG)[0] != 0
+            try:
+                self.reaped = os.waitpid(self.pid, 0 if until is None else os.WNOHANG)[0] != 0
+            except ChildProcessError:  # reaped already (an application ignoring SIGCHLD)
+                self.reaped = True
             if not self.reaped:
                 if time.monotonic() > until:
                     return False
