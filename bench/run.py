@@ -777,10 +777,6 @@ def main() -> None:
             repeat("gunzip (zlib-ng, the reader's)", lambda: child_cmd("gunzip", KINETO, "zlib-ng"), n, g)
             repeat("gunzip + msgspec minimal decode (floor)", lambda: child_cmd("decode", KINETO), n, g)
             repeat_tracekit(KINETO, db, n, g)
-            # The helper's comparison at this size too (readers/kineto.py _Helper, from 128 MB of
-            # JSON when a core is free; each run's load1 says whether it was).
-            repeat("tracekit import (CLI, one decoding process)",
-                   lambda: ["env", "TRACEKIT_KINETO_HELPER=0", *cli_import([KINETO], db)], n, g, prepare=fresh(db))
             if args.hta_python and Path(args.hta_python).exists():
                 hta_dir = tmp / "hta"
                 hta_dir.mkdir(exist_ok=True)

@@ -22,7 +22,7 @@ Speed and memory on traces of hundreds of MB come from these choices:
   (kernel short names, input shapes) are computed once each, and string columns stay
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
-- A trace of 128 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
+- A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
   process (_Helper, _helper_main; forked, so it starts at once) turns streamed slices into
   columns whenever it has room while this one decodes the others, and its columns are merged
   in file order (_Pending), so the tables are the ones one process reads; what only an in-order reading can settle is redone here from the
@@ -602,11 +602,14 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
         worker.join()
 
 
-# Traces of at least this much JSON text get a second decoding process (_Helper). It is forked,
-# so it starts in milliseconds; below this size there are too few slices to share. The 230 MB
-# bench trace, with a core free (nice -20 on the 2-core machine at load 2.6-2.9, system zlib):
-# the reading 1.04-1.20 -> 0.86-0.96 s wall, +0.15-0.2 CPU-s (the slices' copies and answers). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
-_HELPER_MIN_BYTES = 128 << 20
+# Traces of at least this much JSON text get a second decoding process (_Helper): the 2.27 GB
+# bench trace imported in 12.0-13.4 s with it (then started as a fresh interpreter), 14.6-14.8 s
+# without (quiet 2-core machine). Below it the helper's overhead (the slices' copies and
+# answers, the fork's copied pages) is not won back even though the fork starts at once: the
+# 230 MB trace's reading took 1.39-1.63 s wall, 1.41-1.52 CPU-s with it, 1.13-1.26 s wall,
+# 1.13-1.22 CPU-s without (2-core machine, load 2.7, at nice -20).
+# A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+_HELPER_MIN_BYTES = 512 << 20
 _GZ_RATIO = 12
 # Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
 # at most one inflated piece; its columns take a fraction of its text.
