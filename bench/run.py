@@ -45,8 +45,13 @@ def _child(name: str, args: list[str]) -> dict:
     return CHILDREN[name](*args)
 
 
-def c_gunzip(path: str) -> dict:
-    import zlib
+def c_gunzip(path: str, lib: str = "zlib") -> dict:
+    """The file read and inflated whole: by the system zlib, or by zlib-ng (`lib` "zlib-ng"), the
+    reader's own inflater."""
+    if lib == "zlib-ng":
+        from zlib_ng import zlib_ng as zlib
+    else:
+        import zlib
 
     t = time.perf_counter()
     raw = Path(path).read_bytes()
@@ -769,6 +774,7 @@ def main() -> None:
             res["kineto"] = {"load": load()}
             g = res["kineto"]
             repeat("gunzip (zlib)", lambda: child_cmd("gunzip", KINETO), n, g)
+            repeat("gunzip (zlib-ng, the reader's)", lambda: child_cmd("gunzip", KINETO, "zlib-ng"), n, g)
             repeat("gunzip + msgspec minimal decode (floor)", lambda: child_cmd("decode", KINETO), n, g)
             repeat_tracekit(KINETO, db, n, g)
             if args.hta_python and Path(args.hta_python).exists():

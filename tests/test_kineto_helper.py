@@ -3,7 +3,7 @@ helper that decodes every other slice into columns. Whatever the helper does, th
 the ones one process reads, row for row, and what it cannot settle alone (B/E pairs and rows
 without correlation across slices, odd values, a slice that is not JSON, its own death) is redone
 by the reading process. The fixtures are small, so the tests lower the size that calls for a
-helper and the slice size, and wait for the helper to be ready (it imports for ~0.3 s)."""
+helper and the slice size, and wait for the helper to be ready (a forked child: at once)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def helper_on(monkeypatch):
         return redo(self, text)
 
     monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", 0)
+    monkeypatch.setattr(kineto.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # as on an idle machine
     monkeypatch.setattr(kineto, "_CHUNK", 16384)
     monkeypatch.setattr(kineto._Helper, "start", staticmethod(start_ready))
     monkeypatch.setattr(kineto._Tables, "merge", counted_merge)
@@ -154,12 +155,19 @@ def test_broken_text_is_worded_as_without_helper(tmp_path, helper_on, monkeypatc
 
 
 def test_who_gets_a_helper(monkeypatch):
-    # By the JSON text's size (a gzipped file counts _GZ_RATIO times), unless turned off.
+    # By the JSON text's size (a gzipped file counts _GZ_RATIO times), unless turned off or the
+    # machine has no core to spare.
+    monkeypatch.setattr(kineto.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(kineto.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
     size = KINETO_L2.stat().st_size
     monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", size * kineto._GZ_RATIO)
     assert kineto._wants_helper(KINETO_L2)
     monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", size * kineto._GZ_RATIO + 1)
     assert not kineto._wants_helper(KINETO_L2)
     monkeypatch.setattr(kineto, "_HELPER_MIN_BYTES", 0)
+    assert kineto._wants_helper(KINETO_L2)
+    monkeypatch.setattr(kineto.os, "getloadavg", lambda: (1.5, 0.4, 0.4))  # 2 CPUs, 1.5 busy
+    assert not kineto._wants_helper(KINETO_L2)
+    monkeypatch.setattr(kineto.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
     monkeypatch.setenv("TRACEKIT_KINETO_HELPER", "0")
     assert not kineto._wants_helper(KINETO_L2)

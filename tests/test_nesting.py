@@ -8,7 +8,15 @@ from conftest import FIXTURES, KINETO_L2, KINETO_L3, NSYS_L2, NSYS_L3_SHAPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.enrich.nesting import _blocked_cover, _depths, _nearest_cover, _sweep, _thread_keys, nest
+from tracekit.enrich.nesting import (
+    _blocked_cover,
+    _depths,
+    _nearest_cover,
+    _sweep,
+    _thread_keys,
+    nest,
+    timeline,
+)
 from tracekit.readers import read
 
 
@@ -93,3 +101,29 @@ def test_random_intervals_nest_as_the_sweep_does(rows, rnd):
     end = start + np.array([r[2] if rnd.random() < 0.7 else 0 for r in rows], dtype=np.int64)
     pid = np.where(np.array([rnd.random() < 0.1 for _ in rows]), np.nan, 0.0)
     _assert_same(pid, tid, start, end)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_interval, max_size=60), st.randoms(use_true_random=False))
+def test_timeline_of_rows_in_time_order_is_the_four_key_sort(rows, rnd):
+    """Readers number rows by start, then end descending: timeline then sorts by thread alone,
+    which must give the order of the four keys (thread, start, end descending, row), ties
+    included. Rows in any other order take the four-key sort."""
+    tid = np.array([r[0] for r in rows], dtype=float)
+    start = np.array([r[1] for r in rows], dtype=np.int64)
+    end = start + np.array([r[2] if rnd.random() < 0.7 else 0 for r in rows], dtype=np.int64)
+    pid = np.where(np.array([rnd.random() < 0.1 for _ in rows], dtype=bool), np.nan, 0.0)
+    for shuffled in (False, True):
+        if shuffled:
+            perm = np.array(rnd.sample(range(len(rows)), len(rows)), dtype=np.int64)
+        else:  # as a reader numbers them
+            perm = np.lexsort((np.arange(len(rows)), -end, start))
+        p, t, s, e = pid[perm], tid[perm], start[perm], end[perm]
+        keys = _thread_keys(p, t)
+        want = np.lexsort((-e, s, keys[:, 1], keys[:, 0]))
+        got = timeline(p, t, s, e)
+        assert got.order.tolist() == want.tolist()
+        k = keys[want]
+        assert got.bounds.tolist() == (np.flatnonzero((k[1:] != k[:-1]).any(axis=1)) + 1).tolist()
+        firsts = [0, *got.bounds.tolist()] if len(rows) else []
+        assert got.keys == [tuple(k[i].tolist()) for i in firsts]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tracekit.enrich.nesting import innermost, nest
+from tracekit.enrich.nesting import Timeline, innermost, nest_on, timeline
 from tracekit.readers.common import TraceData, give_back_memory
 
 
@@ -20,15 +20,17 @@ def _np(t: pa.Table, col: str, dtype: str = "float64") -> np.ndarray:
     return t.column(col).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
-def _with_nesting(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+def _with_nesting(t: pa.Table) -> tuple[pa.Table, np.ndarray, Timeline]:
+    """t with depth and parent_id, its rows' parents, and its timeline (innermost takes it too)."""
     start = _np(t, "start_ns", "int64")
     end = _np(t, "end_ns", "int64")
-    depth, parent = nest(_np(t, "pid"), _np(t, "tid"), start, end)
+    by_thread = timeline(_np(t, "pid"), _np(t, "tid"), start, end)
+    depth, parent = nest_on(by_thread, start, end)
     id_col = t.column(0).to_numpy(zero_copy_only=False)
     parent_id = pa.array(np.where(parent >= 0, id_col[np.clip(parent, 0, None)], 0), pa.int64(),
                          mask=parent < 0)
     t = t.append_column("depth", pa.array(depth, pa.int32())).append_column("parent_id", parent_id)
-    return t, parent
+    return t, parent, by_thread
 
 
 def _link_unique(rows: pa.Table, launches: pa.Table) -> pa.Array | None:
@@ -163,8 +165,8 @@ def _link_to_launch(rows: pa.Table, launches: pa.Table) -> tuple[pa.Array, int]:
 
 
 def link(data: TraceData) -> TraceData:
-    ranges, r_parent = _with_nesting(data.ranges)
-    ops, o_parent = _with_nesting(data.ops)
+    ranges, r_parent, r_timeline = _with_nesting(data.ranges)
+    ops, o_parent, o_timeline = _with_nesting(data.ops)
     # Here and below: the temporaries of millions of rows go back before the next step's are made.
     give_back_memory()
     launch_id, k_unresolved = _link_to_launch(data.kernels, data.launches)
@@ -201,10 +203,10 @@ def link(data: TraceData) -> TraceData:
         mask = ~(fill | k_pid.is_valid().to_numpy(zero_copy_only=False))
         kernels = kernels.set_column(kernels.schema.get_field_index("pid"), kernels.schema.field("pid"),
                                      pa.array(vals, kernels.schema.field("pid").type, mask=mask))
-    op_row = innermost(l_pid, l_tid, l_ts, _np(ops, "pid"), _np(ops, "tid"), _np(ops, "start_ns", "int64"),
-                       _np(ops, "end_ns", "int64"), o_parent)
-    rg_row = innermost(l_pid, l_tid, l_ts, _np(ranges, "pid"), _np(ranges, "tid"),
-                       _np(ranges, "start_ns", "int64"), _np(ranges, "end_ns", "int64"), r_parent)
+    op_row = innermost(l_pid, l_tid, l_ts, o_timeline, _np(ops, "start_ns", "int64"), _np(ops, "end_ns", "int64"),
+                       o_parent)
+    rg_row = innermost(l_pid, l_tid, l_ts, r_timeline, _np(ranges, "start_ns", "int64"),
+                       _np(ranges, "end_ns", "int64"), r_parent)
     op_ids = ops.column("op_id").to_numpy(zero_copy_only=False)
     rg_ids = ranges.column("range_id").to_numpy(zero_copy_only=False)
     op_id = pa.array(np.where(op_row >= 0, op_ids[np.clip(op_row, 0, None)] if len(op_ids) else 0, 0),
@@ -212,7 +214,7 @@ def link(data: TraceData) -> TraceData:
     range_id = pa.array(np.where(rg_row >= 0, rg_ids[np.clip(rg_row, 0, None)] if len(rg_ids) else 0, 0),
                         pa.int64(), mask=rg_row < 0)
     kernels = kernels.append_column("op_id", op_id).append_column("range_id", range_id)
-    del op_row, rg_row, l_pid, l_tid, l_ts, idx, lid
+    del op_row, rg_row, l_pid, l_tid, l_ts, idx, lid, o_timeline, r_timeline
     data.launches, kernels, memops = _only_launches(data.launches, kernels, memops)
     data.kernels, data.ranges, data.ops, data.memops = kernels, ranges, ops, memops
     give_back_memory()  # the nesting's temporaries (~200 B per op): the insert that follows reuses them

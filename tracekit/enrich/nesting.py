@@ -10,6 +10,8 @@ the candidate is the last interval starting at or before the point, then parents
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -17,22 +19,52 @@ def _thread_keys(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     return np.stack([np.nan_to_num(pid.astype("float64"), nan=-1), np.nan_to_num(tid.astype("float64"), nan=-1)], 1)
 
 
+class Timeline(NamedTuple):
+    """Intervals sorted by thread, start, then end descending (stable: ties keep row order), so
+    that an enclosing interval with the same start comes before what it encloses and each
+    thread is a slice of `order`: its rows begin at 0 and at each of `bounds`, and `keys` are
+    the threads' (pid, tid), NaN as -1. nest and innermost take the same one."""
+
+    order: np.ndarray
+    bounds: np.ndarray
+    keys: list[tuple[float, float]]
+
+
+def timeline(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -> Timeline:
+    kp = np.nan_to_num(pid.astype("float64"), nan=-1)
+    kt = np.nan_to_num(tid.astype("float64"), nan=-1)
+    # Readers number rows by start, then end descending: there a stable sort by thread alone
+    # gives the same order as the four keys, ~20x faster, without the negated copy of `end`.
+    # (Keys as 1-D arrays, as _thread_keys gives them stacked: a stacked copy of millions of
+    # rows is memory for nothing.)
+    if len(start) < 2 or _in_time_order(start, end):
+        order = np.lexsort((kt, kp))
+    else:
+        order = np.lexsort((-end, start, kt, kp))
+    kp, kt = kp[order], kt[order]
+    bounds = np.flatnonzero((kp[1:] != kp[:-1]) | (kt[1:] != kt[:-1])) + 1
+    firsts = np.concatenate([[0], bounds]) if len(order) else bounds
+    return Timeline(order, bounds, list(zip(kp[firsts].tolist(), kt[firsts].tolist(), strict=True)))
+
+
+def _in_time_order(start: np.ndarray, end: np.ndarray) -> bool:
+    s0, s1 = start[:-1], start[1:]
+    return bool(np.all((s1 > s0) | ((s1 == s0) & (end[1:] <= end[:-1]))))
+
+
 def nest(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Depth (0 = outermost) and parent row index (-1 = none) of each interval on its thread."""
+    return nest_on(timeline(pid, tid, start, end), start, end)
+
+
+def nest_on(by_thread: Timeline, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nest, for intervals whose timeline the caller has already (innermost takes it too)."""
     n = len(start)
     depth = np.zeros(n, dtype=np.int32)
     parent = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return depth, parent
-    kp = np.nan_to_num(pid.astype("float64"), nan=-1)
-    kt = np.nan_to_num(tid.astype("float64"), nan=-1)
-    # Sort by thread, then start ascending, then end descending so an enclosing interval with the
-    # same start comes before what it encloses. (Keys as 1-D arrays, as _thread_keys gives them
-    # stacked: a stacked copy of millions of rows is memory for nothing.)
-    order = np.lexsort((-end, start, kt, kp))
-    kp, kt = kp[order], kt[order]
-    bounds = np.flatnonzero((kp[1:] != kp[:-1]) | (kt[1:] != kt[:-1])) + 1
-    del kp, kt
+    order, bounds, _ = by_thread
     s_sorted, e_sorted = start[order], end[order]
     # The search below assumes end >= start and computes start + 1 without overflow.
     if (e_sorted < s_sorted).any() or s_sorted.max() == np.iinfo(np.int64).max:
@@ -199,29 +231,19 @@ def _depths(parent: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
     return depth.astype(np.int32)
 
 
-def innermost(
-    pt_pid: np.ndarray, pt_tid: np.ndarray, pt_ts: np.ndarray,
-    iv_pid: np.ndarray, iv_tid: np.ndarray, iv_start: np.ndarray, iv_end: np.ndarray, iv_parent: np.ndarray,
-) -> np.ndarray:
-    """Row index of the innermost interval on the point's thread that covers it, or -1."""
+def innermost(pt_pid: np.ndarray, pt_tid: np.ndarray, pt_ts: np.ndarray, intervals: Timeline,
+              iv_start: np.ndarray, iv_end: np.ndarray, iv_parent: np.ndarray) -> np.ndarray:
+    """Row index of the innermost interval on the point's thread that covers it, or -1.
+    `intervals` is the intervals' timeline (each thread a slice of it), iv_parent nest's parents."""
     out = np.full(len(pt_ts), -1, dtype=np.int64)
     if len(pt_ts) == 0 or len(iv_start) == 0:
         return out
-    # One sort of all intervals by thread, start, end descending (stable: ties keep row order);
-    # each thread is then a slice of it. Keys stay two 1-D arrays: stacking them, or one complex
-    # key and np.unique, costs several copies of the millions of ops in memory.
-    ip = np.nan_to_num(iv_pid.astype("float64"), nan=-1)
-    it = np.nan_to_num(iv_tid.astype("float64"), nan=-1)
-    order = np.lexsort((-iv_end, iv_start, it, ip))
-    ip, it = ip[order], it[order]
-    cut = np.flatnonzero((ip[1:] != ip[:-1]) | (it[1:] != it[:-1])) + 1
-    firsts = np.concatenate([[0], cut])
-    lasts = np.concatenate([cut, [len(order)]])
-    keys = list(zip(ip[firsts].tolist(), it[firsts].tolist(), strict=True))
-    del ip, it
+    order, bounds, keys = intervals
+    firsts = [0, *bounds.tolist()]
+    lasts = [*bounds.tolist(), len(order)]
     pp = np.nan_to_num(pt_pid.astype("float64"), nan=-1)
     ptt = np.nan_to_num(pt_tid.astype("float64"), nan=-1)
-    for (kp, kt), a, b in zip(keys, firsts.tolist(), lasts.tolist(), strict=True):
+    for (kp, kt), a, b in zip(keys, firsts, lasts, strict=True):
         pts = np.flatnonzero((pp == kp) & (ptt == kt))
         if len(pts) == 0:
             continue

@@ -131,11 +131,12 @@ def give_back_memory() -> None:
     global _malloc_trim
     if _malloc_trim is None:
         import ctypes
-        import ctypes.util
 
         try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc: nothing to trim
+            # The symbols the process has loaded, libc's among them: ctypes.util.find_library
+            # would run `ldconfig -p` in a subprocess (~10 ms) to name the same library.
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError, TypeError):  # not glibc (or Windows): nothing to trim
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)

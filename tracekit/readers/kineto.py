@@ -23,11 +23,12 @@ Speed and memory on traces of hundreds of MB come from these choices:
   dictionary-encoded (one dictionary per column for the whole trace, codes per slice): no
   per-row string copies, and sorting moves int32 codes.
 - A trace of 512 MB of JSON or more (_HELPER_MIN_BYTES) is decoded by two processes: a helper
-  process (_Helper, _helper_main) turns streamed slices into columns whenever it has room while
-  this one decodes the others, and its columns are merged in file order (_Pending), so the tables are the
-  ones one process reads; what only an in-order reading can settle is redone here from the
+  process (_Helper, _helper_main; forked, so it starts at once) turns streamed slices into
+  columns whenever it has room while this one decodes the others, and its columns are merged
+  in file order (_Pending), so the tables are the ones one process reads; what only an in-order reading can settle is redone here from the
   slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
-  workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
+  workers (already parallel), not with one CPU or none free (the load), not with
+  TRACEKIT_KINETO_HELPER=0.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
 nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
 writes (see _ns and _ns_array).
@@ -47,10 +48,9 @@ import pickle
 import queue
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import zlib
+import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,6 +62,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from zlib_ng import zlib_ng
 
 from tracekit.errors import TraceError
 from tracekit.readers.common import (
@@ -97,6 +98,9 @@ def _bomb(path: Path, limit: int, whole_text: bool) -> TraceError:
 # Largest |ts| or dur (µs) kept: 2^62 ns, so that start + dur still fits a signed 64-bit column.
 _MAX_US = 4.6e15
 _UTF8_BOM = b"\xef\xbb\xbf"
+# Inflated by zlib-ng (the zlib API, same bytes and errors), ~2.5x faster than the system zlib:
+# 0.12 vs 0.29-0.33 CPU-s for the 230 MB bench trace.
+_GZIP = 16 + zlib_ng.MAX_WBITS
 # Bytes of event text decoded at once: big enough that per-slice overhead vanishes, small
 # enough that one slice of structs stays a few tens of MB.
 _CHUNK = 8 << 20
@@ -373,7 +377,7 @@ def _load_bytes(path: Path) -> bytes | bytearray:
     # Stream the inflate with an output cap instead of gzip.decompress, which has none. The
     # bytearray is returned as is: a bytes() copy would double the peak memory.
     out = bytearray()
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    d = zlib_ng.decompressobj(_GZIP)
     limit = inflate_limit(len(raw), whole_text=True)
     data = raw
     del raw
@@ -386,10 +390,10 @@ def _load_bytes(path: Path) -> bytes | bytearray:
             if d.eof and d.unused_data:
                 # Concatenated gzip members are legal; continue with the next one.
                 data = d.unused_data
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                d = zlib_ng.decompressobj(_GZIP)
         if not d.eof:
             raise TraceError(path, "truncated gzip (file ends before the compressed stream does)")
-    except zlib.error as exc:
+    except zlib_ng.error as exc:
         raise TraceError(path, f"corrupt gzip ({exc})") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(path, f"corrupt gzip ({exc})") from None
@@ -561,8 +565,8 @@ _DONE = object()
 
 def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
     """items, produced by a second thread up to two ahead: zlib inflates and the file is read
-    without the GIL, so on a second core inflating overlaps decoding (~0.25 s of the 230 MB
-    bench trace's 1.3 s). Its errors (TraceError for a broken gzip) are raised here, in order."""
+    without the GIL, so on a second core inflating overlaps decoding (~0.12 s of the 230 MB
+    bench trace's 1 s). Its errors (TraceError for a broken gzip) are raised here, in order."""
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -598,10 +602,13 @@ def _read_ahead(items: Iterator[bytes]) -> Iterator[bytes]:
         worker.join()
 
 
-# Traces of at least this much JSON text get a second decoding process (_Helper). Below it the
-# helper's start (~0.35 CPU-s of imports, while this process decodes alone) is not won back:
-# the 230 MB bench trace imported no faster with it (2.5-2.6 s either way), the 2.27 GB one
-# ~2.3 s faster (15.2-15.6 -> 12.9-13.3 s). A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
+# Traces of at least this much JSON text get a second decoding process (_Helper): the 2.27 GB
+# bench trace imported in 12.0-13.4 s with it (then started as a fresh interpreter), 14.6-14.8 s
+# without (quiet 2-core machine). Below it the helper's overhead (the slices' copies and
+# answers, the fork's copied pages) is not won back even though the fork starts at once: the
+# 230 MB trace's reading took 1.39-1.63 s wall, 1.41-1.52 CPU-s with it, 1.13-1.26 s wall,
+# 1.13-1.22 CPU-s without (2-core machine, load 2.7, at nice -20).
+# A gzipped file is taken for _GZ_RATIO times its size (Kineto's JSON deflates ~12x).
 _HELPER_MIN_BYTES = 512 << 20
 _GZ_RATIO = 12
 # Shared memory for each slice a helper holds, and again for its answer: a slice is _CHUNK plus
@@ -611,18 +618,24 @@ _SLOTS = 2
 
 
 def _wants_helper(path: Path) -> bool:
-    """A helper process pays off on a big file, with a second CPU to run on, and not inside a
-    worker process (`import -j`, Dask: the files are already parsed in parallel there).
-    TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison)."""
+    """A helper process pays off on a big file, with a second CPU free to run on, and not inside
+    a worker process (`import -j`, Dask: the files are already parsed in parallel there).
+    TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison).
+
+    "Free" is read from the 1-minute load: on a machine busy with other work the helper's
+    share is only more CPU (230 MB trace at load 3.7-3.9 on 2 cores: reading 1.19-1.34 s wall,
+    1.38-1.46 CPU-s with it, 1.10-1.23 s, 1.12-1.21 CPU-s without). The tables are the same
+    either way."""
     if os.environ.get("TRACEKIT_KINETO_HELPER") == "0":
         return False
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    if (cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create")
-            or not sys.executable):  # an embedding application may have no interpreter to start
+    if cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create"):
         return False
+    if os.getloadavg()[0] >= cpus - 0.5:
+        return False  # no core to spare
     try:
         with path.open("rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
@@ -640,8 +653,11 @@ class _Helper:
     one process reads. What it cannot decide alone is redone here, in order, from the slice's
     text: a B/E pair or a missing correlation spanning slices, a slice that did not decode, any
     error (so errors are this process's own), a helper that died. A helper that does not start is
-    simply never used. It is a plain `python -c` child, not multiprocessing's spawn, which would
-    import the caller's __main__ again.
+    simply never used. It is a plain fork (not multiprocessing's, whose spawn would import the
+    caller's __main__ again, or a fresh interpreter, whose imports took ~0.3 CPU-s): the child
+    runs only _helper_main, which decodes with this module (msgspec, numpy, pyarrow) and leaves
+    by os._exit, so nothing of the caller (a DuckDB connection, atexit hooks, buffered output)
+    runs or is flushed twice.
 
     It holds up to _SLOTS slices, so it never waits for this process to hand it the next one.
     Slices and its answers (pickled parts) go through shared memory (a memfd both map: slot i
@@ -649,7 +665,7 @@ class _Helper:
     neither process blocks on the other's reading (8 MB through the socket also cost more than a
     tenth of decoding it)."""
 
-    def __init__(self, proc: subprocess.Popen, conn: Connection, shared: mmap.mmap) -> None:
+    def __init__(self, proc: _Forked, conn: Connection, shared: mmap.mmap) -> None:
         self.proc = proc
         self.conn = conn
         self.shared = shared
@@ -665,18 +681,25 @@ class _Helper:
         try:
             os.ftruncate(mem, size)  # pages are only allocated as slices are written
             shared = mmap.mmap(mem, size)
-            root = str(Path(__file__).resolve().parents[2])  # so a source checkout finds this package too
-            cmd = (f"import sys; sys.path.insert(0, {root!r}); from tracekit.readers.kineto import _helper_main; "
-                   f"_helper_main({theirs.fileno()}, {mem}, {str(path)!r})")
-            # Quiet: whatever goes wrong in it is redone here, and this process's errors are the ones shown.
-            proc = subprocess.Popen([sys.executable, "-c", cmd], pass_fds=[theirs.fileno(), mem],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of forking a process with threads (the caller's DuckDB
+                # pool): their locks are never taken in the child, which runs only _helper_main.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         except OSError:
             ours.close()
-            return None
-        finally:
             theirs.close()
             os.close(mem)
+            return None
+        if pid == 0:
+            try:  # the helper: it must never return into the caller's code
+                ours.close()
+                _helper_main(theirs.detach(), mem, str(path))
+            finally:
+                os._exit(0)
+        theirs.close()
+        os.close(mem)
+        proc = _Forked(pid)
         return cls(proc, Connection(ours.detach()), shared)
 
     def idle(self) -> bool:
@@ -735,11 +758,35 @@ class _Helper:
         except OSError:
             pass
         self.conn.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if not self.proc.wait(timeout=5):
             self.proc.kill()
             self.proc.wait()
+
+
+class _Forked:
+    """The helper's process: waited for, or killed, by its pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.reaped = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it has exited (and is reaped); with a timeout, polled until then."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not self.reaped:
+            try:
+                self.reaped = os.waitpid(self.pid, 0 if until is None else os.WNOHANG)[0] != 0
+            except ChildProcessError:  # reaped already (an application ignoring SIGCHLD)
+                self.reaped = True
+            if not self.reaped:
+                if time.monotonic() > until:
+                    return False
+                time.sleep(0.005)
+        return True
+
+    def kill(self) -> None:
+        if not self.reaped:
+            os.kill(self.pid, signal.SIGKILL)
 
 
 class _Pending:
@@ -857,7 +904,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
                 first = False
             return
         f.seek(0)
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        d = zlib_ng.decompressobj(_GZIP)
         limit = inflate_limit(os.fstat(f.fileno()).st_size, whole_text=False)
         total = 0
         try:
@@ -865,7 +912,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
                 while data:
                     if d.eof:
                         # Concatenated gzip members are legal; continue with the next one.
-                        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        d = zlib_ng.decompressobj(_GZIP)
                     out = d.decompress(data, _CHUNK)
                     total += len(out)
                     if total > limit:
@@ -876,7 +923,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
                         first = False
             if not d.eof:
                 raise TraceError(path, "truncated gzip (file ends before the compressed stream does)")
-        except zlib.error as exc:
+        except zlib_ng.error as exc:
             raise TraceError(path, f"corrupt gzip ({exc})") from None
 
 
