@@ -312,7 +312,7 @@ def drop_plan(con: duckdb.DuckDBPyConnection) -> None:
     _drop_scratch(con, ("_tk_kstage",))
 
 
-_SCRATCH = ("_tk_kin", "_tk_marks", "_tk_pass0", "_tk_kpass0", "_tk_pass", "_tk_kpass", "_tk_final",
+_SCRATCH = ("_tk_kin", "_tk_parts", "_tk_marks", "_tk_pass0", "_tk_kpass0", "_tk_pass", "_tk_kpass", "_tk_final",
             "_tk_k", "_tk_kfinal", "_tk_mnames")
 
 
@@ -333,8 +333,13 @@ def _drop_scratch(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...] = _SCR
 def _attribute(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, cfg: StageConfig) -> str:
     con.execute(PASSES_DDL)
     con.execute("DELETE FROM passes WHERE run_id = ?", [run_id])
-    # Every kernel with the number of its partition (dense, 1..), and whether its name is one
-    # that serves one side of a mixed pass.
+    # The partitions, numbered (dense, 1..); every kernel with the number of its partition and
+    # whether its name is one that serves one side of a mixed pass. Only the columns the steps read:
+    # this copy of every kernel is the planning's largest table (op_id and the partition columns
+    # took a quarter of it, 3.75M kernels).
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tk_parts AS SELECT {_part_cols()}, "
+        f"row_number() OVER (ORDER BY {_part_cols()})::INTEGER AS part FROM (SELECT DISTINCT {_part_cols()} FROM {kernels})")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _tk_kin AS
@@ -343,12 +348,11 @@ def _attribute(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, cfg: S
         n AS (
             SELECT name_id, CASE WHEN regexp_matches(name, $ctx) THEN 'summarization'
                                  WHEN regexp_matches(name, $gen) THEN 'generation' END AS side
-            FROM kernel_names WHERE name_id IN (SELECT DISTINCT name_id FROM k)),
-        parts AS (SELECT {_part_cols()}, row_number() OVER (ORDER BY {_part_cols()})::INTEGER AS part
-                  FROM (SELECT DISTINCT {_part_cols()} FROM k))
-        SELECT k.*, parts.part, n.side
+            FROM kernel_names WHERE name_id IN (SELECT DISTINCT name_id FROM k))
+        SELECT k.kernel_id, k.launch_id, k.name_id, k.start_ns, k.end_ns, k.grid_x, k.grid_y, k.grid_z,
+               parts.part, n.side
         FROM k JOIN n USING (name_id)
-        JOIN parts ON {" AND ".join(f"parts.{c} IS NOT DISTINCT FROM k.{c}" for c in PARTITION)}
+        JOIN _tk_parts parts ON {" AND ".join(f"parts.{c} IS NOT DISTINCT FROM k.{c}" for c in PARTITION)}
         """,
         {"ctx": "(?i)" + cfg.context_attention, "gen": "(?i)" + cfg.generation_attention},
     )
@@ -830,7 +834,6 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig, eng
         f"""
         INSERT INTO passes (run_id, pass_id, iteration, step, stage, source, name, range_id, start_ns, end_ns,
                             n_kernels, {", ".join(PARTITION)}, grammar, ctx_tokens, gen_tokens, evidence)
-        WITH parts AS (SELECT DISTINCT part, {", ".join(PARTITION)} FROM _tk_kin)
         SELECT $r, f.pass_id, f.iteration, f.step, f.stage, f.source, f.name, f.range_id,
                f.start_ns, f.end_ns, coalesce(n.n, 0), {part_cols}, f.grammar, f.ctx_tokens, f.gen_tokens,
                CASE WHEN f.stage = 'mixed' THEN
@@ -839,7 +842,7 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig, eng
                          ELSE 'split:unknown (no token counts in the marker)' END END
         FROM _tk_final f
         LEFT JOIN (SELECT pass_id, count(*) AS n FROM _tk_kpass GROUP BY pass_id) n USING (pass_id)
-        LEFT JOIN parts pt ON pt.part = f.part
+        LEFT JOIN _tk_parts pt ON pt.part = f.part
         """,
         {"r": run_id},
     )
