@@ -274,7 +274,7 @@ def _store(
         run_id = ranks.insert(con, ranks.prepare(f, data), source_path=str(f), content_hash=h,
                               importer_version=__version__, meta=meta, stages=stages, release=True,
                               follows=follows)
-        _enrich(con, run_id, rules, on_phase, str(f), classified=bool(classified))
+        _enrich(con, run_id, rules, on_phase, str(f), bool(classified))
         con.execute("COMMIT")
     except BaseException as exc:
         try:

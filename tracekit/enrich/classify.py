@@ -126,7 +126,7 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
 def plan_kernel_follows(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, rules: RuleSet) -> pa.Table:
     """classify for a run whose kernel rows are not written yet (relation `kernels`: kernel_rows'
     columns, stages included, the run's verdict rows stored), as store.insert_run takes it
-    (store.KernelPlanner): the verdicts are written, and the per-kernel answers are returned
+    (store.FollowPlanner): the verdicts are written, and the per-kernel answers are returned
     (kernel_id, follow_category, follow_evidence: the kernels that have one) for the rows to be
     written with them. An UPDATE of the rows just inserted made DuckDB log the whole transaction's
     kernel rows to the WAL instead of keeping the row groups it had written (1.3 CPU-s of COMMIT
