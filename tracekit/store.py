@@ -575,8 +575,8 @@ ROW_GROUP = 122_880
 def row_groups(table: pa.Table, rows: int = ROW_GROUP) -> pa.RecordBatchReader:
     """`table` as a stream of batches of whole row groups (the last one the rest), for an INSERT
     that DuckDB then writes in full row groups whatever the chunks of the columns. A window is
-    copied into one batch only as it is read (a stream is read once, by one thread), so this holds
-    one window more than the table, not a second table."""
+    copied into one batch only as it is read (a stream is read once), so this holds a window or
+    two more than the table, not a second table."""
     def windows():
         for start in range(0, table.num_rows, rows):
             yield from table.slice(start, rows).combine_chunks().to_batches()
