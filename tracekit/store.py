@@ -57,7 +57,8 @@ class StagePlanner(Protocol):
 # enrich.classify.plan_kernel_follows with its rules): (con, run_id, relation of the rows with their
 # stages) -> Arrow table kernel_id, follow_category, follow_evidence of the kernels that have one;
 # the verdicts are written. So the rows are written once, with their follow_*: an UPDATE of rows
-# this transaction inserted makes DuckDB log them all to the WAL at COMMIT.
+# this transaction inserted makes DuckDB log them all to the WAL at COMMIT instead of keeping the
+# row groups it already wrote (COMMIT 1.3 CPU-s and checkpoint 0.3 s at 3.75M kernels).
 FollowPlanner = Callable[[duckdb.DuckDBPyConnection, int, str], pa.Table]
 
 

@@ -128,9 +128,7 @@ def plan_kernel_follows(con: duckdb.DuckDBPyConnection, run_id: int, kernels: st
     columns, stages included, the run's verdict rows stored), as store.insert_run takes it
     (store.FollowPlanner): the verdicts are written, and the per-kernel answers are returned
     (kernel_id, follow_category, follow_evidence: the kernels that have one) for the rows to be
-    written with them. An UPDATE of the rows just inserted made DuckDB log the whole transaction's
-    kernel rows to the WAL instead of keeping the row groups it had written (1.3 CPU-s of COMMIT
-    and 0.3 s of checkpoint at 3.75M kernels). The rollups are the caller's (refresh_rollups)."""
+    written with them (why: store.FollowPlanner). The rollups are the caller's (refresh_rollups)."""
     rows = (f"(SELECT kernel_id AS rowid, {int(run_id)}::INTEGER AS run_id, pid, device, stream, start_ns, "
             f"ctx_id, stage, NULL::VARCHAR AS follow_category, NULL::VARCHAR AS follow_evidence FROM {kernels})")
     _classify(con, [int(run_id)], rules, False, rows)
