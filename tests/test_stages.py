@@ -343,3 +343,27 @@ def test_stages_planned_at_insert_match_attribution_after(tmp_path, path):
         rows, passes, ((stage_method, iterations),) = got[0]
         assert stage_method.startswith(method) and iterations >= 1 and len(passes) > 1
         assert {r[1] for r in rows} >= {"summarization", "generation"}
+
+
+def test_kernels_placed_by_marker_in_slices_get_the_passes_of_one_placement(tmp_path, monkeypatch):
+    """Marker passes place kernels by their launch one slice of kernel ids at a time
+    (stages._KPASS_SLICE: the join to the launches and the ASOF's sort of every kernel at once were
+    the import's peak at 3.75M kernels). Slices of 97 kernels give the passes and kernel stages
+    that one slice gives."""
+    import tracekit
+    from tracekit.enrich import stages as stage_module
+
+    def imported(name: str) -> dict:
+        db = tracekit.open(tmp_path / name)
+        [r] = db.import_paths([NSYS_L2])
+        assert r.status == "imported", r.error
+        out = {t: db.con.execute(f"SELECT * EXCLUDE (run_id) FROM {t} ORDER BY ALL").fetchall()
+               for t in ("passes", "kernel_rows")}
+        out["method"] = db.con.execute("SELECT stage_method, iterations, stage_reason FROM runs").fetchall()
+        db.close()
+        return out
+
+    whole = imported("whole.duckdb")
+    assert whole["method"][0][0].startswith("markers:") and len(whole["kernel_rows"]) > 10 * 97
+    monkeypatch.setattr(stage_module, "_KPASS_SLICE", 97)
+    assert imported("sliced.duckdb") == whole

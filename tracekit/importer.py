@@ -16,7 +16,7 @@ import duckdb
 
 from tracekit import __version__, ranks
 from tracekit.enrich import stages
-from tracekit.enrich.classify import classify
+from tracekit.enrich.classify import classify, plan_kernel_follows
 from tracekit.enrich.links import link
 from tracekit.enrich.rules import RuleSet
 from tracekit.errors import TraceError, TracekitError
@@ -108,15 +108,18 @@ def _no_phase(path: str, phase: str) -> None:
     return None
 
 
-def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phase: Phase, path: str) -> None:
+def _enrich(con: duckdb.DuckDBPyConnection, run_id: int, rules: RuleSet, on_phase: Phase, path: str,
+            classified: bool) -> None:
     # Stages were attributed by insert_run, as the kernel rows were written (one write per row):
-    # the importer handed it enrich.stages as its planner.
+    # the importer handed it enrich.stages as its planner; and, `classified`, the verdicts too.
     on_phase(path, "stages")
     on_phase(path, "classifying")
-    # The run's rollups (store.py): summed by stage, so written once stages are; classification
-    # rewrites the part that depends on verdicts.
+    # The run's rollups (store.py): summed by stage and verdict, so written once both are; when
+    # insert_run could not classify (rows its fast path does not take), classification rewrites
+    # the part that depends on verdicts.
     refresh_rollups(con, [run_id])
-    classify(con, [run_id], rules)
+    if not classified:
+        classify(con, [run_id], rules)
 
 
 def _parse_in_order(todo: list[tuple[Path, str, float]], nsys: str | None, on_phase: Phase):
@@ -260,11 +263,18 @@ def _store(
         if old is not None:
             delete_run(con, old)
         n_kernels = data.kernels.num_rows
+        classified: list[int] = []
+
+        def follows(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str):
+            classified.append(run_id)
+            return plan_kernel_follows(con, run_id, kernels, rules)
+
         # release: the tables are emptied as they are written (nothing after needs them), so the
         # store step's peak is not the reader's output plus DuckDB's copy of it.
         run_id = ranks.insert(con, ranks.prepare(f, data), source_path=str(f), content_hash=h,
-                              importer_version=__version__, meta=meta, stages=stages, release=True)
-        _enrich(con, run_id, rules, on_phase, str(f))
+                              importer_version=__version__, meta=meta, stages=stages, release=True,
+                              follows=follows)
+        _enrich(con, run_id, rules, on_phase, str(f), bool(classified))
         con.execute("COMMIT")
     except BaseException as exc:
         try:

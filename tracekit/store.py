@@ -53,6 +53,15 @@ class StagePlanner(Protocol):
         ...
 
 
+# How insert_run classifies kernels not written yet (the importer hands it
+# enrich.classify.plan_kernel_follows with its rules): (con, run_id, relation of the rows with their
+# stages) -> Arrow table kernel_id, follow_category, follow_evidence of the kernels that have one;
+# the verdicts are written. So the rows are written once, with their follow_*: an UPDATE of rows
+# this transaction inserted makes DuckDB log them all to the WAL at COMMIT instead of keeping the
+# row groups it already wrote (COMMIT 1.3 CPU-s and checkpoint 0.3 s at 3.75M kernels).
+FollowPlanner = Callable[[duckdb.DuckDBPyConnection, int, str], pa.Table]
+
+
 def _is_lock_error(exc: Exception) -> bool:
     msg = str(exc).lower()
     return "lock" in msg and ("conflicting" in msg or "could not set lock" in msg)
@@ -504,6 +513,7 @@ def insert_run(
     meta: dict[str, tuple[str, str]],
     stages: StagePlanner | None = None,
     release: bool = False,
+    follows: FollowPlanner | None = None,
 ) -> int:
     """Insert one linked trace as a new run; the caller owns the transaction. `stages` (the
     importer gives tracekit.enrich.stages): also attribute stages, planned before the kernel rows
@@ -511,7 +521,9 @@ def insert_run(
     stage_spans) are the caller's to write (refresh_rollups). `release`: each of data's tables is
     emptied once written (the importer's: it needs none of them afterwards), so that its memory
     is free for DuckDB's insert and stage planning instead of stacking under them (issue 15: the
-    2.27 GB Kineto trace's ops and launches are ~300 MB)."""
+    2.27 GB Kineto trace's ops and launches are ~300 MB). `follows` (with `stages`): also classify,
+    the verdicts and each row's follow_* decided before the rows are written (FollowPlanner); the
+    caller then writes the rollups (refresh_rollups) and needs no classify. Returns the run id."""
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     n_kernels = data.kernels.num_rows
     kernel_time = pc.sum(data.kernels.column("dur_ns")).as_py() or 0
@@ -535,13 +547,13 @@ def insert_run(
         if arrow.num_rows == 0:
             continue
         if table == "kernels":
-            stages = _insert_kernels(con, run_id, arrow, stages)
+            stages = _insert_kernels(con, run_id, arrow, stages, follows)
         else:
             # Through a relation, not con.register: a view registered and dropped inside the
             # transaction keeps its Arrow table alive until COMMIT (DuckDB keeps the dropped catalog
             # entry), so `release` would free nothing; the relation lets go of it when deleted.
             cols = ", ".join(f'"{c}"' for c in arrow.column_names)
-            rel = con.from_arrow(arrow)
+            rel = con.from_arrow(row_groups(arrow))
             rel.query("_tk_in", f"INSERT INTO {table} (run_id, {cols}) SELECT {run_id}, {cols} FROM _tk_in")
             del rel
         if release:
@@ -553,13 +565,33 @@ def insert_run(
     return run_id
 
 
+# DuckDB writes a big insert's rows to the file as it goes, in row groups of this many rows (its
+# default row group size). Each Arrow batch of a parallel scan is written on its own, so batches
+# that are not whole row groups leave one part-filled row group each, which the checkpoint on close
+# then reads back and merges: 1.4 CPU-s of a 3.75M-kernel nsys import, whose kernel columns come
+# in 15 chunks of 250k rows (and 3.5 s of system time; the file was 120 MB instead of 81 MB).
+ROW_GROUP = 122_880
+
+
+def row_groups(table: pa.Table, rows: int = ROW_GROUP) -> pa.RecordBatchReader:
+    """`table` as a stream of batches of whole row groups (the last one the rest), for an INSERT
+    that DuckDB then writes in full row groups whatever the chunks of the columns. A window is
+    copied into one batch only as it is read (a stream is read once), so this holds a window or
+    two more than the table, not a second table."""
+    def windows():
+        for start in range(0, table.num_rows, rows):
+            yield from table.slice(start, rows).combine_chunks().to_batches()
+
+    return pa.RecordBatchReader.from_batches(table.schema, windows())
+
+
 def _insert_kernels(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table,
-                    stages: StagePlanner | None) -> StagePlanner | None:
+                    stages: StagePlanner | None, follows: FollowPlanner | None = None) -> StagePlanner | None:
     """Insert a reader's kernel table (the fast path, else the SQL one); the planner back when
     stages are still to be attributed (None: planned while writing)."""
     con.register("_tk_in", kernels)
     try:
-        if _insert_kernels_arrow(con, run_id, kernels, stages):
+        if _insert_kernels_arrow(con, run_id, kernels, stages, follows):
             return None
         insert_kernels(con, run_id, "_tk_in")
         return stages
@@ -689,7 +721,7 @@ def _name_ids(con: duckdb.DuckDBPyConnection, kernels: pa.Table) -> pa.Array | N
 
 
 def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: pa.Table,
-                          plan: StagePlanner | None) -> bool:
+                          plan: StagePlanner | None, follows: FollowPlanner | None = None) -> bool:
     """insert_kernels for a reader's Arrow table, every per-row id computed in NumPy so that the
     rows are written in one plain INSERT (no 375k-row temp table, no joins in it); with `plan`, with
     their stages (plan_stages). False, having written no rows, when the table is one this path does
@@ -730,11 +762,18 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
                                                (kp["stages"], np.asarray(kp["stage"]))).items():
                 src = src.append_column(name, column)
                 cols.append(name)
+        con.execute(f"INSERT INTO kernel_verdicts (run_id, ctx_id) SELECT {r}, unnest(?::BIGINT[])",
+                    [np.unique(ctx).tolist()])
+        if plan is not None and follows is not None:
+            con.unregister("_tk_krows")
+            con.register("_tk_krows", src)
+            for name, column in _follow_columns(n, follows(con, r, "_tk_krows")).items():
+                src = src.append_column(name, column)
+                cols.append(name)
         con.unregister("_tk_krows")
-        con.register("_tk_krows", src)
+        con.register("_tk_krows", row_groups(src.select(cols)))
         listed = ", ".join(cols)
         con.execute(f"INSERT INTO kernel_rows (run_id, {listed}) SELECT {r}, {listed} FROM _tk_krows")
-        con.execute(f"INSERT INTO kernel_verdicts (run_id, ctx_id) SELECT DISTINCT {r}, ctx_id FROM _tk_krows")
     finally:
         for name, drop in (("_tk_kh", "DROP VIEW IF EXISTS _tk_kh"), ("_tk_krows", None)):
             try:
@@ -742,6 +781,16 @@ def _insert_kernels_arrow(con: duckdb.DuckDBPyConnection, run_id: int, kernels: 
             except duckdb.Error:
                 pass  # an aborted transaction refuses this too; the error that aborted it is the one to report
     return True
+
+
+def _follow_columns(n: int, planned: pa.Table) -> dict[str, pa.Array]:
+    """follow_category / follow_evidence of kernels 0..n-1 from a FollowPlanner's rows (NULL for
+    the kernels it does not list), dictionary-encoded: a few distinct values over every row."""
+    at = np.full(n, -1, np.int64)
+    at[np.asarray(planned.column("kernel_id").to_numpy())] = np.arange(planned.num_rows)
+    rows = pa.array(at, mask=at < 0)
+    return {c: pc.dictionary_encode(planned.column(c).combine_chunks()).take(rows)
+            for c in ("follow_category", "follow_evidence")}
 
 
 def _stage_columns(n: int, kernel_ids: np.ndarray, pass_ids: np.ndarray, passes: list[tuple],

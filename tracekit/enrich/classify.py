@@ -120,8 +120,34 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
     verdicts changed, the kernel_sums rows of the changed contexts' names (store.refresh_kernel_sums).
     Returns the runs whose rollups were rewritten."""
     rules = rules if rules is not None else RuleSet.load()
-    selected = None if run_ids is None else list(run_ids)
+    return _classify(con, None if run_ids is None else list(run_ids), rules, refresh, "kernel_rows")
+
+
+def plan_kernel_follows(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, rules: RuleSet) -> pa.Table:
+    """classify for a run whose kernel rows are not written yet (relation `kernels`: kernel_rows'
+    columns, stages included, the run's verdict rows stored), as store.insert_run takes it
+    (store.FollowPlanner): the verdicts are written, and the per-kernel answers are returned
+    (kernel_id, follow_category, follow_evidence: the kernels that have one) for the rows to be
+    written with them (why: store.FollowPlanner). The rollups are the caller's (refresh_rollups)."""
+    rows = (f"(SELECT kernel_id AS rowid, {int(run_id)}::INTEGER AS run_id, pid, device, stream, start_ns, "
+            f"ctx_id, stage, NULL::VARCHAR AS follow_category, NULL::VARCHAR AS follow_evidence FROM {kernels})")
+    _classify(con, [int(run_id)], rules, False, rows)
+    try:
+        return con.sql("SELECT rid AS kernel_id, category AS follow_category, evidence AS follow_evidence "
+                       "FROM _tk_planned").to_arrow_table()
+    finally:
+        _quietly(con.execute, "DROP TABLE IF EXISTS _tk_planned")
+
+
+def _classify(con: duckdb.DuckDBPyConnection, selected: list[int] | None, rules: RuleSet, refresh: bool,
+              rows: str) -> list[int]:
+    """classify over kernel rows `rows` (kernel_rows, or rows not written yet: then the per-kernel
+    answers go to temp table _tk_planned and no rollup is written)."""
     where_v = run_filter(con, selected, "v.")
+    planned = rows != "kernel_rows"
+    if planned:
+        con.execute("CREATE OR REPLACE TEMP TABLE _tk_planned AS "
+                    "SELECT NULL::BIGINT AS rid, NULL::VARCHAR AS category, NULL::VARCHAR AS evidence WHERE false")
     try:
         con.register("_tk_decided", _decide(con, rules, where_v))
         # Only verdicts that differ are written: after a rules edit, what the edit changed.
@@ -158,11 +184,13 @@ def classify(con: duckdb.DuckDBPyConnection, run_ids: Sequence[int] | None = Non
                 f"WHERE {where_v} AND m.batch IS NOT NULL AND v.evidence IN ('{_PASS}', '{_MOE}') "
                 f"ORDER BY 1").fetchall()]
         if per_kernel:
-            _refresh_per_kernel(con, per_kernel, rules.gemv_max_m)
+            _resolve_per_kernel(con, per_kernel, rules.gemv_max_m, rows)
+            if not planned:
+                refresh_follow_totals(con, per_kernel)
         done = set(per_kernel)
         sums_only = [r for (r,) in con.execute("SELECT DISTINCT run_id FROM _tk_new ORDER BY 1").fetchall()
                      if r not in done]
-        if sums_only:
+        if sums_only and not planned:
             # Their follow_* stand: only the kernel_sums rows of the changed contexts' names move.
             refresh_kernel_sums(con, f"SELECT run_id, ctx_id FROM _tk_new WHERE {run_filter(con, sums_only)}")
         return sorted(done.union(sums_only))
@@ -203,30 +231,30 @@ def _meta_sql(where_r: str) -> str:
     return f"SELECT run_id, {', '.join(cols)} FROM run_meta r WHERE {where_r} GROUP BY run_id"
 
 
-def _refresh_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
-    """_resolve_per_kernel, then the rollups that depend on verdicts."""
-    _resolve_per_kernel(con, run_ids, gemv_max_m)
-    refresh_follow_totals(con, run_ids)
-
-
-def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int) -> None:
+def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv_max_m: int, rows: str) -> None:
     """What a kernel's context alone cannot decide, decided per kernel (kernel_rows.follow_*), in
     dependency order: GEMMs by their pass, then split-K reduces by their GEMM, then softmaxes by
     their place. Each step reads the earlier steps' answers from their temp tables (_current), and
     kernel_rows is written once at the end, only where an answer changed: updating the same rows
     three times (after clearing them) made each later scan read the transaction's row versions,
-    2.8 s of the 4.2 s an all-change classify took at 10M kernels."""
+    2.8 s of the 4.2 s an all-change classify took at 10M kernels. Rows not written yet (`rows` is
+    not kernel_rows) have no answers: theirs go to _tk_planned."""
     where_r = run_filter(con, run_ids, "r.")
+    answers = ("SELECT rid, category, evidence FROM _tk_pass UNION ALL "
+               "SELECT rid, category, evidence FROM _tk_follow UNION ALL "
+               "SELECT rid, category, evidence FROM _tk_place")
     try:
-        _resolve_by_pass(con, where_r, gemv_max_m)
-        _resolve_follows_gemm(con, where_r)
-        _resolve_by_place(con, where_r)
+        _resolve_by_pass(con, where_r, gemv_max_m, rows)
+        _resolve_follows_gemm(con, where_r, rows)
+        _resolve_by_place(con, where_r, rows)
+        if rows != "kernel_rows":
+            con.execute(f"INSERT INTO _tk_planned SELECT * FROM ({answers}) "
+                        "WHERE category IS NOT NULL OR evidence IS NOT NULL")
+            return
         con.execute(
             "UPDATE kernel_rows SET follow_category = u.category, follow_evidence = u.evidence "
             "FROM (SELECT coalesce(n.rid, o.rid) AS rid, n.category, n.evidence "
-            "      FROM (SELECT rid, category, evidence FROM _tk_pass UNION ALL "
-            "            SELECT rid, category, evidence FROM _tk_follow UNION ALL "
-            "            SELECT rid, category, evidence FROM _tk_place) n "
+            f"      FROM ({answers}) n "
             "      FULL JOIN (SELECT r.rowid AS rid, r.follow_category, r.follow_evidence FROM kernel_rows r "
             f"                 WHERE {where_r} AND (r.follow_category IS NOT NULL OR r.follow_evidence IS NOT NULL)) o "
             "      ON n.rid = o.rid "
@@ -237,7 +265,7 @@ def _resolve_per_kernel(con: duckdb.DuckDBPyConnection, run_ids: list[int], gemv
             _quietly(con.execute, f"DROP TABLE IF EXISTS {table}")
 
 
-def _current(where_r: str, steps: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+def _current(where_r: str, rows: str, steps: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
     """Kernel rows of the selected runs (run_id, queue, start_ns) with their category / evidence
     as decided so far: a kernel whose verdict evidence is one of a done step's markers takes that
     step's answer (its temp table holds every such kernel once, with its queue and start), every
@@ -245,20 +273,20 @@ def _current(where_r: str, steps: tuple[tuple[str, tuple[str, ...]], ...]) -> st
     (DuckDB 2.0.1 has summed LEFT JOINs to an empty table wrongly)."""
     marked = " OR ".join(f"v.evidence IN ({', '.join(repr(m) for m in marks)})" for _, marks in steps) or "FALSE"
     parts = [f"SELECT r.run_id, {_QUEUE}, r.start_ns, v.category, v.evidence "
-             f"FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+             f"FROM {rows} r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
              f"WHERE {where_r} AND NOT coalesce({marked}, FALSE)"]
     parts += [f"SELECT run_id, pid, device, stream, start_ns, category, evidence FROM {table}" for table, _ in steps]
     return " UNION ALL ".join(parts)
 
 
-def _none_marked(con: duckdb.DuckDBPyConnection, where_r: str, marked: str, table: str) -> bool:
+def _none_marked(con: duckdb.DuckDBPyConnection, where_r: str, marked: str, table: str, rows: str) -> bool:
     """Whether no selected run has a verdict `marked` (a condition on r.evidence); if so the step
     has nothing to decide and its table is made empty: its ASOF join would still read every kernel
     of the runs (0.4 s at 10M kernels for a database without such kernels)."""
     if con.execute(f"SELECT 1 FROM kernel_verdicts r WHERE {where_r} AND {marked} LIMIT 1").fetchone():
         return False
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                f"SELECT {_PLACED}, NULL::VARCHAR AS category, NULL::VARCHAR AS evidence FROM kernel_rows r LIMIT 0")
+                f"SELECT {_PLACED}, NULL::VARCHAR AS category, NULL::VARCHAR AS evidence FROM {rows} r LIMIT 0")
     return True
 
 
@@ -268,7 +296,7 @@ def _with_marked(where_r: str, marked: str) -> str:
     return f"{where_r} AND r.run_id IN (SELECT run_id FROM kernel_verdicts r WHERE {where_r} AND {marked})"
 
 
-def _resolve_by_pass(con: duckdb.DuckDBPyConnection, where_r: str, gemv_max_m: int) -> None:
+def _resolve_by_pass(con: duckdb.DuckDBPyConnection, where_r: str, gemv_max_m: int, rows: str) -> None:
     """A GEMM-family kernel without op shapes (a CUDA-graph replay has no CPU op) gets M from the
     pass it runs in: a decode pass of batch B multiplies B rows by every weight. An expert GEMM
     (MoE) sees tokens x top-k / experts, tokens being B in decode and B x input_len in prefill.
@@ -285,7 +313,7 @@ def _resolve_by_pass(con: duckdb.DuckDBPyConnection, where_r: str, gemv_max_m: i
         f"             CASE WHEN r.stage = 'generation' THEN m.batch "
         f"                  WHEN r.stage = 'summarization' AND v.evidence = '{_MOE}' "
         f"                       THEN m.batch * m.input_len END AS tokens "
-        f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+        f"      FROM {rows} r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      LEFT JOIN meta m ON m.run_id = r.run_id "
         f"      WHERE {where_r} AND v.evidence IN ('{_PASS}', '{_MOE}')) "
         f"SELECT rid, run_id, pid, device, stream, start_ns, "
@@ -306,18 +334,18 @@ def _resolve_by_pass(con: duckdb.DuckDBPyConnection, where_r: str, gemv_max_m: i
     )
 
 
-def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
+def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_r: str, rows: str) -> None:
     """A split-K reduce with no shapes of its own takes the class of the GEMM it completes: the
     latest GEMM-family kernel that started before it on the same stream of the same process and
     device of the same run (stream ids repeat across GPUs and processes: stream 7 of GPU 0 is not
     stream 7 of GPU 1)."""
     pending = f"r.evidence = '{_PENDING}'"
-    if _none_marked(con, where_r, pending, "_tk_follow"):
+    if _none_marked(con, where_r, pending, "_tk_follow", rows):
         return
     family = ", ".join(f"'{c}'" for c in sorted(GEMM_FAMILY))
     # The GEMMs' class as decided so far (by their pass where that step settled it), in the runs
     # that have reduces.
-    gemms = _current(_with_marked(where_r, pending), (("_tk_pass", (_PASS, _MOE)),))
+    gemms = _current(_with_marked(where_r, pending), rows, (("_tk_pass", (_PASS, _MOE)),))
     # Materialised (an UPDATE ... FROM (the ASOF join) took 2.15 s at 10M kernels / 415k reduces).
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_follow AS "
@@ -325,7 +353,7 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
         f"       coalesce(p.category, s.category) AS category, "
         f"       coalesce('prev_gemm:' || p.evidence, 'name') AS evidence "
         f"FROM (SELECT {_PLACED}, v.category "
-        f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+        f"      FROM {rows} r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      WHERE {where_r} AND v.evidence = '{_PENDING}') s "
         # No GEMM before it (a trace cut mid-GEMM): the rule's own class by name stands.
         f"ASOF LEFT JOIN (SELECT * FROM ({gemms}) g WHERE g.category IN ({family}) "
@@ -335,18 +363,18 @@ def _resolve_follows_gemm(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
     )
 
 
-def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
+def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str, rows: str) -> None:
     """A softmax without shapes: over the vocabulary (sampling) when it runs after the last
     matrix product of its pass, over attention keys otherwise. The next GEMM-family, embedding or
     sampling kernel on its queue tells: a GEMM next (the attention's P x V) means attention; an
     embedding lookup or sampling kernel next (the next pass began), or nothing, means it came after
     the LM head."""
     placed = f"starts_with(r.evidence, '{_PLACE}')"
-    if _none_marked(con, where_r, placed, "_tk_place"):
+    if _none_marked(con, where_r, placed, "_tk_place", rows):
         return
     # The next kernels' class as decided so far (by their pass, or by their GEMM: a reduce), in
     # the runs that have such softmaxes.
-    nexts = _current(_with_marked(where_r, placed),
+    nexts = _current(_with_marked(where_r, placed), rows,
                      (("_tk_pass", (_PASS, _MOE)), ("_tk_follow", (_PENDING,))))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _tk_place AS "
@@ -355,7 +383,7 @@ def _resolve_by_place(con: duckdb.DuckDBPyConnection, where_r: str) -> None:
         f"            WHEN n.category IS NULL THEN 'place:last' "
         f"            ELSE 'place:after-last-gemm' END AS evidence "
         f"FROM (SELECT {_PLACED}, v.category, substr(v.evidence, {len(_PLACE) + 1}) AS after "
-        f"      FROM kernel_rows r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
+        f"      FROM {rows} r JOIN kernel_verdicts v ON v.run_id = r.run_id AND v.ctx_id = r.ctx_id "
         f"      WHERE {where_r} AND starts_with(v.evidence, '{_PLACE}')) s "
         f"ASOF LEFT JOIN (SELECT * FROM ({nexts}) g WHERE g.category IN ({_PER_KERNEL_INPUTS_SQL}) "
         f"                AND NOT starts_with(coalesce(g.evidence, ''), '{_PLACE}')) n "

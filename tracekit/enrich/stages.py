@@ -312,7 +312,7 @@ def drop_plan(con: duckdb.DuckDBPyConnection) -> None:
     _drop_scratch(con, ("_tk_kstage",))
 
 
-_SCRATCH = ("_tk_kin", "_tk_marks", "_tk_pass0", "_tk_kpass0", "_tk_pass", "_tk_kpass", "_tk_final",
+_SCRATCH = ("_tk_kin", "_tk_parts", "_tk_marks", "_tk_pass0", "_tk_kpass0", "_tk_pass", "_tk_kpass", "_tk_final",
             "_tk_k", "_tk_kfinal", "_tk_mnames")
 
 
@@ -333,8 +333,13 @@ def _drop_scratch(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...] = _SCR
 def _attribute(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, cfg: StageConfig) -> str:
     con.execute(PASSES_DDL)
     con.execute("DELETE FROM passes WHERE run_id = ?", [run_id])
-    # Every kernel with the number of its partition (dense, 1..), and whether its name is one
-    # that serves one side of a mixed pass.
+    # The partitions, numbered (dense, 1..); every kernel with the number of its partition and
+    # whether its name is one that serves one side of a mixed pass. Only the columns the steps read:
+    # this copy of every kernel is the planning's largest table (op_id and the partition columns
+    # took a quarter of it, 3.75M kernels).
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tk_parts AS SELECT {_part_cols()}, "
+        f"row_number() OVER (ORDER BY {_part_cols()})::INTEGER AS part FROM (SELECT DISTINCT {_part_cols()} FROM {kernels})")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _tk_kin AS
@@ -343,12 +348,11 @@ def _attribute(con: duckdb.DuckDBPyConnection, run_id: int, kernels: str, cfg: S
         n AS (
             SELECT name_id, CASE WHEN regexp_matches(name, $ctx) THEN 'summarization'
                                  WHEN regexp_matches(name, $gen) THEN 'generation' END AS side
-            FROM kernel_names WHERE name_id IN (SELECT DISTINCT name_id FROM k)),
-        parts AS (SELECT {_part_cols()}, row_number() OVER (ORDER BY {_part_cols()})::INTEGER AS part
-                  FROM (SELECT DISTINCT {_part_cols()} FROM k))
-        SELECT k.*, parts.part, n.side
+            FROM kernel_names WHERE name_id IN (SELECT DISTINCT name_id FROM k))
+        SELECT k.kernel_id, k.launch_id, k.name_id, k.start_ns, k.end_ns, k.grid_x, k.grid_y, k.grid_z,
+               parts.part, n.side
         FROM k JOIN n USING (name_id)
-        JOIN parts ON {" AND ".join(f"parts.{c} IS NOT DISTINCT FROM k.{c}" for c in PARTITION)}
+        JOIN _tk_parts parts ON {" AND ".join(f"parts.{c} IS NOT DISTINCT FROM k.{c}" for c in PARTITION)}
         """,
         {"ctx": "(?i)" + cfg.context_attention, "gen": "(?i)" + cfg.generation_attention},
     )
@@ -480,12 +484,34 @@ def _marker_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig
     # ASOF finds the latest-starting pass at or before each launch on its thread: the innermost
     # one when it still covers the launch. A launch it does not cover can only lie in a pass
     # enclosing others (passes of different stages nested, rare), so only those are range-joined.
+    # Each kernel's pass depends on its launch alone, so kernels are placed _KPASS_SLICE at a time
+    # (by kernel_id): the join to their launches and the ASOF's sort of them were the import's peak
+    # at 3.75M kernels, done at once.
+    con.execute("CREATE OR REPLACE TEMP TABLE _tk_kpass0 (kernel_id BIGINT, pass_id INTEGER)")
+    lo, hi = con.execute("SELECT min(kernel_id), max(kernel_id) FROM _tk_kin").fetchall()[0]
+    for start in range(lo if lo is not None else 0, (hi if hi is not None else -1) + 1, _KPASS_SLICE):
+        _place_kernels(con, run_id, start, start + _KPASS_SLICE)
+    names = {"nvtx": "nvtx", "user_annotation": "annotation"}
+    kinds_used = [r[0] for r in con.execute(
+        "SELECT DISTINCT CASE WHEN grammar = 'stage-label' THEN source ELSE grammar END FROM _tk_pass0 "
+        "WHERE pass_id IN (SELECT pass_id FROM _tk_kpass0) ORDER BY 1").fetchall()]
+    if not kinds_used:
+        return "markers:none-used"
+    return "markers:" + "+".join(names.get(s, s) for s in kinds_used)
+
+
+_KPASS_SLICE = 1 << 20
+
+
+def _place_kernels(con: duckdb.DuckDBPyConnection, run_id: int, lo: int, hi: int) -> None:
+    """_tk_kpass0 rows of the kernels lo <= kernel_id < hi: the marker pass each one's launch lies in."""
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE _tk_kpass0 AS
+        INSERT INTO _tk_kpass0
         WITH kl AS (
             SELECT k.kernel_id, l.pid, l.tid, l.start_ns AS t
-            FROM _tk_kin k JOIN launches l ON l.run_id = $r AND l.launch_id = k.launch_id),
+            FROM _tk_kin k JOIN launches l ON l.run_id = $r AND l.launch_id = k.launch_id
+            WHERE k.kernel_id >= $lo AND k.kernel_id < $hi),
         a AS (
             SELECT kl.kernel_id, kl.pid, kl.tid, kl.t, p.pass_id, p.end_ns
             FROM kl ASOF LEFT JOIN _tk_pass0 p ON kl.pid = p.pid AND kl.tid = p.tid AND kl.t >= p.start_ns),
@@ -504,15 +530,8 @@ def _marker_passes(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig
         SELECT kernel_id, pass_id FROM a WHERE pass_id IS NOT NULL AND t <= end_ns
         UNION ALL SELECT kernel_id, pass_id FROM rest
         """,
-        {"r": run_id},
+        {"r": run_id, "lo": lo, "hi": hi},
     )
-    names = {"nvtx": "nvtx", "user_annotation": "annotation"}
-    kinds_used = [r[0] for r in con.execute(
-        "SELECT DISTINCT CASE WHEN grammar = 'stage-label' THEN source ELSE grammar END FROM _tk_pass0 "
-        "WHERE pass_id IN (SELECT pass_id FROM _tk_kpass0) ORDER BY 1").fetchall()]
-    if not kinds_used:
-        return "markers:none-used"
-    return "markers:" + "+".join(names.get(s, s) for s in kinds_used)
 
 
 def _split_parts(con: duckdb.DuckDBPyConnection) -> None:
@@ -830,7 +849,6 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig, eng
         f"""
         INSERT INTO passes (run_id, pass_id, iteration, step, stage, source, name, range_id, start_ns, end_ns,
                             n_kernels, {", ".join(PARTITION)}, grammar, ctx_tokens, gen_tokens, evidence)
-        WITH parts AS (SELECT DISTINCT part, {", ".join(PARTITION)} FROM _tk_kin)
         SELECT $r, f.pass_id, f.iteration, f.step, f.stage, f.source, f.name, f.range_id,
                f.start_ns, f.end_ns, coalesce(n.n, 0), {part_cols}, f.grammar, f.ctx_tokens, f.gen_tokens,
                CASE WHEN f.stage = 'mixed' THEN
@@ -839,7 +857,7 @@ def _finalize(con: duckdb.DuckDBPyConnection, run_id: int, cfg: StageConfig, eng
                          ELSE 'split:unknown (no token counts in the marker)' END END
         FROM _tk_final f
         LEFT JOIN (SELECT pass_id, count(*) AS n FROM _tk_kpass GROUP BY pass_id) n USING (pass_id)
-        LEFT JOIN parts pt ON pt.part = f.part
+        LEFT JOIN _tk_parts pt ON pt.part = f.part
         """,
         {"r": run_id},
     )
