@@ -200,6 +200,20 @@ def test_a_trace_past_the_whole_text_cap_streams(monkeypatch):
     assert kineto.read(path).kernels.num_rows == expected
 
 
+def test_a_plain_file_past_the_whole_text_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    """Plain JSON that cannot stream (here: one line, not Kineto's layout) is read whole, all of it
+    held at once, so the same absolute cap refuses it, by its size, before a byte is read; below
+    the cap the same file imports."""
+    obj = kineto_obj()
+    p = tmp_path / "one_line.json"
+    p.write_text(json.dumps(obj, separators=(",", ":")))
+    assert kineto.read(p).kernels.num_rows == len(kernels_of(obj))
+    monkeypatch.setattr(kineto, "MAX_DECOMPRESSED", p.stat().st_size - 1)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read past the cap"))
+    with pytest.raises(kineto.TraceError, match=r"one_line\.json.*must be read whole.*refusing"):
+        kineto.read(p)
+
+
 def test_concatenated_gzip_members_are_one_trace(tmp_path):
     raw = json.dumps(kineto_obj()).encode()
     p = tmp_path / "members.json.gz"

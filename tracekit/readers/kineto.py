@@ -79,7 +79,7 @@ from tracekit.readers.common import (
 # Decompressed size limits: a gzip bomb must fail cleanly, not exhaust memory. Real Kineto
 # traces inflate ~12-20x (a 14.5 MB .gz holds 246 MB); bombs inflate ~1000x. A file may expand
 # to MAX_RATIO times its size (at least MIN_ALLOWED). The whole-text read (_load_bytes) holds
-# all of it, so there it may never pass MAX_DECOMPRESSED either; the streaming read holds a
+# all of it, so there neither the text nor the file may pass MAX_DECOMPRESSED; the streaming read holds a
 # slice at a time, so a 10 GB trace (800 MB gzipped) is not refused for its size.
 MAX_DECOMPRESSED = 8 * 1024**3
 MAX_RATIO = 200
@@ -370,6 +370,11 @@ def looks_like(path: Path, head: bytes) -> bool:
 
 
 def _load_bytes(path: Path) -> bytes | bytearray:
+    size = path.stat().st_size
+    if size > MAX_DECOMPRESSED:
+        # Past the cap either way: plain text is held as is; gzip inflates to at least its size.
+        raise TraceError(path, f"{size / 2**30:.1f} GiB that must be read whole (not laid out one event "
+                               f"per line as Kineto writes it); refusing beyond {MAX_DECOMPRESSED / 2**30:g} GiB")
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
         # Editors on Windows prepend a BOM; JSON parsers reject it, the content is fine.
