@@ -116,3 +116,18 @@ def test_an_on_demand_view_that_cannot_bind_is_one_line_when_first_used(shared_d
     [line] = roofline.stderr.strip().splitlines()
     assert line.startswith(f"tracekit: error: {shared_db_copy}: not a tracekit database, or one from an "
                            "incompatible version (") and "copy_kind" in line
+
+
+def test_long_run_filters_hold_whatever_is_asked_after():
+    """store.run_filter puts a long list of runs in a temp table; a second long list must not
+    change what the first condition selects (classify builds several before using them)."""
+    con = duckdb.connect(":memory:")
+    con.execute("CREATE TABLE t AS SELECT range::INTEGER AS run_id FROM range(1000)")
+    first, second = list(range(0, 400, 2)), list(range(500, 900, 3))
+    where_first = store.run_filter(con, first)
+    where_second = store.run_filter(con, second)
+    assert store.run_filter(con, list(reversed(first))) == where_first  # same runs, same table
+    ids = lambda where: sorted(r[0] for r in con.execute(f"SELECT run_id FROM t WHERE {where}").fetchall())  # noqa: E731
+    assert ids(where_first) == first
+    assert ids(where_second) == second
+    assert ids(store.run_filter(con, [3, 7, 7])) == [3, 7]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -306,15 +307,16 @@ def has_rollups(con: duckdb.DuckDBPyConnection) -> bool:
 
 def run_filter(con: duckdb.DuckDBPyConnection, run_ids: list[int] | None, alias: str = "") -> str:
     """A WHERE condition on `alias`run_id selecting `run_ids` (all: None). A long list goes into a
-    temp table (a semi-join): an IN list of thousands of literals is evaluated per row. That table
-    is the connection's one: a condition holds until the next call with a long list."""
+    temp table (a semi-join): an IN list of thousands of literals is evaluated per row. The table
+    is named for the list, so a condition holds for the connection's life whatever is asked after."""
     if run_ids is None:
         return "true"
-    ids = [int(r) for r in run_ids]
+    ids = sorted({int(r) for r in run_ids})
     if len(ids) <= 64:
         return f"{alias}run_id IN ({', '.join(map(str, ids)) or 'NULL'})"
-    con.execute("CREATE OR REPLACE TEMP TABLE _tk_sel AS SELECT unnest(?::INTEGER[]) AS run_id", [ids])
-    return f"{alias}run_id IN (SELECT run_id FROM _tk_sel)"
+    table = "_tk_sel_" + hashlib.blake2b(np.asarray(ids, np.int64).tobytes(), digest_size=8).hexdigest()
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} AS SELECT unnest(?::INTEGER[]) AS run_id", [ids])
+    return f"{alias}run_id IN (SELECT run_id FROM {table})"
 
 
 # A kernel whose class its context does not decide (kernel_rows.follow_*: split-K reduces, GEMMs
