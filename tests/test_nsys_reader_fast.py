@@ -236,3 +236,26 @@ def test_free_heap_memory_given_back_after_reading(monkeypatch):
     monkeypatch.setattr(nsys_sqlite, "_libc", spy)
     assert nsys_sqlite.read(NSYS_L2).kernels.num_rows
     assert [pad for pad, _ in calls] == [0]
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_all_null_columns_take_no_memory():
+    """A column the export leaves all NULL (graphNodeId without CUDA graphs, per plain sqlite3)
+    comes back all NULL, over buffers nothing wrote: 64 MB of such int64 values add (almost)
+    nothing to the resident size, where pa.nulls would add all of it."""
+    con = sqlite3.connect(NSYS_L2)
+    rows, valued = con.execute(f"SELECT count(*), count(graphNodeId) FROM {K}").fetchone()
+    con.close()
+    assert valued == 0
+    col = nsys_sqlite.read(NSYS_L2).kernels.column("graph_node_id")
+    assert col.null_count == len(col) == rows
+    for t in (pa.int32(), pa.int64(), pa.binary()):
+        assert nsys_sqlite._nulls(1000, t).equals(pa.nulls(1000, t))
+    before = _rss_mb()
+    held = [nsys_sqlite._nulls(1 << 20, pa.int64()) for _ in range(8)]
+    assert _rss_mb() - before < 8
+    assert sum(a.null_count for a in held) == 8 << 20
