@@ -839,6 +839,8 @@ def main() -> None:
                 # Issue 15: 3.75M kernels / 10.4M runtime calls <= 10 s, <= 1.5 GB. Once each: ~30 s.
                 print(f"nsys: {NSYS_BIG.name} ({NSYS_BIG.stat().st_size / 1e6:.1f} MB); load {load()}")
                 big = res.setdefault("nsys_big", {"load": load()})
+                # The reader alone: its CPU and its own peak, apart from the store's.
+                repeat("tracekit reader only", lambda: child_cmd("read", NSYS_BIG), 1, big)
                 repeat("tracekit stages (read/link/insert/...)", lambda: child_cmd("stages", NSYS_BIG, db), 1, big,
                        prepare=fresh(db))
                 repeat("tracekit import (CLI, end to end)", lambda: cli_import([NSYS_BIG], db), 1, big,

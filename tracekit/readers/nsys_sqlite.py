@@ -9,14 +9,18 @@ lookup here therefore asks the file what it has and records what it lacked in `a
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import json
+import mmap
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +224,56 @@ def _why(exc: Exception) -> str:
     return "invalid text in the file's schema or index pages" if isinstance(exc, UnicodeDecodeError) else str(exc)
 
 
+# prctl(2) options: whether the kernel may back this process's memory with transparent huge pages.
+_PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42
+
+
+def _libc(name: str) -> Callable[..., int] | None:
+    """A function of the C library on Linux (prctl; malloc_trim, glibc's only), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def _prctl() -> Callable[..., int] | None:
+    """prctl with its arguments typed: the kernel refuses garbage in the unused ones."""
+    prctl = _libc("prctl")
+    if prctl is not None:
+        prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+        prctl.restype = ctypes.c_int
+    return prctl
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """No transparent huge pages for memory first touched during the read (Linux).
+
+    numpy asks the kernel for huge pages for every large array (madvise), and the kernel then
+    zeroes 2 MB at a time on first touch, compacting memory to find them. The reader's arrays
+    are mostly short-lived slices: at 3.75M kernels that zeroing was 1.0-1.5 of the reader's
+    8-9 CPU-s, and partly used huge pages ~65 MB of its peak. The flag is the whole process's:
+    set only where huge pages were allowed, and allowed again after the read (a read running at
+    the same time in another thread may then end with them allowed: slower, not different).
+    """
+    prctl = _prctl()
+    changed = (prctl is not None and prctl(_PR_GET_THP_DISABLE, 0, 0, 0, 0) == 0
+               and prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0)
+    try:
+        yield
+    finally:
+        if changed:
+            prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
+
+
 def read(path: Path) -> TraceData:
+    with _small_pages():
+        return _read_file(path)
+
+
+def _read_file(path: Path) -> TraceData:
     why = _wal_or_journal(path)
     if why:
         raise TraceError(path, why)
@@ -259,8 +312,13 @@ def read(path: Path) -> TraceData:
             fetch.close()
             # The slices' intermediate columns went back to the Arrow pool, which keeps freed
             # memory for reuse; what follows the reader allocates little there, so it is given
-            # back to the system (~0.25 GB of peak at 3.75M kernels).
+            # back to the system (~0.25 GB of peak at 3.75M kernels). So is what the workers'
+            # SQLite and ADBC buffers left free in the C heap, which DuckDB does not allocate
+            # from (~47 MB at 3.75M kernels, ~4 ms).
             pa.default_memory_pool().release_unused()
+            trim = _libc("malloc_trim")
+            if trim is not None:
+                trim(0)
         try:
             con.execute(f"PRAGMA hard_heap_limit = {heap}")
         except _SQLITE_ERRORS:
@@ -597,13 +655,26 @@ def _chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
+def _nulls(n: int, t: pa.DataType) -> pa.Array:
+    """n NULLs of type t (int32, int64 or binary) over zero pages nothing has written.
+
+    pa.nulls writes its zeros, so an all-NULL column held memory through the whole import
+    (graph_node_id of an export without CUDA graphs: 29 MB at 3.75M kernels); an anonymous
+    mapping reads as zeros and takes memory only where written. The one mapping is both the
+    validity bitmap (all 0: every row NULL) and the values (for binary, the offsets: all empty).
+    """
+    zeros = pa.py_buffer(mmap.mmap(-1, 8 * (n + 1)))
+    buffers = [zeros, zeros, zeros] if t == pa.binary() else [zeros, zeros]
+    return pa.Array.from_buffers(t, n, buffers, null_count=n)
+
+
 def _checked(tbl: pa.Table, specs: Sequence[tuple[str | None, str]]) -> list[pa.Array] | None:
     """The bare read's columns as _guarded would give them, or None if a column needs the guards."""
     out: list[pa.Array] = []
     for col, (_, kind) in zip(tbl.columns, specs, strict=True):
         arr = _chunk(col)
         if arr.null_count == len(arr):
-            out.extend(pa.nulls(len(arr), t) for t in _TYPES[kind])
+            out.extend(_nulls(len(arr), t) for t in _TYPES[kind])
             continue
         if arr.type != pa.int64():
             return None  # text, real or blob values: only the guarded read handles those
@@ -614,7 +685,7 @@ def _checked(tbl: pa.Table, specs: Sequence[tuple[str | None, str]]) -> list[pa.
                 arr = pc.if_else(ok, arr, pa.scalar(None, pa.int64()))
             out.append(arr.cast(pa.int32()))
         elif kind == "name":
-            out.extend([arr, pa.nulls(len(arr), pa.binary())])
+            out.extend([arr, _nulls(len(arr), pa.binary())])
         else:
             out.append(arr)
     return out
@@ -627,7 +698,7 @@ def _typed(tbl: pa.Table, types: Sequence[pa.DataType]) -> list[pa.Array] | None
         if arr.type == t:
             out.append(arr)
         elif arr.null_count == len(arr):
-            out.append(pa.nulls(len(arr), t))  # an all-NULL column comes back typed int64
+            out.append(_nulls(len(arr), t))  # an all-NULL column comes back typed int64
         elif pa.types.is_integer(arr.type) and pa.types.is_integer(t):
             out.append(arr.cast(t))  # ranges are guarded in SQL, so this cannot overflow
         else:
