@@ -36,6 +36,7 @@ from tracekit.readers.common import (
     RANGE_SCHEMA,
     WHOLE_GRAPH_SHORT_NAME,
     TraceData,
+    give_back_memory,
     short_name,
     to_table,
 )
@@ -229,7 +230,7 @@ _PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42
 
 
 def _libc(name: str) -> Callable[..., int] | None:
-    """A function of the C library on Linux (prctl; malloc_trim, glibc's only), else None."""
+    """A function of the C library on Linux (prctl), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -315,10 +316,7 @@ def _read_file(path: Path) -> TraceData:
             # back to the system (~0.25 GB of peak at 3.75M kernels). So is what the workers'
             # SQLite and ADBC buffers left free in the C heap, which DuckDB does not allocate
             # from (~47 MB at 3.75M kernels, ~4 ms).
-            pa.default_memory_pool().release_unused()
-            trim = _libc("malloc_trim")
-            if trim is not None:
-                trim(0)
+            give_back_memory()
         try:
             con.execute(f"PRAGMA hard_heap_limit = {heap}")
         except _SQLITE_ERRORS:
