@@ -627,10 +627,10 @@ def _wants_helper(path: Path) -> bool:
     a worker process (`import -j`, Dask: the files are already parsed in parallel there).
     TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison).
 
-    "Free" is read from the 1-minute load: on a machine busy with other work the helper's
-    share is only more CPU (230 MB trace at load 3.7-3.9 on 2 cores: reading 1.19-1.34 s wall,
-    1.38-1.46 CPU-s with it, 1.10-1.23 s, 1.12-1.21 CPU-s without). The tables are the same
-    either way."""
+    The machine's load does not decide: the 1-minute load lags, so an import right after
+    another (the user's own previous one) read its own past as a busy machine, and the 2.27 GB
+    trace then took 13.5 s instead of 9.9-10.2 s on an idle 2-core machine. On a machine truly
+    busy with other work the helper costs some more CPU; the tables are the same either way."""
     if os.environ.get("TRACEKIT_KINETO_HELPER") == "0":
         return False
     try:
@@ -639,8 +639,6 @@ def _wants_helper(path: Path) -> bool:
         cpus = os.cpu_count() or 1
     if cpus < 2 or multiprocessing.parent_process() is not None or not hasattr(os, "memfd_create"):
         return False
-    if os.getloadavg()[0] >= cpus - 0.5:
-        return False  # no core to spare
     try:
         with path.open("rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
