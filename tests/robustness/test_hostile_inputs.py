@@ -209,9 +209,12 @@ def test_a_plain_file_past_the_whole_text_cap_is_refused_before_reading(tmp_path
     p.write_text(json.dumps(obj, separators=(",", ":")))
     assert kineto.read(p).kernels.num_rows == len(kernels_of(obj))
     monkeypatch.setattr(kineto, "MAX_DECOMPRESSED", p.stat().st_size - 1)
-    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read past the cap"))
     with pytest.raises(kineto.TraceError, match=r"one_line\.json.*must be read whole.*refusing"):
         kineto.read(p)
+    # The whole-text read refuses it by its size alone, before taking a piece of it.
+    monkeypatch.setattr(kineto, "_pieces", lambda *a, **k: pytest.fail("read past the cap"))
+    with pytest.raises(kineto.TraceError, match="must be read whole"):
+        kineto._load_bytes(p)
 
 
 def test_concatenated_gzip_members_are_one_trace(tmp_path):

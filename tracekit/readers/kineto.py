@@ -27,8 +27,7 @@ Speed and memory on traces of hundreds of MB come from these choices:
   columns whenever it has room while this one decodes the others, and its columns are merged
   in file order (_Pending), so the tables are the ones one process reads; what only an in-order reading can settle is redone here from the
   slice's text. msgspec holds the GIL, so a thread could not do this. Not inside `-j` / Dask
-  workers (already parallel), not with one CPU or none free (the load), not with
-  TRACEKIT_KINETO_HELPER=0.
+  workers (already parallel), not with one CPU, not with TRACEKIT_KINETO_HELPER=0.
 Chrome-trace timestamps are microseconds with nanosecond decimals; they are converted to integer
 nanoseconds by splitting off the fraction first, which is exact for the 3-decimal values Kineto
 writes (see _ns and _ns_array).
@@ -38,7 +37,6 @@ from __future__ import annotations
 
 import codecs
 import gc
-import gzip
 import json
 import math
 import mmap
@@ -369,41 +367,18 @@ def looks_like(path: Path, head: bytes) -> bool:
     return head.removeprefix(_UTF8_BOM).lstrip()[:1] in (b"{", b"[")
 
 
-def _load_bytes(path: Path) -> bytes | bytearray:
+def _load_bytes(path: Path) -> bytearray:
+    """The whole text (the file's, inflated when gzipped): the same pieces the streaming read
+    takes, held together, so under the whole-text caps (it holds every byte)."""
     size = path.stat().st_size
     if size > MAX_DECOMPRESSED:
         # Past the cap either way: plain text is held as is; gzip inflates to at least its size.
         raise TraceError(path, f"{size / 2**30:.1f} GiB that must be read whole (not laid out one event "
                                f"per line as Kineto writes it); refusing beyond {MAX_DECOMPRESSED / 2**30:g} GiB")
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        # Editors on Windows prepend a BOM; JSON parsers reject it, the content is fine.
-        return raw.removeprefix(_UTF8_BOM)
-    # Stream the inflate with an output cap instead of gzip.decompress, which has none. The
-    # bytearray is returned as is: a bytes() copy would double the peak memory.
+    # A bytearray, returned as is: a bytes() copy would double the peak memory.
     out = bytearray()
-    d = zlib_ng.decompressobj(_GZIP)
-    limit = inflate_limit(len(raw), whole_text=True)
-    data = raw
-    del raw
-    try:
-        while data:
-            out += d.decompress(data, _CHUNK)
-            if len(out) > limit:
-                raise _bomb(path, limit, whole_text=True)
-            data = d.unconsumed_tail
-            if d.eof and d.unused_data:
-                # Concatenated gzip members are legal; continue with the next one.
-                data = d.unused_data
-                d = zlib_ng.decompressobj(_GZIP)
-        if not d.eof:
-            raise TraceError(path, "truncated gzip (file ends before the compressed stream does)")
-    except zlib_ng.error as exc:
-        raise TraceError(path, f"corrupt gzip ({exc})") from None
-    except (EOFError, gzip.BadGzipFile) as exc:
-        raise TraceError(path, f"corrupt gzip ({exc})") from None
-    if out.startswith(_UTF8_BOM):
-        del out[:3]
+    for piece in _pieces(path, whole_text=True):
+        out += piece
     return out
 
 
@@ -623,7 +598,7 @@ _SLOTS = 2
 
 
 def _wants_helper(path: Path) -> bool:
-    """A helper process pays off on a big file, with a second CPU free to run on, and not inside
+    """A helper process pays off on a big file, with a second CPU to run on, and not inside
     a worker process (`import -j`, Dask: the files are already parsed in parallel there).
     TRACEKIT_KINETO_HELPER=0 turns it off (one process, ~100 MB less; the bench's comparison).
 
@@ -892,8 +867,11 @@ def _helper_main(fd: int, mem: int, path: str) -> None:
     os._exit(0)
 
 
-def _pieces(path: Path) -> Iterator[bytes]:
-    """The file's text in blocks of about _CHUNK bytes, inflated on the fly when gzipped."""
+def _pieces(path: Path, whole_text: bool = False) -> Iterator[bytes]:
+    """The file's text in blocks of about _CHUNK bytes, inflated on the fly when gzipped (with an
+    output cap instead of gzip.decompress, which has none: inflate_limit; `whole_text`: for a
+    reader that holds every block). A UTF-8 BOM (Windows editors prepend one; JSON parsers
+    reject it, the content is fine) is dropped."""
     try:
         f = path.open("rb")
     except OSError as exc:
@@ -908,7 +886,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
             return
         f.seek(0)
         d = zlib_ng.decompressobj(_GZIP)
-        limit = inflate_limit(os.fstat(f.fileno()).st_size, whole_text=False)
+        limit = inflate_limit(os.fstat(f.fileno()).st_size, whole_text)
         total = 0
         try:
             while data := f.read(1 << 20):
@@ -919,7 +897,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
                     out = d.decompress(data, _CHUNK)
                     total += len(out)
                     if total > limit:
-                        raise _bomb(path, limit, whole_text=False)
+                        raise _bomb(path, limit, whole_text)
                     data = d.unconsumed_tail or (d.unused_data if d.eof else b"")
                     if out:
                         yield out.removeprefix(_UTF8_BOM) if first else out
