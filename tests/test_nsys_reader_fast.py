@@ -219,7 +219,6 @@ def test_no_huge_pages_while_reading(monkeypatch, before):
         prctl(nsys_sqlite._PR_SET_THP_DISABLE, 0, 0, 0, 0)
 
 
-@pytest.mark.skipif(nsys_sqlite._libc("malloc_trim") is None, reason="malloc_trim is glibc's")
 def test_free_memory_given_back_after_reading(monkeypatch):
     """What the slices left free (the Arrow pool's, and the C heap's: SQLite's and ADBC's buffers,
     on the workers' arenas, ~47 MB of a 3.75M-kernel import's later peak) goes back to the system

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -123,6 +124,19 @@ def short_name(demangled: str) -> str:
     return head.rsplit("::", 1)[-1] or demangled
 
 
+def libc_function(name: str) -> Callable[..., int] | None:
+    """A function of the C library (glibc's malloc_trim, Linux's prctl), or None where the
+    process has none of that name. Looked up among the symbols the process has loaded, libc's
+    among them: ctypes.util.find_library would run `ldconfig -p` in a subprocess (~10 ms) to
+    name the same library."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):  # not there (TypeError: Windows has no CDLL(None))
+        return None
+
+
 def give_back_memory() -> None:
     """Return freed buffers to the OS. Otherwise glibc (many small ones, in its heap) and Arrow's
     allocator keep them, and what is allocated next (the next column, DuckDB's insert) stacks on
@@ -130,14 +144,7 @@ def give_back_memory() -> None:
     pa.default_memory_pool().release_unused()
     global _malloc_trim
     if _malloc_trim is None:
-        import ctypes
-
-        try:
-            # The symbols the process has loaded, libc's among them: ctypes.util.find_library
-            # would run `ldconfig -p` in a subprocess (~10 ms) to name the same library.
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError, TypeError):  # not glibc (or Windows): nothing to trim
-            _malloc_trim = False
+        _malloc_trim = libc_function("malloc_trim") or False  # not glibc: nothing to trim
     if _malloc_trim:
         _malloc_trim(0)
 

@@ -16,7 +16,6 @@ import mmap
 import os
 import re
 import sqlite3
-import sys
 import threading
 import time
 import urllib.parse
@@ -37,6 +36,7 @@ from tracekit.readers.common import (
     WHOLE_GRAPH_SHORT_NAME,
     TraceData,
     give_back_memory,
+    libc_function,
     short_name,
     to_table,
 )
@@ -229,19 +229,9 @@ def _why(exc: Exception) -> str:
 _PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42
 
 
-def _libc(name: str) -> Callable[..., int] | None:
-    """A function of the C library on Linux (prctl), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
-        return None
-
-
 def _prctl() -> Callable[..., int] | None:
     """prctl with its arguments typed: the kernel refuses garbage in the unused ones."""
-    prctl = _libc("prctl")
+    prctl = libc_function("prctl")
     if prctl is not None:
         prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
         prctl.restype = ctypes.c_int
